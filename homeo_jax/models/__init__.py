@@ -1,0 +1,9 @@
+"""Pure Flax NNX models: parameters and controls in, logits and telemetry out."""
+
+from flax import nnx
+
+from homeo_jax.models.layers import TransformerConfig as TransformerConfig
+from homeo_jax.models.transformer import Transformer as Transformer
+
+# model_type in a Config -> the module class, constructed as cls(model_config, rngs=...).
+MODEL_TYPES: dict[str, type[nnx.Module]] = {"transformer": Transformer}

@@ -1,0 +1,52 @@
+"""Command-line entry point: ``python -m homeo_jax.train --config configs/X.py[:preset]``.
+
+    python -m homeo_jax.train --config configs/shakespeare_char.py:cpu --set train.steps=200
+
+Exit status: 0 when the run finished or paused (launch again to resume), 2 on a bad
+config value (one line on stderr naming the key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from homeo_jax.training import config as config_lib
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="homeo_jax.train", description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True, help="config file, optionally :preset")
+  parser.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override a config value, e.g. optimizer.learning_rate=3e-4",
+  )
+  parser.add_argument("--run_dir", default=None, help="shorthand for --set train.run_dir=...")
+  return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(argv)
+  try:
+    config = config_lib.apply_overrides(config_lib.load_config(args.config), args.set)
+    if args.run_dir:
+      config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, run_dir=args.run_dir)
+      )
+    config_lib.validate_config(config)
+    from homeo_jax.training.loop import train  # after validation: no JAX work on bad input
+
+    result = train(config)
+  except config_lib.ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    return 2
+  print(f"{result.status}: {result.run_dir} (report: {result.run_dir / 'report.md'})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

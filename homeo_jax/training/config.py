@@ -1,0 +1,214 @@
+"""Experiment configuration: small dataclasses, Python config files, ``--set`` overrides.
+
+A config file in ``configs/`` defines ``get_config(arg: str | None) -> Config``; ``arg``
+selects a preset (``--config configs/shakespeare_char.py:cpu``). Overrides such as
+``--set optimizer.learning_rate=3e-4`` are parsed by the type of the field they replace.
+Every check runs here, before data is tokenized or anything is compiled, and fails
+with a one-line ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+from homeo_jax.data import corpora
+from homeo_jax.data import tokenizers as tokenizers_lib
+from homeo_jax.models.layers import TransformerConfig
+
+
+class ConfigError(ValueError):
+  """A configuration value is invalid; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  corpus: str = corpora.SHAKESPEARE  # a built-in name or a path to a file/folder
+  tokenizer: str = tokenizers_lib.CHAR
+  bpe_vocab_size: int = 2048
+  val_fraction: float = 0.1
+  max_chars: int = 0  # 0: the whole corpus
+  seq_len: int = 256
+  batch_size: int = 64
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  name: str = "adamw"
+  learning_rate: float = 1e-3
+  schedule: str = "cosine"  # "cosine" (warm-up then cosine to min) or "constant"
+  min_learning_rate: float = 1e-4
+  warmup_steps: int = 100
+  b1: float = 0.9
+  b2: float = 0.99
+  eps: float = 1e-8
+  weight_decay: float = 0.1
+  grad_clip: float = 1.0  # 0 disables global-norm clipping
+  kwargs: dict = dataclasses.field(default_factory=dict)  # optimizer-specific arguments
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 5000
+  eval_every: int = 250
+  eval_batches: int = 20
+  log_every: int = 10
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+  seed: int = 0
+  run_dir: str = "runs/default"
+  progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  name: str = "default"
+  model_type: str = "transformer"
+  model: TransformerConfig = TransformerConfig(vocab_size=0)  # vocab 0: from the tokenizer
+  data: DataConfig = DataConfig()
+  optimizer: OptimizerConfig = OptimizerConfig()
+  train: TrainConfig = TrainConfig()
+
+
+def load_config(spec: str) -> Config:
+  """Load ``path/to/config.py`` or ``path/to/config.py:preset``."""
+  path, _, arg = spec.partition(":")
+  if not Path(path).is_file():
+    raise ConfigError(f"--config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(f"homeo_config_{Path(path).stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} defines no get_config()")
+  return module.get_config(arg or None)
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+  """Apply ``key.path=value`` overrides; an unknown key or unparsable value is an error."""
+  for item in overrides:
+    key, sep, raw = item.partition("=")
+    if not sep:
+      raise ConfigError(f"--set expects key=value, got {item!r}")
+    config = _replace_path(config, key.strip().split("."), raw.strip(), key.strip())
+  return config
+
+
+def _replace_path(node: Any, path: list[str], raw: str, full_key: str) -> Any:
+  head, rest = path[0], path[1:]
+  if isinstance(node, dict):
+    if rest:
+      raise ConfigError(f"config key {full_key!r} goes below a dict entry")
+    return {**node, head: _parse_literal(raw)}
+  if not dataclasses.is_dataclass(node) or head not in {f.name for f in dataclasses.fields(node)}:
+    raise ConfigError(f"unknown config key {full_key!r}")
+  current = getattr(node, head)
+  if rest:
+    value = _replace_path(current, rest, raw, full_key)
+  else:
+    value = _parse_like(current, raw, full_key)
+  return dataclasses.replace(node, **{head: value})
+
+
+def _parse_like(current: Any, raw: str, key: str) -> Any:
+  try:
+    if isinstance(current, bool):
+      if raw.lower() not in ("true", "false", "1", "0"):
+        raise ValueError
+      return raw.lower() in ("true", "1")
+    if isinstance(current, int):
+      return int(raw)
+    if isinstance(current, float):
+      return float(raw)
+    if isinstance(current, str):
+      return raw
+    if isinstance(current, dict):
+      value = ast.literal_eval(raw)
+      if not isinstance(value, dict):
+        raise ValueError
+      return value
+  except (ValueError, SyntaxError):
+    raise ConfigError(f"{key}={raw!r} is not a valid {type(current).__name__}") from None
+  raise ConfigError(f"config key {key!r} cannot be set from the command line")
+
+
+def _parse_literal(raw: str) -> Any:
+  try:
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
+
+
+def validate_config(config: Config) -> None:
+  """Check every value that can be checked without data or compilation."""
+  from homeo_jax.models import MODEL_TYPES
+  from homeo_jax.training.optimizers import OPTIMIZERS
+
+  d, o, t = config.data, config.optimizer, config.train
+  if config.model_type not in MODEL_TYPES:
+    raise ConfigError(f"model_type must be one of {sorted(MODEL_TYPES)}, got {config.model_type!r}")
+  if d.tokenizer not in tokenizers_lib.TOKENIZERS:
+    raise ConfigError(
+      f"data.tokenizer must be one of {tokenizers_lib.TOKENIZERS}, got {d.tokenizer!r}"
+    )
+  if d.corpus not in corpora.BUILTIN_CORPORA and not Path(d.corpus).exists():
+    raise ConfigError(
+      f"data.corpus must be one of {corpora.BUILTIN_CORPORA} or an existing path, got {d.corpus!r}"
+    )
+  if not 0.0 < d.val_fraction < 1.0:
+    raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+  _positive(d, "data", "seq_len", "batch_size", "bpe_vocab_size")
+  _nonnegative(d, "data", "max_chars")
+  if d.seq_len > config.model.max_seq_len:
+    raise ConfigError(
+      f"data.seq_len={d.seq_len} exceeds model.max_seq_len={config.model.max_seq_len}"
+    )
+  model = config.model
+  if model.vocab_size == 0:  # 0 means "from the tokenizer", known only after loading data
+    model = dataclasses.replace(model, vocab_size=1)
+  try:
+    model.validate()
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if o.name not in OPTIMIZERS:
+    raise ConfigError(f"optimizer.name must be one of {sorted(OPTIMIZERS)}, got {o.name!r}")
+  _positive(o, "optimizer", "learning_rate")
+  _nonnegative(o, "optimizer", "min_learning_rate", "warmup_steps", "weight_decay", "grad_clip")
+  _nonnegative(o, "optimizer", "eps")
+  for name in ("b1", "b2"):
+    if not 0.0 <= getattr(o, name) < 1.0:
+      raise ConfigError(f"optimizer.{name} must be in [0, 1), got {getattr(o, name)}")
+  if o.schedule not in ("cosine", "constant"):
+    raise ConfigError(f"optimizer.schedule must be 'cosine' or 'constant', got {o.schedule!r}")
+  _positive(
+    t,
+    "train",
+    "steps",
+    "eval_every",
+    "eval_batches",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+  )
+
+
+def _positive(section: Any, prefix: str, *names: str) -> None:
+  for name in names:
+    value = getattr(section, name)
+    if not value > 0:
+      raise ConfigError(f"{prefix}.{name} must be > 0, got {value}")
+
+
+def _nonnegative(section: Any, prefix: str, *names: str) -> None:
+  for name in names:
+    value = getattr(section, name)
+    if value < 0:
+      raise ConfigError(f"{prefix}.{name} must be >= 0, got {value}")
+
+
+def to_json(config: Config) -> str:
+  return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)

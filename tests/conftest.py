@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny configs and data so the suite runs in minutes on 2 CPU cores."""
+
+import dataclasses
+import os
+
+import pytest
+
+os.environ.setdefault("HOMEO_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache"))
+
+from homeo_jax.data import load_text_data  # noqa: E402
+from homeo_jax.models import TransformerConfig  # noqa: E402
+from homeo_jax.training.config import Config, DataConfig, OptimizerConfig, TrainConfig  # noqa: E402
+
+
+def tiny_config(run_dir, **sections) -> Config:
+  """A 2-layer, 32-wide char model on 200K chars of Shakespeare, 6 steps."""
+  config = Config(
+    name="tiny",
+    model=TransformerConfig(
+      vocab_size=0, num_layers=2, num_heads=2, d_model=32, max_seq_len=32, dropout=0.1
+    ),
+    data=DataConfig(
+      corpus="shakespeare", tokenizer="char", seq_len=32, batch_size=8, max_chars=200_000
+    ),
+    optimizer=OptimizerConfig(name="adamw", learning_rate=3e-3, warmup_steps=2),
+    train=TrainConfig(
+      steps=6,
+      eval_every=3,
+      eval_batches=2,
+      log_every=1,
+      checkpoint_every=3,
+      progress=False,
+      run_dir=str(run_dir),
+    ),
+  )
+  for name, overrides in sections.items():
+    config = dataclasses.replace(
+      config, **{name: dataclasses.replace(getattr(config, name), **overrides)}
+    )
+  return config
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+  return load_text_data("shakespeare", tokenizer="char", max_chars=200_000)

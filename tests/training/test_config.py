@@ -1,0 +1,88 @@
+import subprocess
+import sys
+
+import pytest
+
+from homeo_jax.training import config as config_lib
+from homeo_jax.training.config import ConfigError, apply_overrides, validate_config
+from homeo_jax.training.loop import train
+from tests.conftest import tiny_config
+
+
+def test_overrides_parse_by_field_type(tmp_path):
+  cfg = apply_overrides(
+    tiny_config(tmp_path),
+    [
+      "optimizer.learning_rate=3e-4",
+      "train.steps=12",
+      "train.progress=false",
+      "model.dtype=bfloat16",
+      "optimizer.kwargs={'nesterov': True}",
+    ],
+  )
+  assert cfg.optimizer.learning_rate == 3e-4 and cfg.train.steps == 12
+  assert cfg.train.progress is False and cfg.model.dtype == "bfloat16"
+  assert cfg.optimizer.kwargs == {"nesterov": True}
+  cfg = apply_overrides(cfg, ["optimizer.kwargs.window=50"])
+  assert cfg.optimizer.kwargs == {"nesterov": True, "window": 50}
+
+
+@pytest.mark.parametrize(
+  "override, message",
+  [
+    ("optimizer.learning_rate=-1e-3", "optimizer.learning_rate must be > 0, got -0.001"),
+    ("optimizer.name=adamx", "optimizer.name must be one of .* got 'adamx'"),
+    ("train.stepz=5", "unknown config key 'train.stepz'"),
+    ("train.steps=many", "train.steps='many' is not a valid int"),
+    ("data.seq_len=64", "data.seq_len=64 exceeds model.max_seq_len=32"),
+    ("data.tokenizer=words", "data.tokenizer must be one of"),
+    ("model.dropout=1.5", "model.dropout must be in"),
+    ("optimizer.b2=1.0", "optimizer.b2 must be in"),
+    ("data.corpus=/no/such/file.txt", "data.corpus must be one of"),
+  ],
+)
+def test_bad_values_name_the_key(tmp_path, override, message):
+  with pytest.raises(ConfigError, match=message):
+    validate_config(apply_overrides(tiny_config(tmp_path), [override]))
+
+
+def test_seq_len_larger_than_data(tmp_path):
+  small = tmp_path / "small.txt"
+  small.write_text("tiny corpus " * 4)
+  cfg = apply_overrides(tiny_config(tmp_path / "run"), [f"data.corpus={small}"])
+  with pytest.raises(ConfigError, match=r"data.seq_len=32 is larger than the validation split"):
+    train(cfg)
+
+
+def test_unknown_optimizer_kwarg(tmp_path):
+  cfg = apply_overrides(tiny_config(tmp_path), ["optimizer.kwargs.windw=3"])
+  with pytest.raises(ConfigError, match="optimizer.kwargs.windw is not an argument"):
+    train(cfg)
+
+
+def test_shipped_configs_load_and_validate():
+  for spec in (
+    "configs/shakespeare_char.py",
+    "configs/shakespeare_char.py:cpu",
+    "configs/shakespeare_char.py:smoke",
+  ):
+    validate_config(config_lib.load_config(spec))
+
+
+def test_cli_rejects_bad_value_with_one_line():
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "homeo_jax.train",
+      "--config",
+      "configs/shakespeare_char.py:smoke",
+      "--set",
+      "optimizer.learning_rate=-1",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == ("config error: optimizer.learning_rate must be > 0, got -1.0")

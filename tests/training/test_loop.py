@@ -1,0 +1,146 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from homeo_jax.training.checkpoint import Checkpointer, CheckpointError
+from homeo_jax.training.loop import PAUSE_FILE, train
+from tests.conftest import tiny_config
+
+
+def losses(run_dir):
+  records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_data):
+  run_dir = tmp_path_factory.mktemp("full")
+  result = train(tiny_config(run_dir), data=tiny_data)
+  return run_dir, result
+
+
+def test_run_folder_contents(uninterrupted):
+  run_dir, result = uninterrupted
+  assert result.status == "finished"
+  for name in ("config.json", "metrics.jsonl", "stats.json", "report.md", "loss.png"):
+    assert (run_dir / name).exists(), name
+  stats = json.loads((run_dir / "stats.json").read_text())
+  assert stats["step"] == 6 and stats["status"] == "finished"
+  assert stats["best_val_loss"] <= stats["val_loss"] + 1e-9
+  assert sorted(losses(run_dir)) == [1, 2, 3, 4, 5, 6]
+  assert Checkpointer(run_dir / "checkpoints").steps() == [3, 6]
+
+
+def test_pause_and_exact_resume(tmp_path, tiny_data, uninterrupted):
+  run_dir = tmp_path / "paused"
+  run_dir.mkdir()
+  (run_dir / PAUSE_FILE).touch()  # honoured after the step in flight: pauses at step 1
+  first = train(tiny_config(run_dir), data=tiny_data)
+  assert first.status == "paused" and first.stats["step"] == 1
+  assert not (run_dir / PAUSE_FILE).exists()
+  assert Checkpointer(run_dir / "checkpoints").steps() == [1]
+  second = train(tiny_config(run_dir), data=tiny_data)
+  assert second.status == "finished"
+  expected = losses(uninterrupted[0])
+  got = losses(run_dir)
+  assert sorted(got) == sorted(expected)
+  np.testing.assert_array_equal([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)])
+  full_params = uninterrupted[1].state.params
+  jax.tree.map(np.testing.assert_array_equal, second.state.params, full_params)
+
+
+def test_sigterm_pauses_and_saves(tmp_path, tiny_data):
+  run_dir = tmp_path / "signalled"
+
+  def signal_after_first_step():  # the handler is installed before step 1 runs
+    while not (run_dir / "metrics.jsonl").exists():
+      time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  cfg = tiny_config(run_dir, train={"steps": 400, "checkpoint_every": 400})
+  threading.Thread(target=signal_after_first_step, daemon=True).start()
+  result = train(cfg, data=tiny_data)
+  assert result.status == "paused" and 1 <= result.stats["step"] < 400
+  assert Checkpointer(run_dir / "checkpoints").steps() == [result.stats["step"]]
+
+
+def corrupt(step_dir):
+  for path in (step_dir / "state").rglob("*"):
+    if path.is_file() and path.name != "commit_success.txt":
+      path.write_bytes(b"\x00garbage")
+
+
+def test_corrupt_checkpoint_falls_back_with_named_error(tmp_path, tiny_data, uninterrupted, capfd):
+  import shutil
+
+  run_dir = tmp_path / "corrupt"
+  shutil.copytree(uninterrupted[0], run_dir)
+  corrupt(run_dir / "checkpoints" / "6")
+  result = train(tiny_config(run_dir), data=tiny_data)
+  err = capfd.readouterr().err
+  assert f"checkpoint {run_dir.absolute() / 'checkpoints' / '6'} is unreadable" in err
+  assert "resumed" in err and "at step 3" in err
+  assert (run_dir / "corrupt_checkpoints").is_dir()  # moved aside, not deleted
+  assert result.status == "finished"
+  expected = losses(uninterrupted[0])
+  np.testing.assert_array_equal(losses(run_dir)[6], expected[6])  # re-ran steps 4..6 exactly
+
+
+def test_all_checkpoints_corrupt_never_starts_fresh(tmp_path, tiny_data, uninterrupted):
+  import shutil
+
+  run_dir = tmp_path / "all_corrupt"
+  shutil.copytree(uninterrupted[0], run_dir)
+  for step in (3, 6):
+    corrupt(run_dir / "checkpoints" / str(step))
+  with pytest.raises(
+    CheckpointError, match=r"no readable checkpoint: .*checkpoints/6 .*checkpoints/3"
+  ):
+    train(tiny_config(run_dir), data=tiny_data)
+
+
+def test_new_transform_reading_loss_needs_no_loop_edit(tmp_path, tiny_data):
+  # reduce_on_plateau reads value=loss from the extra args the step always passes.
+  tx = optax.chain(
+    optax.adam(3e-3),
+    optax.contrib.reduce_on_plateau(
+      factor=0.5, patience=1, cooldown=0, accumulation_size=1, rtol=0.0, atol=10.0
+    ),  # every step counts as a plateau
+  )
+  result = train(tiny_config(tmp_path, train={"steps": 4}), tx=tx, data=tiny_data)
+  plateau_state = result.state.opt_state[1]
+  assert float(plateau_state.scale) < 1.0  # it saw the losses and reduced the scale
+  assert int(plateau_state.count) == 0
+
+
+def test_cli_end_to_end(tmp_path):
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "homeo_jax.train",
+      "--config",
+      "configs/shakespeare_char.py:smoke",
+      "--run_dir",
+      str(tmp_path / "cli"),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert "val loss" in proc.stdout and "finished" in proc.stdout
+  stats = json.loads((tmp_path / "cli" / "stats.json").read_text())
+  assert stats["step"] == 6 and stats["val_loss"] < 4.4  # below log(84) after 6 steps
+  assert (tmp_path / "cli" / "loss.png").stat().st_size > 10_000
