@@ -49,10 +49,14 @@ def sinkhorn(
     raise ValueError(f"eps must be > 0, got {eps}")
   t, e = logits.shape[-2:]
   scores = logits.astype(jnp.float32) / eps
-  log_a = (jnp.full(logits.shape[:-1], -jnp.log(t)) if row_marginal is None
-           else jnp.log(row_marginal))
-  log_b = (jnp.full(logits.shape[:-2] + (e,), -jnp.log(e)) if col_marginal is None
-           else jnp.log(col_marginal))
+  log_a = (
+    jnp.full(logits.shape[:-1], -jnp.log(t)) if row_marginal is None else jnp.log(row_marginal)
+  )
+  log_b = (
+    jnp.full(logits.shape[:-2] + (e,), -jnp.log(e))
+    if col_marginal is None
+    else jnp.log(col_marginal)
+  )
 
   def iteration(potentials, _):
     _, g = potentials

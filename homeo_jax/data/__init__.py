@@ -1,5 +1,6 @@
 """Shipped corpora, tokenizers and resumable batch streams."""
 
+from homeo_jax.data.batches import SwitchedBatches as SwitchedBatches
 from homeo_jax.data.batches import TextData as TextData
 from homeo_jax.data.batches import load_text_data as load_text_data
 from homeo_jax.data.batches import window_batches as window_batches

@@ -81,3 +81,19 @@ def load_text_data(
   tok = tokenizers_lib.build_tokenizer(tokenizer, vocab_text, bpe_vocab_size=bpe_vocab_size)
   train, val = corpora.split_train_val(tok.encode(text), val_fraction)
   return TextData(tokenizer=tok, train_tokens=train, val_tokens=val)
+
+
+class SwitchedBatches:
+  """Batch ``i`` from ``before`` for ``i < switch_at``, from ``after`` from then on.
+
+  Random access like the streams it joins, so a run resumed across the switch still
+  reads exactly the batches of an uninterrupted run (a distribution shift).
+  """
+
+  def __init__(self, before, after, switch_at: int):
+    if switch_at < 0:
+      raise ValueError(f"switch_at must be >= 0, got {switch_at}")
+    self.before, self.after, self.switch_at = before, after, switch_at
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    return self.before[index] if index < self.switch_at else self.after[index - self.switch_at]

@@ -45,11 +45,17 @@ def controls(opt_state: Any) -> dict[str, jax.Array]:
 
 
 def regulator_metrics(opt_state: Any) -> dict[str, jax.Array]:
-  """``{"regulators/<name>/<field>": scalar}`` for every logged field of every regulator."""
+  """``{"regulators/<name>/<field>": scalar}`` for every logged field of every regulator.
+
+  A field that is an array or a tree (e.g. one value per parameter leaf) is logged as
+  the mean over all its elements.
+  """
   metrics: dict[str, jax.Array] = {}
   for state in regulator_states(opt_state):
     for field in getattr(type(state), "logged_fields", ()):
-      value = jnp.asarray(getattr(state, field))
-      key = f"regulators/{state.regulator_name}/{field}"
-      metrics[key] = value if value.ndim == 0 else jnp.mean(value)
+      leaves = [
+        jnp.ravel(jnp.asarray(x, jnp.float32)) for x in jax.tree.leaves(getattr(state, field))
+      ]
+      if leaves:
+        metrics[f"regulators/{state.regulator_name}/{field}"] = jnp.mean(jnp.concatenate(leaves))
   return metrics

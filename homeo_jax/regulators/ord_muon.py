@@ -12,7 +12,10 @@ orthogonalise (Nesterov momentum with bias correction, exactly as
 With ``spectral_lr = 0`` and ``project_radial = False`` (the defaults) there is *no*
 decomposition: G∥ is multiplied by zero, G⊥ = G, and the update is exactly Muon's
 Polar(G). ``project_radial=True`` with ``spectral_lr = 0`` gives Polar(G⊥) alone (the
-"geometric only" arm). One code path serves all three.
+"geometric only" arm). One code path serves all three. Note that Polar(G⊥) alone
+removes the one direction that changes ‖W‖, so it barely moves the weight norm (on a
+quadratic whose target has 10x the initial norm it stalls where Muon converges); it
+is an ablation arm rather than a complete optimizer.
 
 Near-radial gradients: when ‖G⊥‖ ≤ ``radial_rtol``·‖G‖ (default 1e-3), G⊥ is
 rounding noise that Polar would inflate into a full-size orthogonal update, so it is
@@ -60,8 +63,10 @@ def matrix_view(x: jax.Array, dims: MuonDimensionNumbers):
     raise ValueError(f"reduction axes {reduction} and output axes {output} overlap")
   batch = tuple(a for a in range(x.ndim) if a not in reduction + output)
   order = batch + reduction + output
-  sizes = [int(np.prod([x.shape[a] for a in group], dtype=np.int64))
-           for group in (batch, reduction, output)]
+  sizes = [
+    int(np.prod([x.shape[a] for a in group], dtype=np.int64))
+    for group in (batch, reduction, output)
+  ]
   transposed_shape = tuple(x.shape[a] for a in order)
   inverse_order = tuple(np.argsort(order))
 
@@ -176,11 +181,13 @@ def scale_by_ord_muon(
       undos.append(undo)
       rhos.append(jnp.mean(rho))
       fracs.append(jnp.mean(jnp.abs(rho) * jnp.sqrt(w_sq) / jnp.maximum(g_norm, 1e-30)))
-    polars = orthogonalize_many(perps, coeffs=schedule, steps=ns_steps, eps=eps,
-                                dtype=compute_dtype)
+    polars = orthogonalize_many(
+      perps, coeffs=schedule, steps=ns_steps, eps=eps, dtype=compute_dtype
+    )
+    in_dtypes = [u.dtype for u in treedef.flatten_up_to(updates)]
     new_updates = [
-      undo((p + spectral_lr * radial_weight * r).astype(g.dtype))
-      for p, r, undo, g in zip(polars, radials, undos, g_leaves, strict=True)
+      undo((p.astype(jnp.float32) + spectral_lr * radial_weight * r).astype(dtype))
+      for p, r, undo, dtype in zip(polars, radials, undos, in_dtypes, strict=True)
     ]
     state = ScaleByOrdMuonState(
       count=count,
@@ -208,9 +215,10 @@ def scale_by_shape(
     def scale(u, d):
       fan_in = np.prod([u.shape[a] for a in _axes(u, d.reduction_axis)])
       fan_out = np.prod([u.shape[a] for a in _axes(u, d.output_axis)])
+      # Python floats are weakly typed: the update keeps its dtype.
       if consistent_rms is None:
-        return u * np.sqrt(max(1.0, fan_out / fan_in)).astype(np.float32)
-      return u * (np.sqrt(max(fan_in, fan_out)) * consistent_rms)
+        return u * float(np.sqrt(max(1.0, fan_out / fan_in)))
+      return u * float(np.sqrt(max(fan_in, fan_out)) * consistent_rms)
 
     return jax.tree.map(scale, updates, dims, is_leaf=_is_dim_nums), state
 
@@ -224,8 +232,7 @@ def _muon_dims(params, weight_dimension_numbers: WeightDimNums):
   dims = weight_dimension_numbers
   dims = dims(params) if callable(dims) else dims
   is_leaf = lambda x: x is None or _is_dim_nums(x)  # noqa: E731
-  return jax.tree.map(lambda d, sub: jax.tree.map(lambda _: d, sub), dims, params,
-                      is_leaf=is_leaf)
+  return jax.tree.map(lambda d, sub: jax.tree.map(lambda _: d, sub), dims, params, is_leaf=is_leaf)
 
 
 def ord_muon(
@@ -260,31 +267,48 @@ def ord_muon(
   ``scale_by_ord_muon``.
   """
   if isinstance(ns_coeffs, str) and ns_coeffs not in SCHEDULES:
-    raise ValueError(f"ns_coeffs must be one of {sorted(SCHEDULES)} or coefficients, "
-                     f"got {ns_coeffs!r}")
+    raise ValueError(
+      f"ns_coeffs must be one of {sorted(SCHEDULES)} or coefficients, got {ns_coeffs!r}"
+    )
 
   def labels(params):
     dims = _muon_dims(params, muon_weight_dimension_numbers)
-    return jax.tree.map(lambda d: "muon" if d is not None else "adam", dims,
-                        is_leaf=lambda x: x is None or _is_dim_nums(x))
+    return jax.tree.map(
+      lambda d: "muon" if d is not None else "adam",
+      dims,
+      is_leaf=lambda x: x is None or _is_dim_nums(x),
+    )
 
   def muon_dims(updates):
     # Inside the partition AdamW leaves are empty MaskedNodes, which the mapping keeps.
     return _muon_dims(updates, muon_weight_dimension_numbers)
 
   muon_branch = optax.chain(
-    scale_by_ord_muon(ns_coeffs, ns_steps, beta, eps, mu_dtype, spectral_lr=spectral_lr,
-                      project_radial=project_radial, radial_rtol=radial_rtol,
-                      nesterov=nesterov, compute_dtype=compute_dtype,
-                      weight_dimension_numbers=muon_dims),
+    scale_by_ord_muon(
+      ns_coeffs,
+      ns_steps,
+      beta,
+      eps,
+      mu_dtype,
+      spectral_lr=spectral_lr,
+      project_radial=project_radial,
+      radial_rtol=radial_rtol,
+      nesterov=nesterov,
+      compute_dtype=compute_dtype,
+      weight_dimension_numbers=muon_dims,
+    ),
     scale_by_shape(muon_dims, consistent_rms),
     optax.add_decayed_weights(weight_decay, weight_decay_mask),
     optax.scale_by_learning_rate(learning_rate),
   )
   adam_branch = optax.adamw(
     learning_rate=learning_rate if adam_learning_rate is None else adam_learning_rate,
-    b1=adam_b1, b2=adam_b2, eps=eps, eps_root=adam_eps_root, weight_decay=adam_weight_decay,
-    mu_dtype=mu_dtype, nesterov=nesterov,
+    b1=adam_b1,
+    b2=adam_b2,
+    eps=eps,
+    eps_root=adam_eps_root,
+    weight_decay=adam_weight_decay,
+    mu_dtype=mu_dtype,
+    nesterov=nesterov,
   )
   return optax.partition({"muon": muon_branch, "adam": adam_branch}, labels)
-

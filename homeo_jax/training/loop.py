@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +127,21 @@ def train(
   data: TextData | None = None,
   model: nnx.Module | None = None,
   loss_fn: LossFn = lm_loss,
+  train_batches: Any = None,
+  eval_sets: Mapping[str, np.ndarray] | None = None,
 ) -> RunResult:
-  """Train (or resume) the run described by ``config``; see the module docstring."""
+  """Train (or resume) the run described by ``config``; see the module docstring.
+
+  Args:
+    config: the run; validated before anything is loaded or compiled.
+    tx: an optax transform to use instead of ``config.optimizer``.
+    data: pre-loaded ``TextData`` (default: loaded from ``config.data``).
+    model: an NNX module to use instead of ``config.model_type``.
+    loss_fn: ``(logits, targets, telemetry) -> (loss, telemetry)``.
+    train_batches: a random-access batch stream (item i = batch i, int ``[B, T + 1]``)
+      instead of seeded windows of ``data.train_tokens``, e.g. a distribution shift.
+    eval_sets: extra validation token arrays, logged as ``val/<name>/loss``.
+  """
   config_lib.validate_config(config)
   t = config.train
   data = data if data is not None else load_data(config)
@@ -164,20 +178,28 @@ def train(
   stats["total_steps"] = t.steps
 
   d = config.data
-  train_batches = window_batches(
-    data.train_tokens, seq_len=d.seq_len, batch_size=d.batch_size, seed=d.seed
-  )
-  val_stream = window_batches(
-    data.val_tokens, seq_len=d.seq_len, batch_size=d.batch_size, seed=d.seed + 1
-  )
-  val_batches = [val_stream[i] for i in range(t.eval_batches)]
+  if train_batches is None:
+    train_batches = window_batches(
+      data.train_tokens, seq_len=d.seq_len, batch_size=d.batch_size, seed=d.seed
+    )
+
+  def fixed_batches(tokens):
+    stream = window_batches(tokens, seq_len=d.seq_len, batch_size=d.batch_size, seed=d.seed + 1)
+    return [stream[i] for i in range(t.eval_batches)]
+
+  val_sets = {"": fixed_batches(data.val_tokens)}
+  val_sets.update({name: fixed_batches(tokens) for name, tokens in (eval_sets or {}).items()})
   train_step = jax.jit(make_train_step(apply_fn, tx, loss_fn), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(apply_fn, loss_fn))
   tokens_per_step = d.batch_size * d.seq_len
 
-  def evaluate(state) -> float:
-    losses = [eval_step(state.params, state.opt_state, b) for b in val_batches]
-    return float(np.mean(jax.device_get(losses)))
+  def evaluate(state) -> dict[str, float]:
+    return {
+      name: float(
+        np.mean(jax.device_get([eval_step(state.params, state.opt_state, b) for b in batches]))
+      )
+      for name, batches in val_sets.items()
+    }
 
   def save(state) -> None:
     checkpointer.save(
@@ -229,11 +251,15 @@ def train(
       pending = (step, metrics)
       if step % t.eval_every == 0 or step == t.steps:
         flush()
-        val_loss = evaluate(state)
+        val = evaluate(state)
+        val_loss = val.pop("")
         stats["val_loss"] = val_loss
+        stats.update({f"val_loss/{name}": v for name, v in val.items()})
         if stats["best_val_loss"] is None or val_loss < stats["best_val_loss"]:
           stats.update(best_val_loss=val_loss, best_val_step=step)
-        files.append_metrics({"step": step, "val/loss": val_loss})
+        files.append_metrics(
+          {"step": step, "val/loss": val_loss, **{f"val/{name}/loss": v for name, v in val.items()}}
+        )
         bar.write(f"step {step:6d} | val loss {val_loss:.4f} (best {stats['best_val_loss']:.4f})")
         timer["last"] = time.perf_counter()
       paused = pause.requested()

@@ -88,3 +88,97 @@ def _sgd(
   cfg: OptimizerConfig, learning_rate, nesterov: bool = False
 ) -> optax.GradientTransformation:
   return optax.sgd(learning_rate, momentum=cfg.b1 or None, nesterov=nesterov)
+
+
+def hidden_matrices(params):
+  """Muon dimension numbers for 2-D leaves outside the embeddings; None (AdamW) elsewhere.
+
+  Embedding tables and 1-D gains go to AdamW, as in modded-nanogpt.
+  """
+  from optax.contrib import MuonDimensionNumbers
+
+  def rule(path, x):
+    is_embedding = "embed" in jax.tree_util.keystr(path)
+    return MuonDimensionNumbers() if x.ndim == 2 and not is_embedding else None
+
+  return jax.tree_util.tree_map_with_path(rule, params)
+
+
+@register_optimizer("ord_muon")
+def _ord_muon(
+  cfg: OptimizerConfig,
+  learning_rate,
+  spectral_lr: float = 0.0,
+  project_radial: bool = False,
+  muon_learning_rate: float = 0.02,
+  ns_coeffs: str = "standard",
+  compute_dtype: str = "float32",
+) -> optax.GradientTransformation:
+  """ORD-Muon on hidden matrices (lr ``muon_learning_rate`` on the config's schedule shape),
+  AdamW at ``learning_rate`` on embeddings and gains. ``spectral_lr=0`` is Muon."""
+  from homeo_jax.models.layers import DTYPES
+  from homeo_jax.regulators.ord_muon import ord_muon
+
+  ratio = muon_learning_rate / cfg.learning_rate
+  return ord_muon(
+    lambda step: learning_rate(step) * ratio,
+    spectral_lr=spectral_lr,
+    project_radial=project_radial,
+    ns_coeffs=ns_coeffs,
+    compute_dtype=DTYPES[compute_dtype],
+    weight_decay=cfg.weight_decay,
+    adam_b1=cfg.b1,
+    adam_b2=cfg.b2,
+    adam_learning_rate=learning_rate,
+    muon_weight_dimension_numbers=hidden_matrices,
+  )
+
+
+@register_optimizer("optax_muon")
+def _optax_muon(cfg: OptimizerConfig, learning_rate, muon_learning_rate: float = 0.02):
+  """``optax.contrib.muon`` with the same split as ``ord_muon``, for comparisons."""
+  ratio = muon_learning_rate / cfg.learning_rate
+  return optax.contrib.muon(
+    lambda step: learning_rate(step) * ratio,
+    weight_decay=cfg.weight_decay,
+    adam_b1=cfg.b1,
+    adam_b2=cfg.b2,
+    adam_learning_rate=learning_rate,
+    muon_weight_dimension_numbers=hidden_matrices,
+  )
+
+
+@register_optimizer("ars_adamw")
+def _ars_adamw(
+  cfg: OptimizerConfig,
+  learning_rate,
+  window: int = 100,
+  alpha: float = 1.0,
+  phi_min: float = 0.1,
+  jitter_scale: float = 0.1,
+  guard: bool = True,
+  jitter: bool = True,
+  seed: int = 0,
+  surprise: str = "raw",
+  surprise_key: str = "value",
+) -> optax.GradientTransformation:
+  """AdamW under ARS with the config's lr schedule, betas, eps and decay mask."""
+  from homeo_jax.regulators.ars import ars_adamw
+
+  return ars_adamw(
+    learning_rate,
+    b1=cfg.b1,
+    b2=cfg.b2,
+    eps=cfg.eps,
+    weight_decay=cfg.weight_decay,
+    window=window,
+    alpha=alpha,
+    phi_min=phi_min,
+    jitter_scale=jitter_scale,
+    guard=guard,
+    jitter=jitter,
+    seed=seed,
+    surprise=surprise,
+    surprise_key=surprise_key,
+    mask=matrix_mask,
+  )

@@ -117,3 +117,16 @@ def test_load_text_data_split(tiny_data):
   assert n == 200_000 and len(tiny_data.val_tokens) == 20_000
   other = load_text_data("shakespeare", tokenizer="char", max_chars=200_000)
   np.testing.assert_array_equal(other.val_tokens, tiny_data.val_tokens)
+
+
+def test_switched_batches_random_access():
+  from homeo_jax.data import SwitchedBatches
+
+  a = window_batches(np.arange(100, dtype=np.int32), seq_len=4, batch_size=2, seed=0)
+  b = window_batches(np.arange(1000, 1100, dtype=np.int32), seq_len=4, batch_size=2, seed=0)
+  switched = SwitchedBatches(a, b, switch_at=3)
+  np.testing.assert_array_equal(switched[2], a[2])
+  np.testing.assert_array_equal(switched[3], b[0])
+  np.testing.assert_array_equal(switched[7], b[4])
+  with pytest.raises(ValueError, match="switch_at must be >= 0, got -1"):
+    SwitchedBatches(a, b, -1)

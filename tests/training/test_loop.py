@@ -144,3 +144,23 @@ def test_cli_end_to_end(tmp_path):
   stats = json.loads((tmp_path / "cli" / "stats.json").read_text())
   assert stats["step"] == 6 and stats["val_loss"] < 4.4  # below log(84) after 6 steps
   assert (tmp_path / "cli" / "loss.png").stat().st_size > 10_000
+
+
+def test_extra_eval_sets_and_custom_batch_stream(tmp_path, tiny_data):
+  from homeo_jax.data import SwitchedBatches, window_batches
+
+  shifted = SwitchedBatches(
+    window_batches(tiny_data.train_tokens, seq_len=32, batch_size=8, seed=0),
+    window_batches(tiny_data.val_tokens, seq_len=32, batch_size=8, seed=0),
+    switch_at=2,
+  )
+  result = train(
+    tiny_config(tmp_path, train={"steps": 3}),
+    data=tiny_data,
+    train_batches=shifted,
+    eval_sets={"heldout": tiny_data.val_tokens[:5000]},
+  )
+  records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  evals = [r for r in records if "val/heldout/loss" in r]
+  assert [r["step"] for r in evals] == [3]
+  assert np.isfinite(evals[0]["val/heldout/loss"]) and "val_loss/heldout" in result.stats

@@ -1,0 +1,252 @@
+"""ARS — Adaptive Resonance Suppression: an entropy guard and surprise gate on Adam.
+
+Every step, with surprise S_t (the loss ``value=`` by default, or another telemetry
+scalar named by ``surprise_key``, e.g. ``"grad_norm"``):
+
+1. the last ``window`` (W, default 100) finite values of S sit in a ring buffer;
+2. ρ₁ = lag-1 autocorrelation of that window (Pearson, window vs itself shifted by one);
+3. entropy guard   Ψ_t = max(ε, 1 − ρ₁²)                   (ε = ``epsilon``, 1e-6);
+4. effective surprise S̃_t = S_t / Ψ_t;
+5. surprise gate   Φ_t = Φ_min + (1 − Φ_min)·exp(−α·S̃_t)   (α 1.0, Φ_min 0.1);
+6. chronos-jitter  j_t = U(−1, 1)·jitter_scale·(1 − Ψ_t)   (jitter_scale 0.1), from a
+   PRNG key carried in the state;
+7. β1_eff = β1·Φ_t, β2_eff = β2·Φ_t, lr_eff = lr_base·(1 + j_t);
+8. the inner optimizer steps with those. The base values (numbers or schedules) stay
+   the source of truth: effective values are recomputed from them every step.
+
+A periodic (resonant) loss has |ρ₁| → 1, so Ψ → ε: surprise is amplified, Φ drops to
+Φ_min (less momentum, shorter second-moment memory) and the learning rate is jittered
+to break the resonance. White noise has ρ₁ ≈ 0, so Ψ ≈ 1 and ARS relaxes.
+
+Choices the seed leaves open, made here:
+
+* Warm-up: until the window holds ``min_window`` (default 3) values, Ψ = 1 and Φ follows
+  from S alone (there is no autocorrelation to measure yet); jitter is then 0.
+* ``guard=False`` fixes Ψ ≡ 1, which also makes the jitter 0.
+* Bad telemetry: a NaN/Inf S never enters the buffer or the baseline; that step holds
+  the previous Ψ and Φ, uses no jitter, and the state stays finite.
+* Surprise normalisation (``surprise``): ``"raw"`` (default) uses S as given, so Φ
+  depends on the loss's absolute scale (a loss of 3 gives Φ ≈ 0.14, i.e. β's shrink 7×);
+  ``"relative"`` uses S_t = max(0, S_t / EMA(S)_{t−1} − 1), the excess over a running
+  baseline (EMA decay ``baseline_decay``, 0.99), so Φ ≈ 1 while the loss is as expected
+  and falls only when it exceeds its own recent level. The data-shift ablation in
+  ``experiments/ars_narcissus.py`` uses ``"relative"``.
+
+Reads: ``value`` (or ``surprise_key``) from the extra args. Exposes in its state: Ψ
+(``psi``), Φ (``phi``), ρ₁ (``rho1``), S̃ (``surprise_eff``), ``jitter`` and the effective
+``b1``, ``b2``, ``learning_rate``.
+
+References:
+  The ARS seed document (Adaptive Resonance Suppression); Kingma & Ba, Adam (2015).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from homeo_jax.cores import signals
+from homeo_jax.regulators.steering import HyperparamController, steer_hyperparams
+
+SURPRISE_MODES = ("raw", "relative")
+
+
+class ARSState(NamedTuple):
+  """Controller state of ARS (lives in ``SteeredState.controller``)."""
+
+  surprise_buffer: signals.RingBuffer  # last W finite surprises
+  baseline: signals.EMA  # running EMA of S (used by surprise="relative")
+  key: jax.Array  # PRNG key data, uint32[2]: chronos-jitter
+  rho1: jax.Array  # shape=(), float32: lag-1 autocorrelation
+  psi: jax.Array  # shape=(), float32: entropy guard Ψ ∈ [ε, 1]
+  surprise_eff: jax.Array  # shape=(), float32: S̃ = S / Ψ
+  phi: jax.Array  # shape=(), float32: surprise gate Φ ∈ [Φ_min, 1]
+  jitter: jax.Array  # shape=(), float32: j ∈ [−jitter_scale, jitter_scale]
+  b1: jax.Array  # shape=(), float32: effective β1
+  b2: jax.Array  # shape=(), float32: effective β2
+  learning_rate: jax.Array  # shape=(), float32: effective learning rate
+
+  regulator_name = "ars"
+  logged_fields = ("psi", "phi", "rho1", "surprise_eff", "jitter", "b1", "b2", "learning_rate")
+
+
+def _validate(window, alpha, phi_min, jitter_scale, epsilon, min_window, surprise):
+  if window < 3:
+    raise ValueError(f"window must be >= 3, got {window}")
+  if not 0.0 < phi_min <= 1.0:
+    raise ValueError(f"phi_min must be in (0, 1], got {phi_min}")
+  if not alpha > 0:
+    raise ValueError(f"alpha must be > 0, got {alpha}")
+  if jitter_scale < 0:
+    raise ValueError(f"jitter_scale must be >= 0, got {jitter_scale}")
+  if not 0.0 < epsilon <= 1.0:
+    raise ValueError(f"epsilon must be in (0, 1], got {epsilon}")
+  if not 3 <= min_window <= window:
+    raise ValueError(f"min_window must be in [3, window={window}], got {min_window}")
+  if surprise not in SURPRISE_MODES:
+    raise ValueError(f"surprise must be one of {SURPRISE_MODES}, got {surprise!r}")
+
+
+def ars_controller(
+  *,
+  window: int = 100,
+  alpha: float = 1.0,
+  phi_min: float = 0.1,
+  jitter_scale: float = 0.1,
+  epsilon: float = 1e-6,
+  min_window: int = 3,
+  guard: bool = True,
+  jitter: bool = True,
+  surprise: str = "raw",
+  surprise_key: str = "value",
+  baseline_decay: float = 0.99,
+  seed: int = 0,
+) -> HyperparamController:
+  """The ARS controller for ``steer_hyperparams`` (steers ``learning_rate``, ``b1``, ``b2``)."""
+  _validate(window, alpha, phi_min, jitter_scale, epsilon, min_window, surprise)
+
+  def init_fn(params):
+    del params
+    one = jnp.ones((), jnp.float32)
+    zero = jnp.zeros((), jnp.float32)
+    return ARSState(
+      surprise_buffer=signals.ring_init(window),
+      baseline=signals.ema_init(),
+      key=jax.random.key_data(jax.random.key(seed)),
+      rho1=zero,
+      psi=one,
+      surprise_eff=zero,
+      phi=one,
+      jitter=zero,
+      b1=zero,
+      b2=zero,
+      learning_rate=zero,
+    )
+
+  def update_fn(state: ARSState, base, updates, params, **extra_args):
+    del updates, params
+    if surprise_key not in extra_args:
+      raise ValueError(
+        f"ARS reads {surprise_key!r} from the extra args; pass tx.update(..., {surprise_key}=...)"
+      )
+    raw = jnp.asarray(extra_args[surprise_key], jnp.float32)
+    ok = jnp.isfinite(raw)
+    if surprise == "relative":
+      baseline = signals.ema_debiased(state.baseline, baseline_decay)
+      has_baseline = jnp.logical_and(state.baseline.count > 0, baseline > 0)
+      s = jnp.where(
+        has_baseline, jnp.maximum(raw / jnp.where(has_baseline, baseline, 1.0) - 1, 0), 0.0
+      )
+    else:
+      s = raw
+    buffer = signals.ring_push(state.surprise_buffer, raw, ok)
+    rho1 = signals.lag1_autocorrelation(buffer)
+    warm = signals.ring_size(buffer) >= min_window
+    psi = jnp.where(jnp.logical_and(guard, warm), jnp.maximum(epsilon, 1.0 - rho1**2), 1.0)
+    s_eff = jnp.where(ok, s, 0.0) / psi
+    phi = phi_min + (1.0 - phi_min) * jnp.exp(-alpha * s_eff)
+    key, subkey = jax.random.split(jax.random.wrap_key_data(state.key))
+    noise = jax.random.uniform(subkey, (), jnp.float32, -1.0, 1.0)
+    jit = noise * jitter_scale * (1.0 - psi) if jitter else jnp.zeros((), jnp.float32)
+    # A bad S holds the previous guard and gate and adds no jitter.
+    psi = jnp.where(ok, psi, state.psi)
+    phi = jnp.where(ok, phi, state.phi)
+    jit = jnp.where(ok, jit, 0.0)
+    s_eff = jnp.where(ok, s_eff, state.surprise_eff)
+    rho1 = jnp.where(ok, rho1, state.rho1)
+    effective = {
+      "b1": base["b1"] * phi,
+      "b2": base["b2"] * phi,
+      "learning_rate": base["learning_rate"] * (1.0 + jit),
+    }
+    new_state = ARSState(
+      surprise_buffer=buffer,
+      baseline=signals.ema_update(state.baseline, raw, baseline_decay, ok),
+      key=jax.random.key_data(key),
+      rho1=rho1,
+      psi=psi,
+      surprise_eff=s_eff,
+      phi=phi,
+      jitter=jit,
+      **effective,
+    )
+    return new_state, effective
+
+  return HyperparamController(init_fn, update_fn)
+
+
+def ars(
+  inner_factory: Callable[..., optax.GradientTransformation],
+  learning_rate: optax.ScalarOrSchedule,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  *,
+  static_args: tuple[str, ...] = (),
+  controller_kwargs: dict[str, Any] | None = None,
+  **inner_kwargs: Any,
+) -> optax.GradientTransformationExtraArgs:
+  """ARS around any inner optimizer whose factory takes ``learning_rate``, ``b1``, ``b2``."""
+  return steer_hyperparams(
+    inner_factory,
+    ars_controller(**(controller_kwargs or {})),
+    {"learning_rate": learning_rate, "b1": b1, "b2": b2},
+    static_args=static_args,
+    **inner_kwargs,
+  )
+
+
+def ars_adamw(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 1e-4,
+  window: int = 100,
+  alpha: float = 1.0,
+  phi_min: float = 0.1,
+  jitter_scale: float = 0.1,
+  guard: bool = True,
+  jitter: bool = True,
+  seed: int = 0,
+  *,
+  epsilon: float = 1e-6,
+  min_window: int = 3,
+  surprise: str = "raw",
+  surprise_key: str = "value",
+  baseline_decay: float = 0.99,
+  mask: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """AdamW under ARS. ``guard=False``: Ψ ≡ 1 (and so no jitter); ``jitter=False``: no jitter.
+
+  Arguments as ``optax.adamw`` plus the ARS controller's (see the module docstring):
+  window ≥ 3, α > 0, Φ_min ∈ (0, 1], jitter_scale ≥ 0, ε ∈ (0, 1].
+  """
+  controller = dict(
+    window=window,
+    alpha=alpha,
+    phi_min=phi_min,
+    jitter_scale=jitter_scale,
+    epsilon=epsilon,
+    min_window=min_window,
+    guard=guard,
+    jitter=jitter,
+    surprise=surprise,
+    surprise_key=surprise_key,
+    baseline_decay=baseline_decay,
+    seed=seed,
+  )
+  return ars(
+    optax.adamw,
+    learning_rate,
+    b1,
+    b2,
+    static_args=("mask",),
+    controller_kwargs=controller,
+    eps=eps,
+    weight_decay=weight_decay,
+    mask=mask,
+  )

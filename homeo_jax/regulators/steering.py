@@ -1,0 +1,87 @@
+"""The one mechanism by which a regulator steers an inner optimizer's hyperparameters.
+
+``steer_hyperparams(inner_factory, controller, steered={...}, **other)`` builds the inner
+optimizer with ``optax.inject_hyperparams`` and, every step:
+
+1. evaluates the *base* value of each steered hyperparameter (a number, or a schedule
+   at this transform's step count) — the base stays the source of truth;
+2. asks the controller for the *effective* values from the base values and the
+   telemetry in the extra args (``value=loss``, ``grad_norm=``, ...);
+3. writes them into the inner state's ``hyperparams`` and steps the inner optimizer.
+
+Effective values are recomputed from the base each step, never accumulated. Steered
+hyperparameters must not also be schedules inside ``inject_hyperparams`` (the wrapper
+owns their schedule), so it passes numeric placeholders for them. ARS and the Spectral
+Thyroid are controllers over this one wrapper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class HyperparamController(NamedTuple):
+  """A controller: ``init(params) -> state`` and
+  ``update(state, base, updates, params, **extra_args) -> (state, effective)``.
+
+  ``base`` and ``effective`` are dicts name -> scalar array over the steered names.
+  """
+
+  init: Callable[..., Any]
+  update: Callable[..., tuple[Any, dict[str, jax.Array]]]
+
+
+class SteeredState(NamedTuple):
+  count: jax.Array  # shape=(), int32: steps taken (the schedules' clock)
+  inner: Any  # optax.InjectStatefulHyperparamsState of the inner optimizer
+  controller: Any  # the controller's own state (a regulator state NamedTuple)
+
+
+def base_values(
+  steered: Mapping[str, optax.ScalarOrSchedule], count: jax.Array
+) -> dict[str, jax.Array]:
+  return {k: jnp.asarray(v(count) if callable(v) else v, jnp.float32) for k, v in steered.items()}
+
+
+def steer_hyperparams(
+  inner_factory: Callable[..., optax.GradientTransformation],
+  controller: HyperparamController,
+  steered: Mapping[str, optax.ScalarOrSchedule],
+  *,
+  static_args: tuple[str, ...] = (),
+  **other_hyperparams: Any,
+) -> optax.GradientTransformationExtraArgs:
+  """Wrap ``inner_factory(**steered, **other_hyperparams)`` under ``controller``."""
+  steered = dict(steered)
+  placeholders = {
+    k: float(base_values({k: v}, jnp.zeros((), jnp.int32))[k]) for k, v in steered.items()
+  }
+  inner = optax.inject_hyperparams(inner_factory, static_args=static_args)(
+    **placeholders, **other_hyperparams
+  )
+
+  def init_fn(params):
+    return SteeredState(
+      count=jnp.zeros((), jnp.int32), inner=inner.init(params), controller=controller.init(params)
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    base = base_values(steered, state.count)
+    controller_state, effective = controller.update(
+      state.controller, base, updates, params, **extra_args
+    )
+    hyperparams = dict(state.inner.hyperparams)
+    for name, value in effective.items():
+      hyperparams[name] = jnp.asarray(value, hyperparams[name].dtype)
+    inner_state = state.inner._replace(hyperparams=hyperparams)
+    new_updates, inner_state = inner.update(updates, inner_state, params, **extra_args)
+    return new_updates, SteeredState(
+      count=optax.safe_increment(state.count), inner=inner_state, controller=controller_state
+    )
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

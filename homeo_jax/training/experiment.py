@@ -1,0 +1,106 @@
+"""Arms × seeds over the one training loop, and the tables and plots experiments report.
+
+An experiment is a base config, a dict of arms (each a list of ``--set``-style
+overrides) and seeds. ``run_arms`` trains every (arm, seed) into
+``<out_dir>/<arm>/seed<k>/`` — skipping runs that already finished, so an interrupted
+experiment resumes — and returns the run folders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from homeo_jax.training.config import Config, apply_overrides
+from homeo_jax.training.loop import load_data, train
+from homeo_jax.training.report import series
+
+
+def run_arms(
+  base: Config,
+  arms: Mapping[str, Sequence[str]],
+  seeds: Sequence[int],
+  out_dir: str | os.PathLike,
+  *,
+  data: Any = None,
+  train_fn: Callable[..., Any] = train,
+) -> dict[str, list[Path]]:
+  """Train every arm for every seed; returns ``{arm: [run_dir per seed]}``."""
+  out_dir = Path(out_dir)
+  data = data if data is not None else load_data(base)
+  runs: dict[str, list[Path]] = {}
+  for arm, overrides in arms.items():
+    runs[arm] = []
+    for seed in seeds:
+      run_dir = out_dir / arm / f"seed{seed}"
+      runs[arm].append(run_dir)
+      stats_path = run_dir / "stats.json"
+      if stats_path.exists() and json.loads(stats_path.read_text()).get("status") == "finished":
+        continue
+      config = apply_overrides(
+        base,
+        [
+          *overrides,
+          f"train.seed={seed}",
+          f"data.seed={seed}",
+          f"train.run_dir={run_dir}",
+          "train.progress=false",
+        ],
+      )
+      print(f"== {arm} seed {seed} -> {run_dir}", flush=True)
+      train_fn(config, data=data)
+  return runs
+
+
+def read_run(run_dir: str | os.PathLike) -> tuple[list[dict], dict]:
+  run_dir = Path(run_dir)
+  records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+  return records, json.loads((run_dir / "stats.json").read_text())
+
+
+def mean_std(values: Sequence[float | None], digits: int = 4) -> str:
+  """``"m ± s"`` over the finite values (sample std), noting how many were missing."""
+  vals = [v for v in values if v is not None and math.isfinite(v)]
+  if not vals:
+    return "n/a"
+  text = f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.{digits}f}"
+  missing = len(values) - len(vals)
+  return text + (f" ({missing} n/a)" if missing else "")
+
+
+def first_step_at_or_below(records: Sequence[dict], key: str, threshold: float) -> int | None:
+  steps, values = series(records, key)
+  hits = np.nonzero(values <= threshold)[0]
+  return int(steps[hits[0]]) if len(hits) else None
+
+
+def verdict(arm: Sequence[float], reference: Sequence[float], lower_is_better: bool = True) -> str:
+  """better / worse when the means differ by more than 2 standard errors, else neutral."""
+  a, r = np.asarray(arm, np.float64), np.asarray(reference, np.float64)
+  diff = a.mean() - r.mean()
+  se = math.sqrt(a.var(ddof=1) / len(a) + r.var(ddof=1) / len(r)) if min(len(a), len(r)) > 1 else 0
+  if abs(diff) <= 2 * se:
+    return "neutral (within noise)"
+  return "better" if (diff < 0) == lower_is_better else "worse"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def mean_curve(run_dirs: Sequence[Path], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(steps, mean, std) of ``key`` over runs, on the steps all runs logged."""
+  curves = [series(read_run(d)[0], key) for d in run_dirs]
+  common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+  stacked = np.stack(
+    [[dict(zip(s.tolist(), v, strict=True))[x] for x in common] for s, v in curves]
+  )
+  return np.asarray(common), stacked.mean(0), stacked.std(0)

@@ -1,0 +1,84 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from homeo_jax.cores import signals
+
+
+def push_all(values, window):
+  buf = signals.ring_init(window)
+  push = jax.jit(signals.ring_push)
+  for v in values:
+    buf = push(buf, jnp.asarray(v, jnp.float32))
+  return buf
+
+
+def reference_lag1(window_values):
+  x = np.asarray(window_values, np.float64)
+  if len(x) < 3:
+    return 0.0
+  a, b = x[:-1], x[1:]
+  if a.std() < 1e-9 * (1 + np.abs(x).mean()) or b.std() < 1e-9 * (1 + np.abs(x).mean()):
+    return 0.0
+  return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_ring_buffer_order_and_nan_skipping():
+  buf = push_all([1, 2, np.nan, 3, np.inf, 4, 5, 6], window=4)
+  ordered, mask = signals.ring_ordered(buf)
+  np.testing.assert_array_equal(ordered, [3, 4, 5, 6])
+  assert mask.all() and int(buf.count) == 6
+  part = push_all([7, 8], window=4)
+  ordered, mask = signals.ring_ordered(part)
+  np.testing.assert_array_equal(ordered[:2], [7, 8])
+  np.testing.assert_array_equal(mask, [True, True, False, False])
+
+
+@pytest.mark.parametrize("kind", ["random", "periodic", "noisy_trend", "partial"])
+def test_lag1_against_numpy(kind):
+  rng = np.random.default_rng(0)
+  t = np.arange(50)
+  seq = {
+    "random": rng.normal(size=50),
+    "periodic": np.sin(2 * np.pi * t / 7),
+    "noisy_trend": 3.0 - 0.02 * t + 0.1 * rng.normal(size=50),
+    "partial": rng.normal(size=12),
+  }[kind]
+  window = 30
+  buf = push_all(seq, window)
+  expected = reference_lag1(seq[-window:])
+  assert abs(float(signals.lag1_autocorrelation(buf)) - expected) < 2e-5
+
+
+def test_constant_window_gives_zero_not_nan():
+  for value in (0.0, 2.5, 1e6):
+    rho = signals.lag1_autocorrelation(push_all([value] * 20, 10))
+    assert float(rho) == 0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+  st.lists(
+    st.one_of(st.floats(-1e6, 1e6), st.sampled_from([np.nan, np.inf, -np.inf])),
+    min_size=0,
+    max_size=40,
+  )
+)
+def test_lag1_always_finite_and_bounded(values):
+  rho = float(signals.lag1_autocorrelation(push_all(values, 16)))
+  assert np.isfinite(rho) and -1.0 <= rho <= 1.0
+
+
+def test_ema_debiased_against_numpy():
+  xs = [2.0, np.nan, 4.0, 3.0]
+  ema = signals.ema_init()
+  for x in xs:
+    ema = signals.ema_update(ema, jnp.asarray(x), 0.9)
+  value = 0.0
+  for x in (2.0, 4.0, 3.0):
+    value = 0.9 * value + 0.1 * x
+  np.testing.assert_allclose(float(signals.ema_debiased(ema, 0.9)), value / (1 - 0.9**3), rtol=1e-6)
+  assert float(signals.ema_debiased(signals.ema_init(), 0.9)) == 0.0

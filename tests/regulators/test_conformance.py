@@ -1,0 +1,154 @@
+"""One conformance suite, parameterized over every regulator (as optax/contrib/_common_test.py).
+
+Each entry builds a complete optimizer (a GradientTransformationExtraArgs after
+``optax.with_extra_args_support``). Every regulator must: converge on a small
+quadratic under a jitted ``lax.scan``; accept and ignore unknown extra args; work
+inside ``optax.chain`` and ``optax.inject_hyperparams``; not recompile on a second
+call; keep float32/bfloat16 dtypes; and keep its state finite when the telemetry is
+NaN/Inf (and, under ``optax.apply_if_finite``, when the gradients are).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from homeo_jax.regulators.ars import ars_adamw
+from homeo_jax.regulators.ord_muon import ord_muon
+
+REGULATORS = {
+  "ars_adamw": lambda lr: ars_adamw(lr),
+  "ars_adamw_relative": lambda lr: ars_adamw(lr, surprise="relative", window=10),
+  "ord_muon": lambda lr: ord_muon(lr, spectral_lr=0.0),
+  "ord_muon_spectral": lambda lr: ord_muon(lr, spectral_lr=0.5),
+  "ord_muon_geometric": lambda lr: ord_muon(lr, project_radial=True),
+}
+
+
+# Polar(G⊥) alone (the "geometric only" ablation arm) removes exactly the direction that
+# changes ‖W‖, so it cannot reach a target of another norm: measured 307 -> 170 in 1000
+# steps on this quadratic, where Muon reaches 0.03. It is an arm, not an optimizer.
+CONVERGING = sorted(set(REGULATORS) - {"ord_muon_geometric"})
+
+
+def make(name, lr=0.05):
+  return optax.with_extra_args_support(REGULATORS[name](lr))
+
+
+def target_params(dtype=jnp.float32):
+  k = jax.random.split(jax.random.key(0), 3)
+  return {
+    "w": jax.random.normal(k[0], (8, 16)).astype(dtype),
+    "v": jax.random.normal(k[1], (16, 8)).astype(dtype),
+    "b": jax.random.normal(k[2], (8,)).astype(dtype),
+  }
+
+
+def quadratic_loss(params, target):
+  return sum(
+    jnp.sum(jnp.square(p - t))
+    for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(target), strict=True)
+  )
+
+
+def init_params(dtype=jnp.float32):
+  return jax.tree.map(lambda t: jnp.zeros_like(t) + 0.1, target_params(dtype))
+
+
+@pytest.mark.parametrize("name", CONVERGING)
+def test_converges_under_jitted_scan(name):
+  tx = make(name)
+  target = target_params()
+
+  def step(carry, _):
+    params, state = carry
+    loss, grads = jax.value_and_grad(quadratic_loss)(params, target)
+    updates, state = tx.update(grads, state, params, value=loss, grad_norm=optax.tree.norm(grads))
+    return (optax.apply_updates(params, updates), state), loss
+
+  params = init_params()
+  (_, _), losses = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), length=300))(params)
+  assert bool(jnp.isfinite(losses).all())
+  assert float(losses[-1]) < 0.05 * float(losses[0]), (float(losses[0]), float(losses[-1]))
+
+
+@pytest.mark.parametrize("name", sorted(REGULATORS))
+def test_ignores_unknown_extra_args_and_chains(name):
+  params = init_params()
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), make(name))
+  state = tx.init(params)
+  updates, _ = tx.update(
+    grads, state, params, value=jnp.array(1.0), unknown_telemetry=3, load=jnp.ones(4)
+  )
+  plain, _ = make(name).update(
+    optax.clip_by_global_norm(1.0).update(grads, None)[0],
+    make(name).init(params),
+    params,
+    value=jnp.array(1.0),
+  )
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, plain)
+
+
+@pytest.mark.parametrize("name", sorted(REGULATORS))
+def test_inside_inject_hyperparams(name):
+  tx = optax.inject_hyperparams(REGULATORS[name])(lr=0.05)
+  params = init_params()
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, state = tx.update(grads, state, params, value=jnp.array(1.0))
+  state.hyperparams["lr"] = jnp.asarray(0.1)
+  updates2, _ = tx.update(grads, state, params, value=jnp.array(1.0))
+  # first step from fresh momentum vs second: compare the Adam leaf scale by lr ratio sign only
+  assert all(bool(jnp.isfinite(u).all()) for u in jax.tree.leaves(updates2))
+  assert float(jnp.abs(updates2["b"]).max()) > float(jnp.abs(updates["b"]).max())
+
+
+@pytest.mark.parametrize("name", sorted(REGULATORS))
+def test_no_recompile_on_second_call(name):
+  tx = make(name)
+  params = init_params()
+  update = jax.jit(functools.partial(tx.update))
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  _, state = update(grads, state, params, value=jnp.array(1.0))
+  _, state = update(grads, state, params, value=jnp.array(2.0))
+  assert update._cache_size() == 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("name", sorted(REGULATORS))
+def test_keeps_dtypes(name, dtype):
+  tx = make(name)
+  params = init_params(dtype)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params, value=jnp.array(1.0))
+  for u in jax.tree.leaves(updates):
+    assert u.dtype == dtype
+
+
+def finite(tree):
+  return all(
+    bool(jnp.isfinite(x).all())
+    for x in jax.tree.leaves(tree)
+    if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+  )
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+@pytest.mark.parametrize("name", sorted(REGULATORS))
+def test_state_stays_finite_on_bad_input(name, bad):
+  params = init_params()
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = make(name)
+  state = tx.init(params)
+  _, state = tx.update(grads, state, params, value=jnp.asarray(bad), grad_norm=jnp.asarray(bad))
+  assert finite(state)  # bad telemetry never enters regulator state
+  guarded = optax.with_extra_args_support(optax.apply_if_finite(make(name), 3))
+  gstate = guarded.init(params)
+  bad_grads = jax.tree.map(lambda g: g.at[0].set(bad), grads)
+  _, gstate = guarded.update(bad_grads, gstate, params, value=jnp.asarray(1.0))
+  assert finite(gstate.inner_state) and int(gstate.notfinite_count) == 1
