@@ -9,9 +9,10 @@ surprise (excess of the loss over its own EMA; see homeo_jax/regulators/ars.py).
 Definitions used in the report:
 * loss spike: a step whose train loss exceeds the mean + 3σ of the previous 50 steps;
 * divergence: a non-finite train loss, or one above 2·ln(vocab) (worse than a uniform
-  guess twice over);
-* recovery: steps after the shift until the 20-step moving average of the train loss is
-  back within 10% of its value over the 20 steps before the shift (n/a if never).
+  guess twice over), counted separately in the first 20 steps (a start-up blow-up,
+  before any regulator has data) and after the shift (a collapse);
+* recovery: steps after the shift until the 5-step moving average of the train loss is
+  back within 10% of its mean over the 20 steps before the shift (n/a if never).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configs.ars_narcissus as narcissus  # noqa: E402
 from homeo_jax.data import SwitchedBatches, TextData, build_tokenizer, window_batches  # noqa: E402
 from homeo_jax.data.corpora import load_corpus, split_train_val  # noqa: E402
-from homeo_jax.training import train  # noqa: E402
+from homeo_jax.training import apply_overrides, train  # noqa: E402
 from homeo_jax.training.experiment import markdown_table, mean_std, read_run, run_arms  # noqa: E402
 from homeo_jax.training.loop import hardware_description  # noqa: E402
 from homeo_jax.training.metrics import atomic_write_text  # noqa: E402
@@ -55,12 +56,12 @@ def spikes(loss: np.ndarray) -> int:
   return count
 
 
-def recovery_steps(loss: np.ndarray, shift: int) -> int | None:
+def recovery_steps(loss: np.ndarray, shift: int, window: int = 5) -> int | None:
   pre = np.nanmean(loss[shift - 20 : shift])
-  avg = np.convolve(np.nan_to_num(loss, nan=np.inf), np.ones(20) / 20, mode="valid")
-  for t in range(shift, len(loss) - 19):
+  avg = np.convolve(np.nan_to_num(loss, nan=np.inf), np.ones(window) / window, mode="valid")
+  for t in range(shift, len(avg)):
     if avg[t] <= 1.1 * pre:
-      return t + 19 - shift + 1
+      return t + window - shift
   return None
 
 
@@ -68,8 +69,13 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--scale", default="cpu", choices=["cpu", "gpu"])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--lr", type=float, default=None, help="override the (constant) lr")
   args = parser.parse_args()
   base = narcissus.get_config(args.scale)
+  suffix = ""
+  if args.lr is not None:
+    base = apply_overrides(base, [f"optimizer.learning_rate={args.lr}"])
+    suffix = f"_lr{args.lr:g}"
   d = base.data
   shakespeare = load_corpus("shakespeare", d.max_chars or None)
   python = load_corpus("python_stdlib", narcissus.PYTHON_CHARS)
@@ -88,7 +94,7 @@ def main() -> None:
     )
     return train(config, data=data, train_batches=batches, eval_sets={"python": py_val})
 
-  out = Path(f"runs/ars_narcissus_{args.scale}")
+  out = Path(f"runs/ars_narcissus_{args.scale}{suffix}")
   runs = run_arms(base, ARMS, args.seeds, out, data=data, train_fn=train_shifted)
 
   rows, traces = [], {}
@@ -107,7 +113,9 @@ def main() -> None:
       cols["peak_g"].append(np.nanmax(gnorm))
       cols["post_g"].append(np.nanmax(gnorm[shift : shift + 50]))
       cols["spikes"].append(spikes(loss))
-      cols["div"].append(int(np.any(~np.isfinite(loss) | (loss > ceiling))))
+      diverged = ~np.isfinite(loss) | (loss > ceiling)
+      cols["startup"].append(int(np.any(diverged[:20])))
+      cols["div"].append(int(np.any(diverged[shift:])))
       rec = recovery_steps(loss, shift)
       cols["rec"].append(None if rec is None else float(rec))
       cols["val_sh"].append(stats.get("val_loss"))
@@ -121,6 +129,7 @@ def main() -> None:
         mean_std(cols["peak_g"], 2),
         mean_std(cols["post_g"], 2),
         mean_std(cols["spikes"], 1),
+        f"{sum(cols['startup'])}/{len(dirs)}",
         f"{sum(cols['div'])}/{len(dirs)}",
         mean_std(cols["rec"], 0),
         mean_std(cols["val_sh"], 3),
@@ -135,7 +144,8 @@ def main() -> None:
       "peak grad norm",
       "peak grad norm (50 steps after shift)",
       "loss spikes",
-      "divergences",
+      "start-up blow-ups (steps < 20)",
+      "divergences after the shift",
       "recovery steps",
       "final val (Shakespeare)",
       "final val (Python)",
@@ -154,10 +164,10 @@ def main() -> None:
     ("regulators/ars/learning_rate", "lr_eff"),
   ]
   for ax, (key, label) in zip(axes.ravel(), panels, strict=True):
-    for arm, records in traces.items():
+    for i, (arm, records) in enumerate(traces.items()):
       steps, values = series(records, key)
       if len(steps):
-        ax.plot(steps, values, label=arm, lw=0.8)
+        ax.plot(steps, values, label=arm, lw=0.8, color=f"C{i}")
     ax.axvline(shift, color="k", ls="--", lw=0.8)
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
@@ -176,7 +186,7 @@ def main() -> None:
       f"Shakespeare -> Python stdlib at step {shift}; model {base.model.num_layers}x"
       f"{base.model.d_model}; constant lr {o.learning_rate}, no clipping, wd {o.weight_decay}",
       f"- spike: loss > mean + {SPIKE_K}σ of the previous {SPIKE_WINDOW} steps; divergence: "
-      f"non-finite or > {ceiling:.2f}; recovery: 20-step mean back within 10% of the 20 steps "
+      f"non-finite or > {ceiling:.2f}; recovery: 5-step mean back within 10% of the 20 steps "
       "before the shift",
       "",
       table,

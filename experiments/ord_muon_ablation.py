@@ -33,6 +33,7 @@ from homeo_jax.training.experiment import (  # noqa: E402
 )
 from homeo_jax.training.loop import hardware_description  # noqa: E402
 from homeo_jax.training.metrics import atomic_write_text  # noqa: E402
+from homeo_jax.training.report import series  # noqa: E402
 
 ORD = "optimizer.name=ord_muon"
 ARMS = {
@@ -76,6 +77,7 @@ def main() -> None:
       )
       for r, _ in rs
     ]
+    wnorm = [series(r, "params/norm")[1][-1] for r, _ in rs]
     rho = [
       np.mean(
         [x["regulators/ord_muon/rho"] for x in r if "regulators/ord_muon/rho" in x] or [np.nan]
@@ -89,6 +91,7 @@ def main() -> None:
         mean_std(best[arm]),
         mean_std([None if s is None else float(s) for s in steps_to], 0),
         mean_std(ms, 1),
+        mean_std(wnorm, 2),
         mean_std(frac, 3),
         mean_std(rho, 4),
         "—" if arm == "muon" else verdict(final[arm], final["muon"]),
@@ -101,6 +104,7 @@ def main() -> None:
       "best val loss",
       f"steps to val ≤ {target:.3f}",
       "ms/step",
+      "final ‖W‖ (all params)",
       "mean spectral_frac",
       "mean ρ",
       "vs Muon (final val)",

@@ -102,9 +102,12 @@ class MLP(nnx.Module):
     self.down = dense(cfg.ff_dim, cfg.d_model, cfg, rngs, scale=(2 * cfg.num_layers) ** -0.5)
     self.dropout = nnx.Dropout(cfg.dropout)
 
-  def __call__(self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None, controls=None
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    del controls
     y = self.down(jax.nn.gelu(self.up(x)))
-    return self.dropout(y, deterministic=deterministic, rngs=rngs)
+    return self.dropout(y, deterministic=deterministic, rngs=rngs), {}
 
 
 def layer_norm(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -112,14 +115,23 @@ def layer_norm(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 
 class Block(nnx.Module):
-  """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm Transformer block: x + attn(norm(x)), then x + ffn(norm(x)).
 
-  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+  ``ffn`` is any module called as ``ffn(x, deterministic=, rngs=, controls=)`` returning
+  ``(y, telemetry)``: the dense ``MLP`` by default, or a mixture of experts.
+  """
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, ffn: nnx.Module | None = None):
     self.attn_norm = layer_norm(cfg, rngs)
     self.attn = CausalSelfAttention(cfg, rngs=rngs)
     self.mlp_norm = layer_norm(cfg, rngs)
-    self.mlp = MLP(cfg, rngs=rngs)
+    self.mlp = ffn if ffn is not None else MLP(cfg, rngs=rngs)
 
-  def __call__(self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None, controls=None
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     x = x + self.attn(self.attn_norm(x), deterministic=deterministic, rngs=rngs)
-    return x + self.mlp(self.mlp_norm(x), deterministic=deterministic, rngs=rngs)
+    y, telemetry = self.mlp(
+      self.mlp_norm(x), deterministic=deterministic, rngs=rngs, controls=controls
+    )
+    return x + y, telemetry

@@ -26,7 +26,9 @@ class Transformer(nnx.Module):
     self.token_embed = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=init, rngs=rngs)
     self.pos_embed = nnx.Embed(cfg.max_seq_len, cfg.d_model, embedding_init=init, rngs=rngs)
     self.embed_dropout = nnx.Dropout(cfg.dropout)
-    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.blocks = nnx.List(
+      [Block(cfg, rngs=rngs, ffn=self.make_ffn(cfg, i, rngs)) for i in range(cfg.num_layers)]
+    )
     self.final_norm = layer_norm(cfg, rngs)
     self.head = None
     if not cfg.tie_embeddings:
@@ -38,6 +40,11 @@ class Transformer(nnx.Module):
         dtype=cfg.compute_dtype,
         rngs=rngs,
       )
+
+  def make_ffn(self, cfg: TransformerConfig, layer: int, rngs: nnx.Rngs) -> nnx.Module | None:
+    """The feed-forward of layer ``layer``; None is the dense MLP. Subclasses override."""
+    del cfg, layer, rngs
+    return None
 
   def embed(self, tokens: jax.Array) -> jax.Array:
     t = tokens.shape[-1]
@@ -61,9 +68,21 @@ class Transformer(nnx.Module):
     rngs: nnx.Rngs | None = None,
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``tokens`` int ``[batch, seq]`` -> float32 logits ``[batch, seq, vocab]``, telemetry."""
-    del controls  # the baseline has nothing to steer
     x = self.embed_dropout(self.embed(tokens), deterministic=deterministic, rngs=rngs)
+    per_layer = []
     for block in self.blocks:
-      x = block(x, deterministic=deterministic, rngs=rngs)
+      x, layer_telemetry = block(x, deterministic=deterministic, rngs=rngs, controls=controls)
+      per_layer.append(layer_telemetry)
     telemetry = {"hidden_rms": jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))}
+    telemetry.update(self.merge_layer_telemetry(per_layer))
     return self.logits(x), telemetry
+
+  @staticmethod
+  def merge_layer_telemetry(per_layer: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    """Stack each layer's telemetry on a leading layer axis; ``aux_loss`` is summed."""
+    if not per_layer or not per_layer[0]:
+      return {}
+    merged = {k: jnp.stack([t[k] for t in per_layer]) for k in per_layer[0]}
+    if "aux_loss" in merged:
+      merged["aux_loss"] = jnp.sum(merged["aux_loss"])
+    return merged

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -84,11 +85,35 @@ def check_data_fits(config: config_lib.Config, data: TextData) -> None:
       )
 
 
+def model_config(config: config_lib.Config, vocab_size: int):
+  """``config.model`` with the vocabulary size filled in from the tokenizer."""
+  if config.model.vocab_size == 0:
+    return dataclasses.replace(config.model, vocab_size=vocab_size)
+  return config.model
+
+
 def build_model(config: config_lib.Config, vocab_size: int) -> nnx.Module:
-  model_cfg = config.model
-  if model_cfg.vocab_size == 0:
-    model_cfg = dataclasses.replace(model_cfg, vocab_size=vocab_size)
-  return MODEL_TYPES[config.model_type](model_cfg, rngs=nnx.Rngs(params=config.train.seed))
+  return MODEL_TYPES[config.model_type](
+    model_config(config, vocab_size), rngs=nnx.Rngs(params=config.train.seed)
+  )
+
+
+def distinct_buffers(tree: Any) -> Any:
+  """Copy leaves that share a buffer with an earlier leaf.
+
+  jit returns one buffer for outputs that are the same value (e.g. a regulator that
+  keeps an effective hyperparameter in its own state and in the inner optimizer's), and
+  a donated argument must not hold one buffer twice.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  seen: set[int] = set()
+  out = []
+  for leaf in leaves:
+    if id(leaf) in seen:
+      leaf = jnp.array(leaf, copy=True)
+    seen.add(id(leaf))
+    out.append(leaf)
+  return treedef.unflatten(out)
 
 
 class _PauseRequest:
@@ -148,9 +173,9 @@ def train(
   check_data_fits(config, data)
   model = model if model is not None else build_model(config, data.vocab_size)
   apply_fn, params = functional_model(model)
-  tx = optax.with_extra_args_support(
-    tx if tx is not None else build_optimizer(config.optimizer, t.steps)
-  )
+  if tx is None:
+    tx = build_optimizer(config.optimizer, t.steps, model=model_config(config, data.vocab_size))
+  tx = optax.with_extra_args_support(tx)
   state = init_train_state(params, tx, t.seed)
 
   run_dir = Path(t.run_dir)
@@ -173,8 +198,10 @@ def train(
     state, metadata = restored
     position = int(metadata["data_position"])
     stats.update(metadata.get("stats", {}))
-    files.truncate_after(int(state.step))
     print(f"resumed {run_dir} at step {int(state.step)}", file=sys.stderr)
+  # Records past the restored step (or all, on a fresh start) came from a run that did
+  # not reach its next checkpoint; the steps are re-run and re-logged.
+  files.truncate_after(int(state.step))
   stats["total_steps"] = t.steps
 
   d = config.data
@@ -245,7 +272,7 @@ def train(
 
   with _PauseRequest(run_dir) as pause:
     for step in range(start + 1, t.steps + 1):
-      state, metrics = train_step(state, train_batches[position])
+      state, metrics = train_step(distinct_buffers(state), train_batches[position])
       position += 1
       flush()
       pending = (step, metrics)

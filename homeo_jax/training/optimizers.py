@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import optax
@@ -51,16 +52,22 @@ def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Sche
 
 
 def build_optimizer(
-  cfg: OptimizerConfig, total_steps: int
+  cfg: OptimizerConfig, total_steps: int, model: Any = None
 ) -> optax.GradientTransformationExtraArgs:
+  """The optimizer ``cfg`` names. Builders with a ``model`` (and ``total_steps``)
+  parameter receive the model config (and the run length): regulators that steer the
+  model need its shape."""
   if cfg.name not in OPTIMIZERS:
     raise ConfigError(f"optimizer.name must be one of {sorted(OPTIMIZERS)}, got {cfg.name!r}")
   builder = OPTIMIZERS[cfg.name]
   accepted = inspect.signature(builder).parameters
+  reserved = ("cfg", "learning_rate", "model", "total_steps")
   for key in cfg.kwargs:
-    if key not in accepted or key in ("cfg", "learning_rate"):
+    if key not in accepted or key in reserved:
       raise ConfigError(f"optimizer.kwargs.{key} is not an argument of optimizer {cfg.name!r}")
-  tx = builder(cfg, learning_rate_schedule(cfg, total_steps), **cfg.kwargs)
+  context = {"model": model, "total_steps": total_steps}
+  extra = {k: v for k, v in context.items() if k in accepted}
+  tx = builder(cfg, learning_rate_schedule(cfg, total_steps), **extra, **cfg.kwargs)
   if cfg.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return optax.with_extra_args_support(tx)
@@ -181,4 +188,57 @@ def _ars_adamw(
     surprise=surprise,
     surprise_key=surprise_key,
     mask=matrix_mask,
+  )
+
+
+def _moe_shape(model) -> tuple[int, int, int]:
+  moe = getattr(model, "moe", None)
+  if moe is None:
+    raise ConfigError("this optimizer balances MoE load: use model_type=moe_transformer")
+  return model.num_layers, moe.num_experts, model.d_model
+
+
+@register_optimizer("adamw_deepseek")
+def _adamw_deepseek(cfg: OptimizerConfig, learning_rate, model, update_rate: float = 1e-3):
+  """AdamW + DeepSeek's auxiliary-loss-free selection bias (router="deepseek")."""
+  from homeo_jax.regulators.load_balance import deepseek_balancer
+
+  layers, experts, _ = _moe_shape(model)
+  return optax.chain(
+    _adamw(cfg, learning_rate), deepseek_balancer(layers, experts, update_rate=update_rate)
+  )
+
+
+@register_optimizer("adamw_spechorn")
+def _adamw_spechorn(
+  cfg: OptimizerConfig,
+  learning_rate,
+  model,
+  total_steps: int,
+  schedule: bool = True,
+  orthogonality: bool = True,
+  bias_scale: float = 8.0,
+  cap_penalty_scale: float = 15.0,
+  ortho_scale: float = 0.4,
+  spec_update_every: int = 16,
+):
+  """AdamW + the SpecHorn load regulator and CV scheduler (router="spechorn")."""
+  from homeo_jax.regulators.load_balance import spechorn_balancer
+
+  layers, experts, d_model = _moe_shape(model)
+  return optax.chain(
+    _adamw(cfg, learning_rate),
+    spechorn_balancer(
+      layers,
+      experts,
+      d_model,
+      top_k=model.moe.top_k,
+      total_steps=total_steps,
+      schedule=schedule,
+      orthogonality=orthogonality,
+      bias_scale=bias_scale,
+      cap_penalty_scale=cap_penalty_scale,
+      ortho_scale=ortho_scale,
+      spec_update_every=spec_update_every,
+    ),
   )

@@ -17,7 +17,11 @@ import optax
 import pytest
 
 from homeo_jax.regulators.ars import ars_adamw
+from homeo_jax.regulators.load_balance import deepseek_balancer, spechorn_balancer
 from homeo_jax.regulators.ord_muon import ord_muon
+
+MOE_LOAD = jnp.array([[10.0, 30.0, 20.0, 4.0]])
+MOE_INPUT = jnp.ones((1, 4, 8))
 
 REGULATORS = {
   "ars_adamw": lambda lr: ars_adamw(lr),
@@ -25,7 +29,16 @@ REGULATORS = {
   "ord_muon": lambda lr: ord_muon(lr, spectral_lr=0.0),
   "ord_muon_spectral": lambda lr: ord_muon(lr, spectral_lr=0.5),
   "ord_muon_geometric": lambda lr: ord_muon(lr, project_radial=True),
+  "adamw_spechorn": lambda lr: optax.chain(optax.adamw(lr), spechorn_balancer(1, 4, 8)),
+  "adamw_deepseek": lambda lr: optax.chain(optax.adamw(lr), deepseek_balancer(1, 4)),
 }
+
+
+def telemetry(bad=None):
+  """The extra args every update gets: the loss, grad norm and MoE telemetry."""
+  value = jnp.asarray(1.0 if bad is None else bad)
+  load = MOE_LOAD if bad is None else MOE_LOAD * bad
+  return {"value": value, "grad_norm": value, "moe_load": load, "moe_mean_input": MOE_INPUT}
 
 
 # Polar(G⊥) alone (the "geometric only" ablation arm) removes exactly the direction that
@@ -66,7 +79,8 @@ def test_converges_under_jitted_scan(name):
   def step(carry, _):
     params, state = carry
     loss, grads = jax.value_and_grad(quadratic_loss)(params, target)
-    updates, state = tx.update(grads, state, params, value=loss, grad_norm=optax.tree.norm(grads))
+    extra = {**telemetry(), "value": loss, "grad_norm": optax.tree.norm(grads)}
+    updates, state = tx.update(grads, state, params, **extra)
     return (optax.apply_updates(params, updates), state), loss
 
   params = init_params()
@@ -81,15 +95,9 @@ def test_ignores_unknown_extra_args_and_chains(name):
   grads = jax.tree.map(jnp.ones_like, params)
   tx = optax.chain(optax.clip_by_global_norm(1.0), make(name))
   state = tx.init(params)
-  updates, _ = tx.update(
-    grads, state, params, value=jnp.array(1.0), unknown_telemetry=3, load=jnp.ones(4)
-  )
-  plain, _ = make(name).update(
-    optax.clip_by_global_norm(1.0).update(grads, None)[0],
-    make(name).init(params),
-    params,
-    value=jnp.array(1.0),
-  )
+  updates, _ = tx.update(grads, state, params, unknown_telemetry=3, load=jnp.ones(4), **telemetry())
+  clipped = optax.clip_by_global_norm(1.0).update(grads, None)[0]
+  plain, _ = make(name).update(clipped, make(name).init(params), params, **telemetry())
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, plain)
 
 
@@ -99,9 +107,9 @@ def test_inside_inject_hyperparams(name):
   params = init_params()
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
-  updates, state = tx.update(grads, state, params, value=jnp.array(1.0))
+  updates, state = tx.update(grads, state, params, **telemetry())
   state.hyperparams["lr"] = jnp.asarray(0.1)
-  updates2, _ = tx.update(grads, state, params, value=jnp.array(1.0))
+  updates2, _ = tx.update(grads, state, params, **telemetry())
   # first step from fresh momentum vs second: compare the Adam leaf scale by lr ratio sign only
   assert all(bool(jnp.isfinite(u).all()) for u in jax.tree.leaves(updates2))
   assert float(jnp.abs(updates2["b"]).max()) > float(jnp.abs(updates["b"]).max())
@@ -114,8 +122,8 @@ def test_no_recompile_on_second_call(name):
   update = jax.jit(functools.partial(tx.update))
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
-  _, state = update(grads, state, params, value=jnp.array(1.0))
-  _, state = update(grads, state, params, value=jnp.array(2.0))
+  _, state = update(grads, state, params, **telemetry())
+  _, state = update(grads, state, params, **{**telemetry(), "value": jnp.array(2.0)})
   assert update._cache_size() == 1
 
 
@@ -125,7 +133,7 @@ def test_keeps_dtypes(name, dtype):
   tx = make(name)
   params = init_params(dtype)
   grads = jax.tree.map(jnp.ones_like, params)
-  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params, value=jnp.array(1.0))
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params, **telemetry())
   for u in jax.tree.leaves(updates):
     assert u.dtype == dtype
 
@@ -145,10 +153,10 @@ def test_state_stays_finite_on_bad_input(name, bad):
   grads = jax.tree.map(jnp.ones_like, params)
   tx = make(name)
   state = tx.init(params)
-  _, state = tx.update(grads, state, params, value=jnp.asarray(bad), grad_norm=jnp.asarray(bad))
+  _, state = tx.update(grads, state, params, **telemetry(bad))
   assert finite(state)  # bad telemetry never enters regulator state
   guarded = optax.with_extra_args_support(optax.apply_if_finite(make(name), 3))
   gstate = guarded.init(params)
   bad_grads = jax.tree.map(lambda g: g.at[0].set(bad), grads)
-  _, gstate = guarded.update(bad_grads, gstate, params, value=jnp.asarray(1.0))
+  _, gstate = guarded.update(bad_grads, gstate, params, **telemetry())
   assert finite(gstate.inner_state) and int(gstate.notfinite_count) == 1

@@ -164,3 +164,19 @@ def test_extra_eval_sets_and_custom_batch_stream(tmp_path, tiny_data):
   evals = [r for r in records if "val/heldout/loss" in r]
   assert [r["step"] for r in evals] == [3]
   assert np.isfinite(evals[0]["val/heldout/loss"]) and "val_loss/heldout" in result.stats
+
+
+def test_fresh_start_drops_metrics_of_a_run_that_never_checkpointed(tmp_path, tiny_data):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n{"step": 2, "loss": 98.0}\n')
+  train(tiny_config(tmp_path, train={"steps": 2}), data=tiny_data)
+  assert sorted(losses(tmp_path)) == [1, 2]  # one line per step: only the new run's
+  assert losses(tmp_path)[1] < 10
+
+
+def test_regulators_train_through_the_loop_with_donation(tmp_path, tiny_data):
+  # ARS keeps effective hyperparameters in two places; jit returns them as one buffer.
+  for name in ("ars_adamw", "ord_muon"):
+    result = train(
+      tiny_config(tmp_path / name, optimizer={"name": name}, train={"steps": 3}), data=tiny_data
+    )
+    assert result.status == "finished" and np.isfinite(result.stats["train_loss"])

@@ -1,0 +1,230 @@
+"""SpecHorn routing ablation: five balancing arms on an MoE LM, >= 3 seeds each.
+
+    python experiments/spechorn_ablation.py [--scale cpu|gpu] [--seeds 0 1 2]
+
+Arms: (a) softmax top-k + Switch auxiliary loss (weight 0.01); (b) DeepSeek loss-free
+selection bias (u = 0.001); (c) SpecHorn; (d) SpecHorn without the CV scheduler;
+(e) SpecHorn without orthogonality; and (f) SpecHorn with the linear gate of (a) and (b)
+instead of its GRU, to separate balancing from the GRU's extra sequence context.
+Training uses capacity factor 1.25.
+
+Reported per arm: load CV over the second half of training (mean, and the fraction of
+logged steps inside the 0.03–0.08 band), MaxVio per batch (second half) and global
+(over the validation batches, final model), drop rate of the final model at capacity
+factor 1.0 and 1.25 on the validation batches, expert diversity (mean off-diagonal
+cosine of the experts' mean routed inputs on validation), validation loss, and the
+router's share of the MoE layer's forward time. Plots: CV traces, load heat map.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from homeo_jax import controls as read_controls  # noqa: E402
+from homeo_jax.data import window_batches  # noqa: E402
+from homeo_jax.models.moe import MoEFeedForward  # noqa: E402
+from homeo_jax.training import apply_overrides  # noqa: E402
+from homeo_jax.training import config as config_lib  # noqa: E402
+from homeo_jax.training.experiment import (  # noqa: E402
+  markdown_table,
+  mean_curve,
+  mean_std,
+  read_run,
+  restore_final_state,
+  run_arms,
+)
+from homeo_jax.training.loop import build_model, hardware_description, load_data  # noqa: E402
+from homeo_jax.training.metrics import atomic_write_text  # noqa: E402
+from homeo_jax.training.report import series  # noqa: E402
+from homeo_jax.training.step import functional_model  # noqa: E402
+
+SPECHORN = ["model.moe.router=spechorn", "optimizer.name=adamw_spechorn"]
+ARMS = {
+  "softmax_aux": ["model.moe.router=softmax_aux", "optimizer.name=adamw"],
+  "deepseek": ["model.moe.router=deepseek", "optimizer.name=adamw_deepseek"],
+  "spechorn": SPECHORN,
+  "spechorn_no_scheduler": [*SPECHORN, "optimizer.kwargs.schedule=False"],
+  "spechorn_no_ortho": [*SPECHORN, "optimizer.kwargs.orthogonality=False"],
+  # Separates SpecHorn's balancing from its GRU gate (which adds sequence context).
+  "spechorn_linear_gate": [*SPECHORN, "model.moe.gating=linear"],
+}
+BAND = (0.03, 0.08)
+
+
+def evaluate(config, data, run_dir, capacity_factor):
+  """Final model on the validation batches at a capacity factor: drop rate, loads, inputs."""
+  config = apply_overrides(config, [f"train.run_dir={run_dir}"])
+  _, state = restore_final_state(config, data)
+  at_cf = apply_overrides(config, [f"model.moe.capacity_factor={capacity_factor}"])
+  apply_cf, _ = functional_model(build_model(at_cf, data.vocab_size))
+  ctrl = read_controls(state.opt_state)
+  forward = jax.jit(lambda p, x: apply_cf(p, x, controls=ctrl)[1])
+  d = config.data
+  stream = window_batches(data.val_tokens, seq_len=d.seq_len, batch_size=d.batch_size, seed=99)
+  tel = [forward(state.params, stream[i][:, :-1]) for i in range(config.train.eval_batches)]
+  drop = float(np.mean([t["moe_drop_rate"] for t in tel]))
+  load = np.sum([np.asarray(t["moe_load"]) for t in tel], axis=0)  # [L, E]
+  max_vio_global = float(np.mean(load.max(-1) / load.mean(-1) - 1))
+  inputs = np.mean([np.asarray(t["moe_mean_input"]) for t in tel], axis=0)  # [L, E, d]
+  unit = inputs / np.maximum(np.linalg.norm(inputs, axis=-1, keepdims=True), 1e-9)
+  cos = np.einsum("led,lfd->lef", unit, unit)
+  e = cos.shape[-1]
+  diversity = float(np.sum(cos * (1 - np.eye(e))) / (cos.shape[0] * e * (e - 1)))
+  return drop, max_vio_global, diversity
+
+
+def router_share(config, repeats=20):
+  """Median forward time of the router (logits + selection + top-k) over the whole layer."""
+  cfg = dataclasses.replace(config.model, vocab_size=65)
+  layer = MoEFeedForward(cfg, 0, rngs=nnx.Rngs(0))
+  d = config.data
+  x = jax.random.normal(jax.random.key(0), (d.batch_size, d.seq_len, cfg.d_model))
+  adjust = {
+    "moe_logit_adjust": jnp.zeros((cfg.num_layers, cfg.moe.num_experts)),
+    "moe_selection_bias": jnp.zeros((cfg.num_layers, cfg.moe.num_experts)),
+  }
+  graphdef, params = nnx.split(layer)
+
+  def router(p, x):
+    m = nnx.merge(graphdef, p)
+    logits = m.router_logits(x).reshape(-1, cfg.moe.num_experts)
+    return jax.lax.top_k(m.select(logits, adjust), cfg.moe.top_k)[1]
+
+  def full(p, x):
+    return nnx.merge(graphdef, p)(x, deterministic=True, rngs=None, controls=adjust)[0]
+
+  def timed(fn):
+    fn = jax.jit(fn)
+    jax.block_until_ready(fn(params, x))
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(params, x))
+      times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+  return timed(router) / timed(full)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--scale", default="cpu", choices=["cpu", "gpu"])
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  args = parser.parse_args()
+  base = config_lib.load_config(f"{Path(__file__).parents[1]}/configs/spechorn.py:{args.scale}")
+  out = Path(f"runs/spechorn_{args.scale}")
+  data = load_data(base)
+  runs = run_arms(base, ARMS, args.seeds, out, data=data)
+  half = base.train.steps // 2
+
+  rows = []
+  for arm, dirs in runs.items():
+    arm_config = apply_overrides(base, ARMS[arm])
+    cols = {k: [] for k in ("cv", "in_band", "vio", "vio_g", "d10", "d125", "div", "val")}
+    for run_dir in dirs:
+      records, stats = read_run(run_dir)
+      steps, cv = series(records, "telemetry/moe_load_cv")
+      _, vio = series(records, "telemetry/moe_max_vio")
+      late = steps > half
+      cols["cv"].append(float(np.mean(cv[late])))
+      cols["in_band"].append(float(np.mean((cv[late] >= BAND[0]) & (cv[late] <= BAND[1]))))
+      cols["vio"].append(float(np.mean(vio[late])))
+      drop10, _, _ = evaluate(arm_config, data, run_dir, 1.0)
+      drop125, vio_global, diversity = evaluate(arm_config, data, run_dir, 1.25)
+      cols["d10"].append(drop10)
+      cols["d125"].append(drop125)
+      cols["vio_g"].append(vio_global)
+      cols["div"].append(diversity)
+      cols["val"].append(stats["val_loss"])
+    share = router_share(arm_config)
+    rows.append(
+      [
+        arm,
+        mean_std(cols["cv"], 3),
+        mean_std(cols["in_band"], 2),
+        mean_std(cols["vio"], 3),
+        mean_std(cols["vio_g"], 3),
+        mean_std(cols["d10"], 3),
+        mean_std(cols["d125"], 3),
+        mean_std(cols["div"], 3),
+        mean_std(cols["val"], 3),
+        f"{100 * share:.0f}%",
+      ]
+    )
+  table = markdown_table(
+    [
+      "arm",
+      "load CV (2nd half)",
+      "fraction of steps in CV band",
+      "MaxVio per batch",
+      "MaxVio global (val)",
+      "drop rate @ cf 1.0",
+      "drop rate @ cf 1.25",
+      "expert similarity (mean off-diag cos)",
+      "final val loss",
+      "router share of MoE time",
+    ],
+    rows,
+  )
+  print(table)
+
+  e = base.model.moe.num_experts
+  fig, axes = plt.subplots(1, 1 + len(runs), figsize=(4 * (1 + len(runs)), 3.6))
+  for i, (arm, dirs) in enumerate(runs.items()):
+    steps, mean, _ = mean_curve(dirs, "telemetry/moe_load_cv")
+    axes[0].plot(steps, mean, label=arm, color=f"C{i}")
+    records, _ = read_run(dirs[0])
+    heat = np.stack([series(records, f"telemetry/moe_load_share/{k}")[1] for k in range(e)])
+    axes[i + 1].imshow(
+      heat * e,
+      aspect="auto",
+      cmap="magma",
+      vmin=0,
+      vmax=3,
+      extent=(steps[0], steps[-1], e - 0.5, -0.5),
+    )
+    axes[i + 1].set(title=f"{arm}: load / mean (seed 0)", xlabel="step", ylabel="expert")
+  axes[0].axhspan(*BAND, color="green", alpha=0.15)
+  axes[0].set(xlabel="step", ylabel="load CV", yscale="log", title="load CV (mean of seeds)")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out / "routing.png", dpi=100)
+  m = base.model
+  report = "\n".join(
+    [
+      f"# SpecHorn routing ablation ({args.scale})",
+      "",
+      f"- hardware: {hardware_description()}",
+      f"- seeds {args.seeds}; {base.train.steps} steps of {base.data.batch_size}x"
+      f"{base.data.seq_len} tokens; {m.num_layers} layers x {m.d_model}, {m.moe.num_experts} "
+      f"experts top-{m.moe.top_k}, capacity factor {m.moe.capacity_factor} in training",
+      f"- CV band {BAND}; 'second half' = steps > {half}; drop rates, global MaxVio and expert "
+      "similarity measured on the validation batches with the final model and controls",
+      "",
+      table,
+      "",
+      "![routing](routing.png)",
+      "",
+    ]
+  )
+  atomic_write_text(out / "report.md", report)
+  print(f"wrote {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+  main()

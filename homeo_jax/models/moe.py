@@ -1,0 +1,277 @@
+"""Mixture-of-experts feed-forward with the SpecHorn router, and the MoE Transformer LM.
+
+``MoEFeedForward`` replaces a block's dense MLP: E GELU experts (weights stacked on a
+leading expert axis, ``[E, d, ff]``, so the axis shards on a mesh), top-k routing, and
+one of three routers (``MoEConfig.router``):
+
+* ``"softmax_aux"``: linear gate, softmax, top-k; the Switch/GShard auxiliary loss
+  E·Σ_i f_i·P_i (f = fraction of assignments, P = mean gate probability) times
+  ``aux_loss_weight`` is returned as telemetry ``aux_loss`` and enters the objective.
+* ``"deepseek"``: linear gate; the controller's ``moe_selection_bias`` is added to the
+  scores used for the top-k *selection* only, never to the gate weights (Wang et al.
+  2024). Loss-free.
+* ``"spechorn"``: (1) Gram gating: a GRU runs causally along the sequence over the
+  token representations (hidden ``router_dim``), and a linear map of its state gives E
+  logits, LayerNorm-ed (``logit_norm``). ``gating="linear"`` replaces the GRU by the
+  linear gate of the other routers (an ablation: the GRU carries sequence context into
+  the gate weights, which is extra model capacity, not only routing); (2–4) the
+  controller's ``moe_logit_adjust`` (EMA load bias − capacity penalty − orthogonality penalty, see
+  ``regulators/load_balance.py``) is added; (5) Sinkhorn (eps ``sinkhorn_eps``,
+  ``sinkhorn_iter`` iterations) over the adjusted logits of all tokens of the batch,
+  then top-k on its plan. With ``use_sinkhorn=False`` the plan is a softmax. Loss-free.
+
+Gate weights are always the softmax of the router's own (unadjusted) logits at the
+selected experts, renormalised over the k: the controllers change *which* experts a
+token uses, the gradient trains the router through the weights.
+
+Dispatch: with capacity C = max(1, ⌈capacity_factor·k·N/E⌉) per expert (N tokens in the
+batch), assignments are ranked first choices before second choices, then by token
+order (one-hot cumsum); those past C are dropped (their share of the output is zero).
+``dropless=True`` sorts the N·k assignments by expert and runs the experts with
+``jax.lax.ragged_dot`` on the ragged groups: nothing is dropped. Both paths give the
+same output when nothing is dropped (tested).
+
+Telemetry per layer (stacked over layers by the model): ``moe_load`` [E] assignments
+per expert (before drops), ``moe_mean_input`` [E, d] the mean routed input of each
+expert, ``moe_drop_rate``, ``moe_router_entropy``, and the scalar summaries the loop logs
+(``moe_load_cv`` = std/mean of the load, ``moe_max_vio`` = max/mean − 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from homeo_jax.cores.sinkhorn import sinkhorn
+from homeo_jax.models.layers import TransformerConfig
+from homeo_jax.models.transformer import Transformer
+
+ROUTERS = ("softmax_aux", "deepseek", "spechorn")
+GATINGS = ("auto", "gru", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+  num_experts: int = 8
+  top_k: int = 2
+  capacity_factor: float = 1.25
+  dropless: bool = False
+  router: str = "spechorn"
+  gating: str = "auto"  # "gru", "linear", or "auto": GRU for spechorn, linear otherwise
+  router_dim: int = 32  # GRU hidden size
+  logit_norm: bool = True
+  use_sinkhorn: bool = True
+  sinkhorn_eps: float = 0.05
+  sinkhorn_iter: int = 4
+  aux_loss_weight: float = 0.01  # softmax_aux only
+
+  def validate(self, prefix: str = "model.moe") -> None:
+    if self.num_experts < 1:
+      raise ValueError(f"{prefix}.num_experts must be >= 1, got {self.num_experts}")
+    if not 1 <= self.top_k <= self.num_experts:
+      raise ValueError(
+        f"{prefix}.top_k must be in [1, num_experts={self.num_experts}], got {self.top_k}"
+      )
+    if not self.capacity_factor > 0:
+      raise ValueError(f"{prefix}.capacity_factor must be > 0, got {self.capacity_factor}")
+    if self.router not in ROUTERS:
+      raise ValueError(f"{prefix}.router must be one of {ROUTERS}, got {self.router!r}")
+    if self.gating not in GATINGS:
+      raise ValueError(f"{prefix}.gating must be one of {GATINGS}, got {self.gating!r}")
+    if self.router_dim < 1:
+      raise ValueError(f"{prefix}.router_dim must be >= 1, got {self.router_dim}")
+    if not self.sinkhorn_eps > 0 or self.sinkhorn_iter < 1:
+      raise ValueError(
+        f"{prefix}.sinkhorn_eps must be > 0 and sinkhorn_iter >= 1, got "
+        f"{self.sinkhorn_eps}, {self.sinkhorn_iter}"
+      )
+    if self.aux_loss_weight < 0:
+      raise ValueError(f"{prefix}.aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MoETransformerConfig(TransformerConfig):
+  moe: MoEConfig = MoEConfig()
+
+  def validate(self, prefix: str = "model") -> None:
+    super().validate(prefix)
+    self.moe.validate(f"{prefix}.moe")
+
+
+def capacity(cfg: MoEConfig, num_tokens: int) -> int:
+  """Tokens per expert: max(1, ⌈capacity_factor·k·N/E⌉)."""
+  return max(1, math.ceil(cfg.capacity_factor * cfg.top_k * num_tokens / cfg.num_experts))
+
+
+def capacity_slots(choice: jax.Array, cap: int) -> tuple[jax.Array, jax.Array]:
+  """Slot of each assignment in its expert's buffer, and whether it fits.
+
+  ``choice`` is the one-hot ``[N, k, E]`` of each token's k experts. Assignments are
+  ranked all first choices (in token order), then all second choices, and so on; the
+  first ``cap`` of each expert are kept. Returns (position ``[N, k]``, kept ``[N, k]``).
+  """
+  n, k, e = choice.shape
+  ranked = jnp.swapaxes(choice, 0, 1).reshape(k * n, e)
+  position = (jnp.cumsum(ranked, axis=0) - 1.0) * ranked
+  position = jnp.swapaxes(position.reshape(k, n, e), 0, 1).sum(-1)
+  return position, (position < cap).astype(jnp.float32)
+
+
+class GRUGate(nnx.Module):
+  """A GRU run causally along the sequence: ``[B, T, d] -> [B, T, hidden]``."""
+
+  def __init__(self, d_in: int, hidden: int, *, rngs: nnx.Rngs):
+    init = nnx.initializers.normal(d_in**-0.5)
+    self.input_proj = nnx.Linear(d_in, 3 * hidden, kernel_init=init, rngs=rngs)
+    self.hidden_proj = nnx.Linear(
+      hidden, 3 * hidden, use_bias=False, kernel_init=nnx.initializers.orthogonal(), rngs=rngs
+    )
+    self.hidden = hidden
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    xs = jnp.swapaxes(self.input_proj(x.astype(jnp.float32)), 0, 1)  # [T, B, 3h]
+    w_h = self.hidden_proj.kernel.value
+
+    def step(h, x_t):
+      r_x, z_x, n_x = jnp.split(x_t, 3, axis=-1)
+      r_h, z_h, n_h = jnp.split(h @ w_h, 3, axis=-1)
+      r = jax.nn.sigmoid(r_x + r_h)
+      z = jax.nn.sigmoid(z_x + z_h)
+      n = jnp.tanh(n_x + r * n_h)
+      h = (1.0 - z) * n + z * h
+      return h, h
+
+    h0 = jnp.zeros((x.shape[0], self.hidden), jnp.float32)
+    _, hs = jax.lax.scan(step, h0, xs)
+    return jnp.swapaxes(hs, 0, 1)
+
+
+class MoEFeedForward(nnx.Module):
+  """E stacked GELU experts behind a top-k router; see the module docstring."""
+
+  def __init__(self, cfg: MoETransformerConfig, layer: int, *, rngs: nnx.Rngs):
+    m = cfg.moe
+    self.moe, self.layer, self.dtype = m, layer, cfg.compute_dtype
+    e, d, ff = m.num_experts, cfg.d_model, cfg.ff_dim
+    self.w_up = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (e, d, ff)))
+    down_std = 0.02 * (2 * cfg.num_layers) ** -0.5
+    self.w_down = nnx.Param(nnx.initializers.normal(down_std)(rngs.params(), (e, ff, d)))
+    use_gru = m.gating == "gru" or (m.gating == "auto" and m.router == "spechorn")
+    self.gru = GRUGate(d, m.router_dim, rngs=rngs) if use_gru else None
+    gate_in = m.router_dim if self.gru is not None else d
+    self.gate = nnx.Linear(
+      gate_in, e, use_bias=False, kernel_init=nnx.initializers.normal(gate_in**-0.5), rngs=rngs
+    )
+    self.logit_norm = (
+      nnx.LayerNorm(e, rngs=rngs) if m.router == "spechorn" and m.logit_norm else None
+    )
+    self.dropout = nnx.Dropout(cfg.dropout)
+
+  def router_logits(self, x: jax.Array) -> jax.Array:
+    """float32 ``[B, T, E]`` router logits."""
+    h = self.gru(x) if self.gru is not None else x.astype(jnp.float32)
+    logits = self.gate(h).astype(jnp.float32)
+    if self.logit_norm is not None:
+      logits = self.logit_norm(logits)
+    return logits
+
+  def select(self, logits: jax.Array, controls) -> jax.Array:
+    """Scores whose top-k picks the experts, ``[N, E]``."""
+    m = self.moe
+    controls = controls or {}
+    if m.router == "deepseek" and "moe_selection_bias" in controls:
+      return logits + controls["moe_selection_bias"][self.layer]
+    if m.router == "spechorn":
+      if "moe_logit_adjust" in controls:
+        logits = logits + controls["moe_logit_adjust"][self.layer]
+      if m.use_sinkhorn:
+        return sinkhorn(logits, n_iter=m.sinkhorn_iter, eps=m.sinkhorn_eps, return_log=True)
+    return logits
+
+  def __call__(
+    self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None, controls=None
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    m = self.moe
+    b, t, d = x.shape
+    n, e, k = b * t, m.num_experts, m.top_k
+    logits = self.router_logits(x).reshape(n, e)
+    # A token with non-finite logits routes uniformly instead of poisoning the batch
+    # (Sinkhorn and the capacity cumsum couple all tokens).
+    logits = jnp.where(jnp.isfinite(logits).all(-1, keepdims=True), logits, 0.0)
+    probs = jax.nn.softmax(logits, axis=-1)
+    _, expert_idx = jax.lax.top_k(self.select(logits, controls), k)  # [N, k], distinct
+    gate = jnp.take_along_axis(probs, expert_idx, axis=-1)
+    gate = gate / jnp.sum(gate, axis=-1, keepdims=True)
+    choice = jax.nn.one_hot(expert_idx, e, dtype=jnp.float32)  # [N, k, E]
+    tokens = x.reshape(n, d)
+    if m.dropless:
+      y, kept = self._dropless(tokens, expert_idx, gate), jnp.ones((n, k), jnp.float32)
+    else:
+      y, kept = self._with_capacity(tokens, choice, gate)
+    load = jnp.sum(choice, axis=(0, 1))
+    routed = jnp.sum(choice, axis=1)  # [N, E]: 1 where the token chose the expert
+    mean_input = (routed.T @ tokens.astype(jnp.float32)) / jnp.maximum(load, 1.0)[:, None]
+    telemetry = {
+      "moe_load": load,
+      "moe_mean_input": mean_input,
+      "moe_drop_rate": 1.0 - jnp.mean(kept),
+      "moe_router_entropy": -jnp.mean(jnp.sum(probs * jnp.log(probs + 1e-9), axis=-1)),
+    }
+    if m.router == "softmax_aux":
+      fraction = load / (n * k)
+      telemetry["aux_loss"] = m.aux_loss_weight * e * jnp.sum(fraction * jnp.mean(probs, 0))
+    y = self.dropout(y.reshape(b, t, d).astype(x.dtype), deterministic=deterministic, rngs=rngs)
+    return y, telemetry
+
+  def _experts(self, h: jax.Array) -> jax.Array:
+    """``[E, C, d] -> [E, C, d]``: each expert's MLP on its slots."""
+    w_up, w_down = self.w_up.value.astype(self.dtype), self.w_down.value.astype(self.dtype)
+    hidden = jax.nn.gelu(jnp.einsum("ecd,edf->ecf", h.astype(self.dtype), w_up))
+    return jnp.einsum("ecf,efd->ecd", hidden, w_down)
+
+  def _with_capacity(self, tokens, choice, gate):
+    n, k, e = choice.shape
+    cap = capacity(self.moe, n)
+    position, kept = capacity_slots(choice, cap)
+    slot = jax.nn.one_hot(position.astype(jnp.int32), cap, dtype=jnp.float32)  # [N, k, C]
+    combine = jnp.einsum("nke,nkc->nec", choice * (kept * gate)[..., None], slot)
+    dispatch = jnp.einsum("nke,nkc->nec", choice * kept[..., None], slot)
+    expert_in = jnp.einsum("nec,nd->ecd", dispatch, tokens.astype(jnp.float32))
+    expert_out = self._experts(expert_in).astype(jnp.float32)
+    return jnp.einsum("nec,ecd->nd", combine, expert_out), kept
+
+  def _dropless(self, tokens, expert_idx, gate):
+    n, k = expert_idx.shape
+    flat = expert_idx.reshape(-1)
+    order = jnp.argsort(flat, stable=True)
+    group_sizes = jnp.bincount(flat, length=self.moe.num_experts).astype(jnp.int32)
+    x = tokens[order // k].astype(self.dtype)
+    w_up, w_down = self.w_up.value.astype(self.dtype), self.w_down.value.astype(self.dtype)
+    hidden = jax.nn.gelu(jax.lax.ragged_dot(x, w_up, group_sizes))
+    out = jax.lax.ragged_dot(hidden, w_down, group_sizes).astype(jnp.float32)
+    out = jnp.zeros_like(out).at[order].set(out).reshape(n, k, -1)
+    return jnp.sum(out * gate[..., None], axis=1)
+
+
+class MoETransformer(Transformer):
+  """The baseline LM with every block's MLP replaced by ``MoEFeedForward``."""
+
+  def make_ffn(self, cfg: MoETransformerConfig, layer: int, rngs: nnx.Rngs) -> nnx.Module:
+    return MoEFeedForward(cfg, layer, rngs=rngs)
+
+  @staticmethod
+  def merge_layer_telemetry(per_layer):
+    merged = Transformer.merge_layer_telemetry(per_layer)
+    load = merged["moe_load"]  # [L, E]
+    mean = jnp.mean(load, axis=-1)
+    merged["moe_load_cv"] = jnp.mean(jnp.std(load, axis=-1) / mean)
+    merged["moe_max_vio"] = jnp.mean(jnp.max(load, axis=-1) / mean - 1.0)
+    merged["moe_drop_rate"] = jnp.mean(merged["moe_drop_rate"])
+    merged["moe_router_entropy"] = jnp.mean(merged["moe_router_entropy"])
+    share = jnp.mean(load / jnp.sum(load, axis=-1, keepdims=True), axis=0)
+    merged.update({f"moe_load_share/{e}": share[e] for e in range(load.shape[-1])})
+    return merged
