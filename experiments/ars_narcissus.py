@@ -101,7 +101,18 @@ def main() -> None:
   for arm, dirs in runs.items():
     cols = {
       k: []
-      for k in ("peak_w", "final_w", "peak_g", "post_g", "spikes", "div", "rec", "val_sh", "val_py")
+      for k in (
+        "peak_w",
+        "final_w",
+        "peak_g",
+        "post_g",
+        "spikes",
+        "startup",
+        "div",
+        "rec",
+        "val_sh",
+        "val_py",
+      )
     }
     for run_dir in dirs:
       records, stats = read_run(run_dir)

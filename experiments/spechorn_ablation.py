@@ -36,6 +36,7 @@ from flax import nnx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from homeo_jax import controls as read_controls  # noqa: E402
+from homeo_jax.cores.sinkhorn import sinkhorn  # noqa: E402
 from homeo_jax.data import window_batches  # noqa: E402
 from homeo_jax.models.moe import MoEFeedForward  # noqa: E402
 from homeo_jax.training import apply_overrides  # noqa: E402
@@ -108,6 +109,13 @@ def router_share(config, repeats=20):
   def full(p, x):
     return nnx.merge(graphdef, p)(x, deterministic=True, rngs=None, controls=adjust)[0]
 
+  logits = jax.random.normal(jax.random.key(1), (d.batch_size * d.seq_len, cfg.moe.num_experts))
+
+  def sinkhorn_only(p, x):
+    del p, x
+    m = cfg.moe
+    return sinkhorn(logits, n_iter=m.sinkhorn_iter, eps=m.sinkhorn_eps, return_log=True)
+
   def timed(fn):
     fn = jax.jit(fn)
     jax.block_until_ready(fn(params, x))
@@ -118,7 +126,8 @@ def router_share(config, repeats=20):
       times.append(time.perf_counter() - start)
     return statistics.median(times)
 
-  return timed(router) / timed(full)
+  layer_time = timed(full)
+  return timed(router) / layer_time, timed(sinkhorn_only) / layer_time
 
 
 def main() -> None:
@@ -151,7 +160,7 @@ def main() -> None:
       cols["vio_g"].append(vio_global)
       cols["div"].append(diversity)
       cols["val"].append(stats["val_loss"])
-    share = router_share(arm_config)
+    share, sinkhorn_share = router_share(arm_config)
     rows.append(
       [
         arm,
@@ -164,6 +173,7 @@ def main() -> None:
         mean_std(cols["div"], 3),
         mean_std(cols["val"], 3),
         f"{100 * share:.0f}%",
+        f"{100 * sinkhorn_share:.1f}%" if arm_config.model.moe.router == "spechorn" else "—",
       ]
     )
   table = markdown_table(
@@ -178,6 +188,7 @@ def main() -> None:
       "expert similarity (mean off-diag cos)",
       "final val loss",
       "router share of MoE time",
+      "Sinkhorn share of MoE time",
     ],
     rows,
   )

@@ -19,6 +19,7 @@ import pytest
 from homeo_jax.regulators.ars import ars_adamw
 from homeo_jax.regulators.load_balance import deepseek_balancer, spechorn_balancer
 from homeo_jax.regulators.ord_muon import ord_muon
+from homeo_jax.regulators.thyroid import thyroid
 
 MOE_LOAD = jnp.array([[10.0, 30.0, 20.0, 4.0]])
 MOE_INPUT = jnp.ones((1, 4, 8))
@@ -31,6 +32,8 @@ REGULATORS = {
   "ord_muon_geometric": lambda lr: ord_muon(lr, project_radial=True),
   "adamw_spechorn": lambda lr: optax.chain(optax.adamw(lr), spechorn_balancer(1, 4, 8)),
   "adamw_deepseek": lambda lr: optax.chain(optax.adamw(lr), deepseek_balancer(1, 4)),
+  "thyroid": lambda lr: thyroid(optax.adamw, lr, 1e-4, weights="random", update_every=2),
+  "thyroid_alpha": lambda lr: thyroid(optax.adamw, lr, version="alpha", weights="random"),
 }
 
 

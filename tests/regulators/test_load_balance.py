@@ -26,7 +26,7 @@ def numpy_spechorn(
   load_ema = np.zeros((L, E))
   cap_ema = np.zeros((L, E))
   spec = np.zeros((L, E, 128))
-  n_load = n_spec = 0
+  n_spec = 0
   cap_scale = 15.0
   out = []
   for step, (load, inputs) in enumerate(zip(load_seq, input_seq, strict=True)):
@@ -35,7 +35,7 @@ def numpy_spechorn(
     cv = np.mean(load.std(-1) / load.mean(-1))
     load_ema = decay * load_ema + (1 - decay) * rel
     cap_ema = decay * cap_ema + (1 - decay) * rel
-    n_load += 1
+    n_load = step + 1
     if step % every == 0:
       spec = decay * spec + (1 - decay) * (inputs.astype(np.float64) @ projection)
       n_spec += 1

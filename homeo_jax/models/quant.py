@@ -1,0 +1,111 @@
+"""2-bit (or ternary) weight quantization with a temperature, and the quantized LM.
+
+For a weight matrix W with per-output-channel absmean scale γ = mean|W| (BitNet b1.58)
+and x = W/γ:
+
+* hard 2-bit (``levels="2bit"``): q(x) = clip(⌊x⌋ + ½, −1.5, 1.5), the 4 levels
+  {−1.5, −0.5, 0.5, 1.5}; ternary (``levels="ternary"``): q(x) = clip(round(x), −1, 1).
+* soft, temperature τ: the staircase written as a sum of sigmoids at its steps b,
+  q_τ(x) = q_min + Σ_b σ((x − b)/τ). τ → 0 recovers the hard staircase exactly; larger
+  τ rounds more softly (τ = 1 is a gentle ramp).
+
+Training uses W_q = γ·(x + stop_gradient(q_τ(x) − x)): the forward value is the soft
+quantization at temperature τ, the backward pass is straight-through (identity), so
+gradients reach W however hard the rounding is. Evaluation uses the hard levels.
+
+τ = ``base_temperature`` · the ``quant_temperature`` control (the Spectral Thyroid's τ
+multiplier) when a regulator publishes one, else ``base_temperature``.
+
+Which weights: the kernels of every block's attention and MLP (``blocks.*.kernel``);
+embeddings, norms and the (tied) head stay in float, as in BitNet. ``qwix`` does int2
+by round+clip with a clipped STE but has no temperature hook or absmean calibration, so
+this ~40-line transform is written here instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from homeo_jax.models.layers import TransformerConfig
+from homeo_jax.models.transformer import Transformer
+
+LEVELS = {
+  "2bit": (-1.5, (-1.0, 0.0, 1.0)),  # (lowest level, step positions)
+  "ternary": (-1.0, (-0.5, 0.5)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantTransformerConfig(TransformerConfig):
+  levels: str = "2bit"
+  base_temperature: float = 0.1
+
+  def validate(self, prefix: str = "model") -> None:
+    super().validate(prefix)
+    if self.levels not in LEVELS:
+      raise ValueError(f"{prefix}.levels must be one of {tuple(LEVELS)}, got {self.levels!r}")
+    if not self.base_temperature > 0:
+      raise ValueError(f"{prefix}.base_temperature must be > 0, got {self.base_temperature}")
+
+
+def absmean_scale(w: jax.Array) -> jax.Array:
+  """Per-output-channel γ = mean|W| over the input axis, ``[1, out]``."""
+  return jnp.maximum(jnp.mean(jnp.abs(w), axis=0, keepdims=True), 1e-8)
+
+
+def hard_levels(x: jax.Array, levels: str = "2bit") -> jax.Array:
+  if levels == "ternary":
+    return jnp.clip(jnp.round(x), -1.0, 1.0)
+  return jnp.clip(jnp.floor(x) + 0.5, -1.5, 1.5)
+
+
+def soft_levels(x: jax.Array, temperature: jax.Array, levels: str = "2bit") -> jax.Array:
+  lowest, steps = LEVELS[levels]
+  return lowest + sum(jax.nn.sigmoid((x - b) / temperature) for b in steps)
+
+
+def quantize(
+  w: jax.Array, temperature: jax.Array | None, levels: str = "2bit", straight_through: bool = True
+) -> jax.Array:
+  """Quantized W: hard levels when ``temperature`` is None, else soft.
+
+  The soft value's gradient is straight-through (identity) by default; with
+  ``straight_through=False`` it is the soft staircase's true derivative (what a
+  meta-gradient through the forward must use).
+  """
+  scale = absmean_scale(w)
+  x = w / scale
+  if temperature is None:
+    return hard_levels(x, levels) * scale
+  q = soft_levels(x, temperature, levels)
+  if not straight_through:
+    return q * scale
+  return (x + jax.lax.stop_gradient(q - x)) * scale
+
+
+def is_quantized(path) -> bool:
+  """Block attention/MLP kernels: the matrices the quantized LM stores in 2 bits."""
+  name = jax.tree_util.keystr(path)
+  return "blocks" in name and "kernel" in name
+
+
+class QuantTransformer(Transformer):
+  """The baseline LM with its block matrices quantized (soft + STE in training, hard in eval)."""
+
+  def __call__(self, tokens, *, controls=None, deterministic=True, rngs=None):
+    cfg = self.cfg
+    temperature = None
+    if not deterministic:
+      temperature = cfg.base_temperature * (controls or {}).get("quant_temperature", 1.0)
+    graphdef, state = nnx.split(self)
+    quantized = jax.tree_util.tree_map_with_path(
+      lambda p, w: quantize(w, temperature, cfg.levels) if is_quantized(p) else w, state
+    )
+    model = nnx.merge(graphdef, quantized)
+    return Transformer.__call__(
+      model, tokens, controls=controls, deterministic=deterministic, rngs=rngs
+    )

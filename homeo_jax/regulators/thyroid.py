@@ -1,0 +1,384 @@
+"""Spectral Thyroid: a small learned filter bank that sets lr, weight-decay and
+quantization-temperature multipliers (α, λ, τ) from the run's own loss and grad-norm history.
+
+Inputs are windows of the last 16 finite losses and gradient norms, each taken in log
+space and standardised, z = (log v − mean) / (std + 1e-3): the filters see the shape
+of the recent history (trend, oscillation, spikes) independent of the loss's scale.
+
+Versions (all ≤ 10K parameters; ``thyroid_param_count`` checks it):
+
+* ``"alpha"`` (v0.1): loss window → Conv1D(1→8, k3, same) → ReLU → Conv1D(8→16, k3,
+  same) → ReLU → average pool to 4 bins → 64 → Dense 16 → ReLU → Dense 1 → sigmoid,
+  α = 0.1 + 1.9·σ. 1,489 parameters.
+* ``"alpha_lambda_tau"`` (v0.2): two streams (loss, grad norm), each Conv1D(1→8, k3) →
+  ReLU → pool to 4 → concat (64) → Dense 32 → ReLU → three heads: α, λ ∈ [0.1, 2.0],
+  τ ∈ [0.5, 2.0]. 2,243 parameters.
+* ``"per_group"`` (v0.3): the v0.2 backbone shared; each parameter group ("organelle")
+  feeds its *own* grad-norm window through the shared grad stream and has its own
+  (α, λ) head; τ comes from one shared head (quantization temperature is global).
+  2,177 + 66·G parameters.
+
+Multipliers are computed every ``update_every`` steps (default 10) once both windows
+are full, and held in between; before that they are 1.0. Hard clamps always hold (the
+heads are bounded sigmoids). A NaN/Inf loss or grad norm never enters a window.
+
+Steering goes through ``homeo_jax.regulators.steering.steer_hyperparams``:
+effective lr = base lr·α and effective weight decay = base wd·λ (per group for v0.3, via
+one ``optax.multi_transform`` inside ``inject_hyperparams``); τ is published as the
+control ``quant_temperature`` that ``models.quant.QuantTransformer`` reads.
+
+Weights: ``weights="shipped"`` (default) loads the meta-trained file
+``thyroid_weights/<version>.npz`` from the package (see ``thyroid_meta.meta_train``);
+none is shipped yet — meta-training has not yet beaten the neutral thyroid on held-out
+tasks (README, "Spectral Thyroid: status") — so the default raises a clear error.
+``weights="random"`` is an explicit untrained initialisation whose outputs start at 1.0;
+a path loads another file. A missing, corrupt or mismatched file raises an error naming
+it.
+
+References: the Spectral Thyroid seed document; Metz et al., learned optimizers
+(google/learned_optimization).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from homeo_jax.cores import signals
+from homeo_jax.regulators.steering import HyperparamController, steer_hyperparams
+
+VERSIONS = ("alpha", "alpha_lambda_tau", "per_group")
+WINDOW = 16
+MAX_PARAMS = 10_000
+ALPHA_RANGE, LAMBDA_RANGE, TAU_RANGE = (0.1, 2.0), (0.1, 2.0), (0.5, 2.0)
+WEIGHTS_DIR = Path(__file__).with_name("thyroid_weights")
+
+
+def _neutral_logit(lo: float, hi: float) -> float:
+  """The sigmoid input that maps to a multiplier of exactly 1 in [lo, hi]."""
+  p = (1.0 - lo) / (hi - lo)
+  return float(np.log(p / (1 - p)))
+
+
+def _dense(key, n_in, n_out, scale=None):
+  std = (2.0 / n_in) ** 0.5 if scale is None else scale
+  return {"w": jax.random.normal(key, (n_in, n_out)) * std, "b": jnp.zeros((n_out,))}
+
+
+def _conv(key, c_in, c_out, k=3):
+  return {
+    "w": jax.random.normal(key, (k, c_in, c_out)) * (2.0 / (k * c_in)) ** 0.5,
+    "b": jnp.zeros((c_out,)),
+  }
+
+
+def _head(key, n_in, lo, hi):
+  # Tiny weights and a neutral bias: an untrained head outputs 1.0.
+  p = _dense(key, n_in, 1, scale=0.0)
+  return {"w": p["w"], "b": jnp.full((1,), _neutral_logit(lo, hi))}
+
+
+def init_thyroid_params(version: str, num_groups: int = 1, seed: int = 0) -> dict:
+  if version not in VERSIONS:
+    raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+  k = jax.random.split(jax.random.key(seed), 8)
+  if version == "alpha":
+    return {
+      "conv1": _conv(k[0], 1, 8),
+      "conv2": _conv(k[1], 8, 16),
+      "dense": _dense(k[2], 64, 16),
+      "alpha": _head(k[3], 16, *ALPHA_RANGE),
+    }
+  params = {
+    "loss_conv": _conv(k[0], 1, 8),
+    "grad_conv": _conv(k[1], 1, 8),
+    "fusion": _dense(k[2], 64, 32),
+    "tau": _head(k[5], 32, *TAU_RANGE),
+  }
+  heads = {"alpha": _head(k[3], 32, *ALPHA_RANGE), "lam": _head(k[4], 32, *LAMBDA_RANGE)}
+  if version == "per_group":
+    heads = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_groups, *x.shape)), heads)
+  return {**params, **heads}
+
+
+def thyroid_param_count(params: dict) -> int:
+  return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+def standardize(window: jax.Array) -> jax.Array:
+  """z of log values over the window (scale-free); finite for constant windows."""
+  x = jnp.log(jnp.maximum(window, 1e-12))
+  return (x - jnp.mean(x, -1, keepdims=True)) / (jnp.std(x, -1, keepdims=True) + 1e-3)
+
+
+def _conv1d(x, p):
+  """Same-padded 1-D convolution: ``[C_in, T] -> [C_out, T]``."""
+  k = p["w"].shape[0]
+  padded = jnp.pad(x, ((0, 0), (k // 2, k // 2)))
+  patches = jnp.stack([padded[:, i : i + x.shape[1]] for i in range(k)])  # [k, C_in, T]
+  return jnp.einsum("kct,kco->ot", patches, p["w"]) + p["b"][:, None]
+
+
+def _pool4(x):
+  return x.reshape(x.shape[0], 4, -1).mean(-1).reshape(-1)
+
+
+def _bounded(p, h, lo, hi):
+  return lo + (hi - lo) * jax.nn.sigmoid(h @ p["w"] + p["b"])[..., 0]
+
+
+def thyroid_forward(
+  params: dict, version: str, loss_window: jax.Array, grad_windows: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(α ``[G]``, λ ``[G]``, τ ``[]``) from a loss window ``[16]`` and grad windows ``[G, 16]``."""
+  z_loss = standardize(loss_window)[None]
+  groups = grad_windows.shape[0]
+  if version == "alpha":
+    h = jax.nn.relu(_conv1d(jax.nn.relu(_conv1d(z_loss, params["conv1"])), params["conv2"]))
+    h = jax.nn.relu(_pool4(h) @ params["dense"]["w"] + params["dense"]["b"])
+    alpha = _bounded(params["alpha"], h, *ALPHA_RANGE)
+    return jnp.full((groups,), alpha), jnp.ones((groups,)), jnp.ones(())
+  loss_feat = _pool4(jax.nn.relu(_conv1d(z_loss, params["loss_conv"])))
+  grad_feat = jax.vmap(
+    lambda g: _pool4(jax.nn.relu(_conv1d(standardize(g)[None], params["grad_conv"])))
+  )(grad_windows)
+  fused = jnp.concatenate([jnp.broadcast_to(loss_feat, (groups, 32)), grad_feat], -1)
+  h = jax.nn.relu(fused @ params["fusion"]["w"] + params["fusion"]["b"])  # [G, 32]
+  if version == "per_group":
+    alpha = jax.vmap(lambda p, x: _bounded(p, x, *ALPHA_RANGE))(params["alpha"], h)
+    lam = jax.vmap(lambda p, x: _bounded(p, x, *LAMBDA_RANGE))(params["lam"], h)
+  else:
+    alpha = _bounded(params["alpha"], h, *ALPHA_RANGE)
+    lam = _bounded(params["lam"], h, *LAMBDA_RANGE)
+  tau = _bounded(params["tau"], jnp.mean(h, 0), *TAU_RANGE)
+  return alpha, lam, tau
+
+
+def load_thyroid_params(version: str, weights: str | os.PathLike, num_groups: int = 1) -> dict:
+  """Shipped, random or file weights; an unreadable or mismatched file names itself."""
+  template = init_thyroid_params(version, 1)
+  if weights == "random":
+    params = template
+  else:
+    path = WEIGHTS_DIR / f"{version}.npz" if weights == "shipped" else Path(weights)
+    if weights == "shipped" and not path.exists():
+      raise ValueError(
+        f"no meta-trained thyroid weights are shipped for version {version!r} yet ({path}): "
+        "pass weights='random' for an untrained thyroid, or a file from "
+        "thyroid_meta.meta_train"
+      )
+    try:
+      with np.load(path) as f:
+        flat = {k: f[k] for k in f.files}
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to a user
+      raise ValueError(f"thyroid weights file {str(path)!r} cannot be read: {e}") from None
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    loaded = []
+    for key_path, leaf in leaves:
+      key = jax.tree_util.keystr(key_path)
+      if key not in flat or flat[key].shape != leaf.shape:
+        got = flat[key].shape if key in flat else "missing"
+        raise ValueError(
+          f"thyroid weights file {str(path)!r} does not match version "
+          f"{version!r}: {key} expected {leaf.shape}, got {got}"
+        )
+      loaded.append(jnp.asarray(flat[key], jnp.float32))
+    params = treedef.unflatten(loaded)
+  if version == "per_group":
+    params = {
+      **params,
+      **{
+        h: jax.tree.map(lambda x: jnp.broadcast_to(x[0], (num_groups, *x.shape[1:])), params[h])
+        for h in ("alpha", "lam")
+      },
+    }
+  return params
+
+
+def save_thyroid_params(params: dict, path: str | os.PathLike) -> None:
+  flat = {
+    jax.tree_util.keystr(p): np.asarray(x)
+    for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
+  path = Path(path)
+  tmp = path.with_name(f".{path.name}.tmp.npz")
+  np.savez(tmp, **flat)
+  os.replace(tmp, path)
+
+
+class ThyroidState(NamedTuple):
+  step: jax.Array  # shape=(), int32
+  loss_buffer: signals.RingBuffer  # last 16 finite losses
+  grad_buffer: signals.RingBuffer  # [G, 16]: last 16 finite grad norms per group
+  weights: dict  # the thyroid network's parameters
+  alpha: jax.Array  # shape=(G,), float32: lr multiplier in [0.1, 2]
+  lam: jax.Array  # shape=(G,), float32: weight-decay multiplier in [0.1, 2]
+  tau: jax.Array  # shape=(), float32: quantization-temperature multiplier in [0.5, 2]
+  controls: dict  # {"quant_temperature": tau}
+
+  regulator_name = "thyroid"
+  logged_fields = ("alpha", "lam", "tau")
+
+
+def thyroid_controller(
+  version: str,
+  *,
+  group_names: Sequence[str] = ("all",),
+  group_labels: Any = None,
+  update_every: int = 10,
+  weights: str | os.PathLike = "shipped",
+) -> HyperparamController:
+  """The Thyroid as a controller of ``steer_hyperparams``; see the module docstring."""
+  if version not in VERSIONS:
+    raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+  if update_every < 1:
+    raise ValueError(f"update_every must be >= 1, got {update_every}")
+  groups = len(group_names)
+  net = load_thyroid_params(version, weights, groups)
+  if thyroid_param_count(net) > MAX_PARAMS:
+    raise ValueError(f"thyroid has {thyroid_param_count(net)} parameters > {MAX_PARAMS}")
+  grouped = version == "per_group"
+
+  def init_fn(params):
+    del params
+    return ThyroidState(
+      step=jnp.zeros((), jnp.int32),
+      loss_buffer=signals.ring_init(WINDOW),
+      grad_buffer=jax.vmap(lambda _: signals.ring_init(WINDOW))(jnp.arange(groups)),
+      weights=net,
+      alpha=jnp.ones((groups,)),
+      lam=jnp.ones((groups,)),
+      tau=jnp.ones(()),
+      controls={"quant_temperature": jnp.ones(())},
+    )
+
+  def group_norms(updates, extra_args):
+    if grouped:
+      labels = group_labels(updates) if callable(group_labels) else group_labels
+      sq = {name: jnp.zeros(()) for name in group_names}
+      for leaf, label in zip(jax.tree.leaves(updates), jax.tree.leaves(labels), strict=True):
+        sq[label] = sq[label] + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+      return jnp.sqrt(jnp.stack([sq[name] for name in group_names]))
+    norm = extra_args.get("grad_norm")
+    return jnp.reshape(optax.tree.norm(updates) if norm is None else norm, (1,))
+
+  def update_fn(state: ThyroidState, base, updates, params, **extra_args):
+    del params
+    if "value" not in extra_args:
+      raise ValueError("the Thyroid reads the loss: pass tx.update(..., value=loss)")
+    loss_buffer = signals.ring_push(state.loss_buffer, extra_args["value"])
+    norms = group_norms(updates, extra_args).astype(jnp.float32)
+    grad_buffer = jax.vmap(signals.ring_push)(state.grad_buffer, norms)
+    full = jnp.logical_and(
+      signals.ring_size(loss_buffer) >= WINDOW,
+      jnp.all(jax.vmap(signals.ring_size)(grad_buffer) >= WINDOW),
+    )
+    regulate = jnp.logical_and(full, state.step % update_every == 0)
+    loss_window = signals.ring_ordered(loss_buffer)[0]
+    grad_windows = jax.vmap(lambda b: signals.ring_ordered(b)[0])(grad_buffer)
+    alpha, lam, tau = thyroid_forward(state.weights, version, loss_window, grad_windows)
+    alpha = jnp.where(regulate, alpha, state.alpha)
+    lam = jnp.where(regulate, lam, state.lam)
+    tau = jnp.where(regulate, tau, state.tau)
+    effective = {}
+    for g, name in enumerate(group_names):
+      suffix = f"_{name}" if grouped else ""
+      effective[f"learning_rate{suffix}"] = base[f"learning_rate{suffix}"] * alpha[g]
+      if f"weight_decay{suffix}" in base:
+        effective[f"weight_decay{suffix}"] = base[f"weight_decay{suffix}"] * lam[g]
+    new_state = ThyroidState(
+      step=optax.safe_increment(state.step),
+      loss_buffer=loss_buffer,
+      grad_buffer=grad_buffer,
+      weights=state.weights,
+      alpha=alpha,
+      lam=lam,
+      tau=tau,
+      controls={"quant_temperature": tau},
+    )
+    return new_state, effective
+
+  return HyperparamController(init_fn, update_fn)
+
+
+def thyroid(
+  inner_factory: Callable[..., optax.GradientTransformation],
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: float = 0.0,
+  *,
+  version: str = "alpha_lambda_tau",
+  group_labels: Any = None,
+  group_names: Sequence[str] | None = None,
+  update_every: int = 10,
+  weights: str | os.PathLike = "shipped",
+  static_args: tuple[str, ...] = (),
+  **inner_kwargs: Any,
+) -> optax.GradientTransformationExtraArgs:
+  """``tx = thyroid(optax.adamw, learning_rate=1e-3, weight_decay=0.01, ...)``.
+
+  Then ``tx.update(grads, state, params, value=loss, grad_norm=g)``; without
+  ``grad_norm`` the norm of the incoming updates is used. ``version="per_group"`` needs
+  ``group_labels`` (a tree or callable of labels, as ``optax.multi_transform``) and the
+  ``group_names`` it uses. ``inner_factory`` must take ``learning_rate`` and
+  ``weight_decay``.
+  """
+  if version == "per_group":
+    if group_labels is None or not group_names:
+      raise ValueError("version='per_group' needs group_labels and group_names")
+    names = tuple(group_names)
+    controller = thyroid_controller(
+      version,
+      group_names=names,
+      group_labels=group_labels,
+      update_every=update_every,
+      weights=weights,
+    )
+
+    def grouped_factory(**hyperparams):
+      return optax.multi_transform(
+        {
+          g: inner_factory(
+            learning_rate=hyperparams[f"learning_rate_{g}"],
+            weight_decay=hyperparams[f"weight_decay_{g}"],
+            **inner_kwargs,
+          )
+          for g in names
+        },
+        group_labels,
+      )
+
+    steered = {}
+    for g in names:
+      steered[f"learning_rate_{g}"] = learning_rate
+      steered[f"weight_decay_{g}"] = weight_decay
+    # inject_hyperparams binds hyperparameters by signature: name each one.
+    grouped_factory.__signature__ = inspect.Signature(
+      [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY) for k in steered]
+    )
+    return steer_hyperparams(grouped_factory, controller, steered)
+  controller = thyroid_controller(version, update_every=update_every, weights=weights)
+  steered = {"learning_rate": learning_rate}
+  if version == "alpha":
+    return steer_hyperparams(
+      inner_factory,
+      controller,
+      steered,
+      static_args=static_args,
+      weight_decay=weight_decay,
+      **inner_kwargs,
+    )
+  return steer_hyperparams(
+    inner_factory,
+    controller,
+    {**steered, "weight_decay": weight_decay},
+    static_args=static_args,
+    **inner_kwargs,
+  )

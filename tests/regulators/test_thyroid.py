@@ -1,0 +1,199 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from homeo_jax import controls
+from homeo_jax.regulators import thyroid_meta
+from homeo_jax.regulators.thyroid import (
+  ALPHA_RANGE,
+  LAMBDA_RANGE,
+  MAX_PARAMS,
+  TAU_RANGE,
+  VERSIONS,
+  init_thyroid_params,
+  load_thyroid_params,
+  save_thyroid_params,
+  thyroid,
+  thyroid_forward,
+  thyroid_param_count,
+)
+
+PARAMS = {"embed": jnp.ones((4, 4)), "hidden": jnp.ones((4, 4)) * 2}
+LABELS = {"embed": "embed", "hidden": "hidden"}
+
+
+@pytest.mark.parametrize(
+  "version, count", [("alpha", 1489), ("alpha_lambda_tau", 2243), ("per_group", 2177 + 66 * 3)]
+)
+def test_param_counts(version, count):
+  params = init_thyroid_params(version, 3)
+  assert thyroid_param_count(params) == count <= MAX_PARAMS
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+  st.sampled_from(VERSIONS),
+  st.integers(0, 1000),
+  st.lists(st.floats(1e-8, 1e8), min_size=16, max_size=16),
+  st.lists(st.floats(1e-8, 1e8), min_size=16, max_size=16),
+)
+def test_clamps_hold_for_extreme_histories_and_weights(version, seed, losses, norms):
+  params = jax.tree.map(lambda x: x * 50.0, init_thyroid_params(version, 2, seed))
+  params = jax.tree.map(lambda x: x + 3.0, params)  # far from the trained regime
+  groups = 2 if version == "per_group" else 1
+  alpha, lam, tau = thyroid_forward(
+    params, version, jnp.asarray(losses), jnp.tile(jnp.asarray(norms), (groups, 1))
+  )
+  for value, (lo, hi) in ((alpha, ALPHA_RANGE), (lam, LAMBDA_RANGE), (tau, TAU_RANGE)):
+    v = np.asarray(value)
+    assert np.isfinite(v).all() and (v >= lo).all() and (v <= hi).all()
+
+
+def run(tx, losses, grad_norm=None):
+  state = tx.init(PARAMS)
+  update = jax.jit(tx.update)
+  out = []
+  for v in losses:
+    extra = {"value": jnp.asarray(v)}
+    if grad_norm is not None:
+      extra["grad_norm"] = jnp.asarray(grad_norm)
+    _, state = update(PARAMS, state, PARAMS, **extra)
+    out.append(state)
+  return out
+
+
+def perturbed(version):
+  """A random (not neutral) thyroid so its outputs differ from 1."""
+  params = init_thyroid_params(version, 1, 0)
+  return jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(1), x.shape), params)
+
+
+@pytest.fixture
+def weights_file(tmp_path):
+  def write(version):
+    path = tmp_path / f"{version}.npz"
+    save_thyroid_params(perturbed(version), path)
+    return str(path)
+
+  return write
+
+
+def test_before_window_is_one_then_regulates_every_k(weights_file):
+  tx = thyroid(
+    optax.adamw,
+    1e-3,
+    0.01,
+    version="alpha_lambda_tau",
+    weights=weights_file("alpha_lambda_tau"),
+    update_every=10,
+  )
+  states = run(tx, 3.0 - 0.05 * np.arange(40) + 0.1 * np.sin(np.arange(40)), grad_norm=1.5)
+  alphas = [float(s.controller.alpha[0]) for s in states]
+  assert all(a == 1.0 for a in alphas[:16])  # window not full yet (steps 0..15)
+  # first regulation at step 20 (the first multiple of 10 with full windows), held between
+  assert alphas[19] == 1.0 and alphas[20] != 1.0
+  assert len(set(alphas[20:30])) == 1 and alphas[30] != alphas[29]
+  lr = float(states[25].inner.hyperparams["learning_rate"])
+  wd = float(states[25].inner.hyperparams["weight_decay"])
+  assert lr == pytest.approx(1e-3 * alphas[25], rel=1e-6)
+  assert wd == pytest.approx(0.01 * float(states[25].controller.lam[0]), rel=1e-6)
+  assert float(controls(states[25])["quant_temperature"]) == float(states[25].controller.tau)
+
+
+def test_nan_telemetry_never_enters_buffers(weights_file):
+  tx = thyroid(optax.adamw, 1e-3, version="alpha", weights=weights_file("alpha"), update_every=1)
+  clean = run(tx, [2.0 + 0.1 * i for i in range(20)])
+  dirty = run(
+    tx,
+    [2.0 + 0.1 * i for i in range(10)] + [np.nan, np.inf] + [2.0 + 0.1 * i for i in range(10, 20)],
+  )
+  np.testing.assert_array_equal(
+    dirty[-1].controller.loss_buffer.values, clean[-1].controller.loss_buffer.values
+  )
+  assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(dirty[-1].controller))
+
+
+def test_per_group_heads_map_to_their_leaves(tmp_path):
+  params = init_thyroid_params("per_group", 1, 0)
+  path = tmp_path / "pg.npz"
+  save_thyroid_params(params, path)
+  tx = thyroid(
+    optax.adamw,
+    1e-3,
+    0.01,
+    version="per_group",
+    group_labels=LABELS,
+    group_names=("embed", "hidden"),
+    weights=str(path),
+    update_every=1,
+  )
+  state = tx.init(PARAMS)
+  # give the two groups different heads: the hidden group's α bias is raised
+  net = state.controller.weights
+  net["alpha"]["b"] = net["alpha"]["b"].at[1].add(2.0)
+  state = state._replace(controller=state.controller._replace(weights=net))
+  grads = {"embed": jnp.ones((4, 4)) * 0.1, "hidden": jnp.ones((4, 4)) * 10.0}
+  for i in range(20):
+    _, state = tx.update(grads, state, PARAMS, value=jnp.asarray(3.0 - 0.01 * i))
+  norms = state.controller.grad_buffer.values[:, -1]
+  np.testing.assert_allclose(norms, [0.4, 40.0], rtol=1e-5)  # each group sees its own norm
+  alpha = np.asarray(state.controller.alpha)
+  assert alpha[1] > alpha[0]
+  hp = state.inner.hyperparams
+  assert float(hp["learning_rate_hidden"]) == pytest.approx(1e-3 * alpha[1], rel=1e-6)
+  assert float(hp["learning_rate_embed"]) == pytest.approx(1e-3 * alpha[0], rel=1e-6)
+  updates, _ = tx.update(grads, state, PARAMS, value=jnp.asarray(2.0))
+  ref = optax.adamw(1e-3 * alpha[1], weight_decay=0.01 * float(state.controller.lam[1]))
+  assert updates["hidden"].shape == (4, 4)
+  del ref
+
+
+def test_random_weights_are_explicit_and_neutral():
+  tx = thyroid(optax.adamw, 1e-3, version="alpha_lambda_tau", weights="random", update_every=1)
+  states = run(tx, [3.0 - 0.1 * i for i in range(20)], grad_norm=1.0)
+  assert abs(float(states[-1].controller.alpha[0]) - 1.0) < 1e-6
+
+
+def test_corrupt_or_mismatched_weights_file(tmp_path):
+  bad = tmp_path / "bad.npz"
+  bad.write_bytes(b"not an npz")
+  with pytest.raises(ValueError, match=f"thyroid weights file '{bad}' cannot be read"):
+    load_thyroid_params("alpha", str(bad))
+  other = tmp_path / "other.npz"
+  save_thyroid_params(init_thyroid_params("alpha_lambda_tau"), other)
+  with pytest.raises(ValueError, match=f"'{other}' does not match version 'alpha'"):
+    load_thyroid_params("alpha", str(other))
+
+
+@pytest.mark.parametrize("kind, first_seed", [("float", 2_000_000), ("quantized", 2_000_001)])
+def test_meta_gradient_matches_finite_differences(kind, first_seed):
+  # The meta-gradient through the 32-step unroll must be the objective's true slope, on
+  # float tasks and on 2-bit ones (which is why they train through the soft staircase).
+  start = init_thyroid_params("alpha", 1, 0)
+  seeds = jnp.arange(first_seed, first_seed + 32, 2)
+  objective = jax.jit(thyroid_meta.mean_objective, static_argnums=1)
+
+  def shifted(db):
+    p = dict(start)
+    p["alpha"] = {"w": start["alpha"]["w"], "b": start["alpha"]["b"] + db}
+    return float(objective(p, "alpha", seeds))
+
+  finite_difference = (shifted(0.05) - shifted(-0.05)) / 0.1
+  grad = float(jax.grad(thyroid_meta.mean_objective)(start, "alpha", seeds)["alpha"]["b"][0])
+  assert np.sign(grad) == np.sign(finite_difference)
+  assert abs(grad - finite_difference) < 0.35 * abs(finite_difference), (grad, finite_difference)
+
+
+def test_meta_train_runs_and_records_the_objective():
+  trained, history = thyroid_meta.meta_train("alpha", iterations=3, tasks_per_step=4)
+  assert len(history) == 3 and np.isfinite(history).all()
+  assert jax.tree.structure(trained) == jax.tree.structure(init_thyroid_params("alpha"))
+
+
+def test_default_shipped_weights_missing_is_a_clear_error():
+  with pytest.raises(ValueError, match="no meta-trained thyroid weights are shipped"):
+    thyroid(optax.adamw, 1e-3)
