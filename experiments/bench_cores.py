@@ -167,7 +167,7 @@ def main() -> None:
     polar_rows,
   )
   sink = markdown_table(
-    ["problem", "solver", "ms", "ratio", "expert-load CV"],
+    ["problem", "solver", "ms", "time / ours", "expert-load CV"],
     bench_sinkhorn(args.tokens, args.experts, args.repeats),
   )
   text = "\n".join(
