@@ -32,9 +32,13 @@ import configs.ars_narcissus as narcissus  # noqa: E402
 from homeo_jax.data import SwitchedBatches, TextData, build_tokenizer, window_batches  # noqa: E402
 from homeo_jax.data.corpora import load_corpus, split_train_val  # noqa: E402
 from homeo_jax.training import apply_overrides, train  # noqa: E402
-from homeo_jax.training.experiment import markdown_table, mean_std, read_run, run_arms  # noqa: E402
-from homeo_jax.training.loop import hardware_description  # noqa: E402
-from homeo_jax.training.metrics import atomic_write_text  # noqa: E402
+from homeo_jax.training.experiment import (  # noqa: E402
+  markdown_table,
+  mean_std,
+  read_run,
+  run_arms,
+  write_experiment_report,
+)
 from homeo_jax.training.report import series  # noqa: E402
 
 ARS = ["optimizer.name=ars_adamw", "optimizer.kwargs.surprise=relative"]
@@ -188,26 +192,20 @@ def main() -> None:
   fig.tight_layout()
   fig.savefig(out / "traces.png", dpi=110)
   o = base.optimizer
-  report = "\n".join(
+  write_experiment_report(
+    out,
+    f"ARS data-shift ablation ({args.scale})",
     [
-      f"# ARS data-shift ablation ({args.scale})",
-      "",
-      f"- hardware: {hardware_description()}",
-      f"- seeds {args.seeds}; {base.train.steps} steps of {d.batch_size}x{d.seq_len} tokens, "
+      f"seeds {args.seeds}; {base.train.steps} steps of {d.batch_size}x{d.seq_len} tokens, "
       f"Shakespeare -> Python stdlib at step {shift}; model {base.model.num_layers}x"
       f"{base.model.d_model}; constant lr {o.learning_rate}, no clipping, wd {o.weight_decay}",
-      f"- spike: loss > mean + {SPIKE_K}σ of the previous {SPIKE_WINDOW} steps; divergence: "
+      f"spike: loss > mean + {SPIKE_K}σ of the previous {SPIKE_WINDOW} steps; divergence: "
       f"non-finite or > {ceiling:.2f}; recovery: 5-step mean back within 10% of the 20 steps "
       "before the shift",
-      "",
-      table,
-      "",
-      "![traces](traces.png)",
-      "",
-    ]
+    ],
+    table,
+    "traces.png",
   )
-  atomic_write_text(out / "report.md", report)
-  print(f"wrote {out / 'report.md'}")
 
 
 if __name__ == "__main__":

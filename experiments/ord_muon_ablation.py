@@ -30,9 +30,8 @@ from homeo_jax.training.experiment import (  # noqa: E402
   read_run,
   run_arms,
   verdict,
+  write_experiment_report,
 )
-from homeo_jax.training.loop import hardware_description  # noqa: E402
-from homeo_jax.training.metrics import atomic_write_text  # noqa: E402
 from homeo_jax.training.report import series  # noqa: E402
 
 ORD = "optimizer.name=ord_muon"
@@ -130,27 +129,21 @@ def main() -> None:
   fig.tight_layout()
   fig.savefig(out / "curves.png", dpi=110)
 
-  report = "\n".join(
+  write_experiment_report(
+    out,
+    f"ORD-Muon ablation ({args.scale})",
     [
-      f"# ORD-Muon ablation ({args.scale})",
-      "",
-      f"- hardware: {hardware_description()}",
-      f"- seeds: {args.seeds}; {base.train.steps} steps of {tokens_per_step} tokens; "
+      f"seeds: {args.seeds}; {base.train.steps} steps of {tokens_per_step} tokens; "
       f"model {base.model.num_layers}x{base.model.d_model}; "
-      f"AdamW lr {base.optimizer.learning_rate},"
-      f" Muon lr 0.02 (hidden matrices), same schedule shape",
-      f"- target for 'steps to': AdamW's mean final validation loss ({target:.4f})",
-      "- verdict: better/worse when the mean final validation loss differs from Muon's by more "
+      f"AdamW lr {base.optimizer.learning_rate}, Muon lr 0.02 (hidden matrices), "
+      "same schedule shape",
+      f"target for 'steps to': AdamW's mean final validation loss ({target:.4f})",
+      "verdict: better/worse when the mean final validation loss differs from Muon's by more "
       "than 2 standard errors, else neutral",
-      "",
-      table,
-      "",
-      "![curves](curves.png)",
-      "",
-    ]
+    ],
+    table,
+    "curves.png",
   )
-  atomic_write_text(out / "report.md", report)
-  print(f"wrote {out / 'report.md'}")
 
 
 if __name__ == "__main__":

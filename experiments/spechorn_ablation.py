@@ -48,9 +48,9 @@ from homeo_jax.training.experiment import (  # noqa: E402
   read_run,
   restore_final_state,
   run_arms,
+  write_experiment_report,
 )
-from homeo_jax.training.loop import build_model, hardware_description, load_data  # noqa: E402
-from homeo_jax.training.metrics import atomic_write_text  # noqa: E402
+from homeo_jax.training.loop import build_model, load_data  # noqa: E402
 from homeo_jax.training.report import series  # noqa: E402
 from homeo_jax.training.step import functional_model  # noqa: E402
 
@@ -216,25 +216,19 @@ def main() -> None:
   fig.tight_layout()
   fig.savefig(out / "routing.png", dpi=100)
   m = base.model
-  report = "\n".join(
+  write_experiment_report(
+    out,
+    f"SpecHorn routing ablation ({args.scale})",
     [
-      f"# SpecHorn routing ablation ({args.scale})",
-      "",
-      f"- hardware: {hardware_description()}",
-      f"- seeds {args.seeds}; {base.train.steps} steps of {base.data.batch_size}x"
+      f"seeds {args.seeds}; {base.train.steps} steps of {base.data.batch_size}x"
       f"{base.data.seq_len} tokens; {m.num_layers} layers x {m.d_model}, {m.moe.num_experts} "
       f"experts top-{m.moe.top_k}, capacity factor {m.moe.capacity_factor} in training",
-      f"- CV band {BAND}; 'second half' = steps > {half}; drop rates, global MaxVio and expert "
+      f"CV band {BAND}; 'second half' = steps > {half}; drop rates, global MaxVio and expert "
       "similarity measured on the validation batches with the final model and controls",
-      "",
-      table,
-      "",
-      "![routing](routing.png)",
-      "",
-    ]
+    ],
+    table,
+    "routing.png",
   )
-  atomic_write_text(out / "report.md", report)
-  print(f"wrote {out / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -43,3 +45,15 @@ def tiny_config(run_dir, **sections) -> Config:
 @pytest.fixture(scope="session")
 def tiny_data():
   return load_text_data("shakespeare", tokenizer="char", max_chars=200_000)
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+  """``python -m homeo_jax.train ARGS`` in a subprocess, output captured."""
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  return subprocess.run(
+    [sys.executable, "-m", "homeo_jax.train", *args],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=env,
+  )

@@ -122,3 +122,27 @@ def restore_final_state(config: Config, data: Any):
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {config.train.run_dir}")
   return apply_fn, restored[0]
+
+
+def write_experiment_report(
+  out_dir: Path, title: str, notes: Sequence[str], table: str, figure: str
+) -> Path:
+  """``<out_dir>/report.md``: title, hardware, the notes as bullets, the table, the figure."""
+  from homeo_jax.training.loop import hardware_description
+  from homeo_jax.training.metrics import atomic_write_text
+
+  lines = [
+    f"# {title}",
+    "",
+    f"- hardware: {hardware_description()}",
+    *(f"- {note}" for note in notes),
+    "",
+    table,
+    "",
+    f"![{Path(figure).stem}]({figure})",
+    "",
+  ]
+  path = Path(out_dir) / "report.md"
+  atomic_write_text(path, "\n".join(lines))
+  print(f"wrote {path}")
+  return path

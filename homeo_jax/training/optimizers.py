@@ -111,6 +111,11 @@ def hidden_matrices(params):
   return jax.tree_util.tree_map_with_path(rule, params)
 
 
+def _rescaled(schedule: optax.Schedule, factor: float) -> optax.Schedule:
+  """The same schedule shape at another peak (Muon's lr on the config's warm-up/decay)."""
+  return lambda step: schedule(step) * factor
+
+
 @register_optimizer("ord_muon")
 def _ord_muon(
   cfg: OptimizerConfig,
@@ -126,9 +131,8 @@ def _ord_muon(
   from homeo_jax.models.layers import DTYPES
   from homeo_jax.regulators.ord_muon import ord_muon
 
-  ratio = muon_learning_rate / cfg.learning_rate
   return ord_muon(
-    lambda step: learning_rate(step) * ratio,
+    _rescaled(learning_rate, muon_learning_rate / cfg.learning_rate),
     spectral_lr=spectral_lr,
     project_radial=project_radial,
     ns_coeffs=ns_coeffs,
@@ -144,9 +148,8 @@ def _ord_muon(
 @register_optimizer("optax_muon")
 def _optax_muon(cfg: OptimizerConfig, learning_rate, muon_learning_rate: float = 0.02):
   """``optax.contrib.muon`` with the same split as ``ord_muon``, for comparisons."""
-  ratio = muon_learning_rate / cfg.learning_rate
   return optax.contrib.muon(
-    lambda step: learning_rate(step) * ratio,
+    _rescaled(learning_rate, muon_learning_rate / cfg.learning_rate),
     weight_decay=cfg.weight_decay,
     adam_b1=cfg.b1,
     adam_b2=cfg.b2,

@@ -1,12 +1,9 @@
-import subprocess
-import sys
-
 import pytest
 
 from homeo_jax.training import config as config_lib
 from homeo_jax.training.config import ConfigError, apply_overrides, validate_config
 from homeo_jax.training.loop import train
-from tests.conftest import tiny_config
+from tests.conftest import run_cli, tiny_config
 
 
 def test_overrides_parse_by_field_type(tmp_path):
@@ -70,18 +67,11 @@ def test_shipped_configs_load_and_validate():
 
 
 def test_cli_rejects_bad_value_with_one_line():
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "homeo_jax.train",
-      "--config",
-      "configs/shakespeare_char.py:smoke",
-      "--set",
-      "optimizer.learning_rate=-1",
-    ],
-    capture_output=True,
-    text=True,
+  proc = run_cli(
+    "--config",
+    "configs/shakespeare_char.py:smoke",
+    "--set",
+    "optimizer.learning_rate=-1",
     timeout=120,
   )
   assert proc.returncode == 2

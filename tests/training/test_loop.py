@@ -1,8 +1,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -13,7 +11,7 @@ import pytest
 
 from homeo_jax.training.checkpoint import Checkpointer, CheckpointError
 from homeo_jax.training.loop import PAUSE_FILE, train
-from tests.conftest import tiny_config
+from tests.conftest import run_cli, tiny_config
 
 
 def losses(run_dir):
@@ -123,21 +121,8 @@ def test_new_transform_reading_loss_needs_no_loop_edit(tmp_path, tiny_data):
 
 
 def test_cli_end_to_end(tmp_path):
-  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "homeo_jax.train",
-      "--config",
-      "configs/shakespeare_char.py:smoke",
-      "--run_dir",
-      str(tmp_path / "cli"),
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env=env,
+  proc = run_cli(
+    "--config", "configs/shakespeare_char.py:smoke", "--run_dir", str(tmp_path / "cli")
   )
   assert proc.returncode == 0, proc.stderr
   assert "val loss" in proc.stdout and "finished" in proc.stdout
