@@ -6,10 +6,13 @@ from homeo_jax.models.layers import TransformerConfig as TransformerConfig
 from homeo_jax.models.moe import MoEConfig as MoEConfig
 from homeo_jax.models.moe import MoETransformer as MoETransformer
 from homeo_jax.models.moe import MoETransformerConfig as MoETransformerConfig
+from homeo_jax.models.quant import QuantTransformer as QuantTransformer
+from homeo_jax.models.quant import QuantTransformerConfig as QuantTransformerConfig
 from homeo_jax.models.transformer import Transformer as Transformer
 
 # model_type in a Config -> the module class, constructed as cls(model_config, rngs=...).
 MODEL_TYPES: dict[str, type[nnx.Module]] = {
   "transformer": Transformer,
   "moe_transformer": MoETransformer,
+  "quant_transformer": QuantTransformer,
 }

@@ -245,3 +245,47 @@ def _adamw_spechorn(
       spec_update_every=spec_update_every,
     ),
   )
+
+
+ORGANELLES = ("embed", "attention", "mlp", "other")
+
+
+def organelle_labels(params):
+  """Per-group labels for the Thyroid's v0.3: embeddings, attention, MLP, the rest."""
+
+  def label(path, _):
+    name = jax.tree_util.keystr(path)
+    for organelle, key in (("embed", "embed"), ("attention", "attn"), ("mlp", "mlp")):
+      if key in name:
+        return organelle
+    return "other"
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+@register_optimizer("thyroid_adamw")
+def _thyroid_adamw(
+  cfg: OptimizerConfig,
+  learning_rate,
+  version: str = "alpha_lambda_tau",
+  weights: str = "shipped",
+  update_every: int = 10,
+) -> optax.GradientTransformation:
+  """AdamW steered by the Spectral Thyroid (``version="per_group"``: organelle groups)."""
+  from homeo_jax.regulators.thyroid import thyroid
+
+  common = dict(
+    version=version, weights=weights, update_every=update_every, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps
+  )
+  if version == "per_group":
+    return thyroid(
+      optax.adamw,
+      learning_rate,
+      cfg.weight_decay,
+      group_labels=organelle_labels,
+      group_names=ORGANELLES,
+      **common,
+    )
+  return thyroid(
+    optax.adamw, learning_rate, cfg.weight_decay, static_args=("mask",), mask=matrix_mask, **common
+  )

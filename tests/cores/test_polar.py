@@ -93,3 +93,37 @@ def test_bad_input():
     orthogonalize(jnp.ones((2, 2)), coeffs="nope")
   with pytest.raises(ValueError, match=r"\(3,\) or \(n, 3\)"):
     orthogonalize(jnp.ones((2, 2)), coeffs=(1.0, 2.0))
+
+
+def test_sharded_inputs_on_a_fake_device_mesh():
+  import os
+  import subprocess
+  import sys
+  import textwrap
+
+  script = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from homeo_jax.cores.polar import orthogonalize
+    assert jax.device_count() == 4
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("stack", "model"))
+    x = jax.random.normal(jax.random.key(0), (4, 32, 64))
+    expected = orthogonalize(x)
+    f = jax.jit(orthogonalize)
+    # the stack axis sharded (the fast path), and a matrix axis sharded (GSPMD all-reduces)
+    for spec in (P("stack"), P(None, None, "model"), P("stack", "model")):
+      xs = jax.device_put(x, NamedSharding(mesh, spec))
+      out = f(xs)
+      np.testing.assert_allclose(out, expected, atol=1e-5)
+      assert isinstance(out.sharding, NamedSharding) and len(out.addressable_shards) == 4
+    print("ok")
+  """)
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    "JAX_PLATFORMS": "cpu",
+  }
+  proc = subprocess.run(
+    [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+  )
+  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -165,3 +166,25 @@ def test_regulators_train_through_the_loop_with_donation(tmp_path, tiny_data):
       tiny_config(tmp_path / name, optimizer={"name": name}, train={"steps": 3}), data=tiny_data
     )
     assert result.status == "finished" and np.isfinite(result.stats["train_loss"])
+
+
+@pytest.mark.parametrize("version", ["alpha_lambda_tau", "per_group"])
+def test_quantized_lm_with_the_thyroid_trains_through_the_loop(tmp_path, tiny_data, version):
+  from homeo_jax.models import QuantTransformerConfig
+
+  cfg = tiny_config(
+    tmp_path,
+    train={"steps": 3},
+    optimizer={
+      "name": "thyroid_adamw",
+      "kwargs": {"version": version, "weights": "random", "update_every": 1},
+    },
+  )
+  model = QuantTransformerConfig(
+    **{f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(cfg.model)}
+  )
+  cfg = dataclasses.replace(cfg, model_type="quant_transformer", model=model)
+  result = train(cfg, data=tiny_data)
+  assert result.status == "finished" and np.isfinite(result.stats["val_loss"])
+  records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert "regulators/thyroid/tau" in records[0]
