@@ -52,10 +52,10 @@ def get_config(arg: str | None = None) -> Config:
         config.model, num_layers=4, num_heads=4, d_model=128, max_seq_len=128, dropout=0.0
       ),
       data=dataclasses.replace(config.data, seq_len=128, batch_size=32),
-      optimizer=dataclasses.replace(config.optimizer, warmup_steps=50),
+      optimizer=dataclasses.replace(config.optimizer, learning_rate=2e-3, warmup_steps=50),
       train=dataclasses.replace(
         config.train,
-        steps=600,
+        steps=400,
         eval_every=100,
         eval_batches=20,
         checkpoint_every=200,

@@ -100,7 +100,6 @@ def spechorn_balancer(
   num_experts: int,
   d_model: int,
   *,
-  top_k: int = 2,
   total_steps: int = 1000,
   bias_scale: float = 8.0,
   cap_penalty_scale: float = 15.0,
@@ -120,7 +119,6 @@ def spechorn_balancer(
   seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   """SpecHorn's load state, penalties and CV scheduler; see the module docstring."""
-  del top_k  # the target k·N/E is measured from the load itself (its sum is k·N)
   for name, (lo, hi) in (
     ("cv_band", cv_band),
     ("cap_penalty_range", cap_penalty_range),

@@ -235,7 +235,6 @@ def _adamw_spechorn(
       layers,
       experts,
       d_model,
-      top_k=model.moe.top_k,
       total_steps=total_steps,
       schedule=schedule,
       orthogonality=orthogonality,
