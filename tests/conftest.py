@@ -57,3 +57,19 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     timeout=timeout,
     env=env,
   )
+
+
+def assert_script_passes_on_fake_devices(script: str, devices: int = 4) -> None:
+  """Run ``script`` in a fresh interpreter with ``devices`` fake CPU devices; it must print ok.
+
+  XLA reads the device count once at start-up, so mesh tests need their own process.
+  """
+  env = {
+    **os.environ,
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    "JAX_PLATFORMS": "cpu",
+  }
+  proc = subprocess.run(
+    [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+  )
+  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -253,7 +253,8 @@ def thyroid_controller(
       step=jnp.zeros((), jnp.int32),
       loss_buffer=signals.ring_init(WINDOW),
       grad_buffer=jax.vmap(lambda _: signals.ring_init(WINDOW))(jnp.arange(groups)),
-      weights=net,
+      # A copy: a donated state must not delete the arrays this closure keeps for init.
+      weights=jax.tree.map(lambda x: jnp.array(x, copy=True), net),
       alpha=jnp.ones((groups,)),
       lam=jnp.ones((groups,)),
       tau=jnp.ones(()),

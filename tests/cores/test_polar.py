@@ -5,6 +5,7 @@ import pytest
 from optax.contrib._muon import orthogonalize_via_newton_schulz as optax_ns
 
 from homeo_jax.cores.polar import SCHEDULES, orthogonalize, orthogonalize_many
+from tests.conftest import assert_script_passes_on_fake_devices
 
 
 def svals(x):
@@ -96,9 +97,6 @@ def test_bad_input():
 
 
 def test_sharded_inputs_on_a_fake_device_mesh():
-  import os
-  import subprocess
-  import sys
   import textwrap
 
   script = textwrap.dedent("""
@@ -118,12 +116,4 @@ def test_sharded_inputs_on_a_fake_device_mesh():
       assert isinstance(out.sharding, NamedSharding) and len(out.addressable_shards) == 4
     print("ok")
   """)
-  env = {
-    **os.environ,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-    "JAX_PLATFORMS": "cpu",
-  }
-  proc = subprocess.run(
-    [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-  )
-  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+  assert_script_passes_on_fake_devices(script, devices=4)

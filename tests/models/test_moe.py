@@ -1,6 +1,3 @@
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -19,6 +16,7 @@ from homeo_jax.models.moe import (
   capacity,
   capacity_slots,
 )
+from tests.conftest import assert_script_passes_on_fake_devices
 
 
 def config(**moe):
@@ -193,12 +191,4 @@ def test_expert_axis_shards_on_a_fake_device_mesh():
     np.testing.assert_allclose(got, expected, atol=1e-5)
     print("ok")
   """)
-  env = {
-    **os.environ,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-    "JAX_PLATFORMS": "cpu",
-  }
-  proc = subprocess.run(
-    [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-  )
-  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+  assert_script_passes_on_fake_devices(script, devices=4)

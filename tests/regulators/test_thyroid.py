@@ -197,3 +197,12 @@ def test_meta_train_runs_and_records_the_objective():
 def test_default_shipped_weights_missing_is_a_clear_error():
   with pytest.raises(ValueError, match="no meta-trained thyroid weights are shipped"):
     thyroid(optax.adamw, 1e-3)
+
+
+def test_init_survives_a_donated_state():
+  tx = thyroid(optax.adamw, 1e-3, weights="random")
+  update = jax.jit(tx.update, donate_argnums=1)
+  for _ in range(2):  # the second init must not hand out buffers the first donation deleted
+    state = tx.init(PARAMS)
+    _, state = update(PARAMS, state, PARAMS, value=jnp.asarray(1.0))
+    assert bool(jnp.isfinite(state.controller.weights["fusion"]["w"]).all())
