@@ -134,7 +134,7 @@ class GRUGate(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     xs = jnp.swapaxes(self.input_proj(x.astype(jnp.float32)), 0, 1)  # [T, B, 3h]
-    w_h = self.hidden_proj.kernel.value
+    w_h = self.hidden_proj.kernel[...]
 
     def step(h, x_t):
       r_x, z_x, n_x = jnp.split(x_t, 3, axis=-1)
@@ -229,7 +229,7 @@ class MoEFeedForward(nnx.Module):
 
   def _experts(self, h: jax.Array) -> jax.Array:
     """``[E, C, d] -> [E, C, d]``: each expert's MLP on its slots."""
-    w_up, w_down = self.w_up.value.astype(self.dtype), self.w_down.value.astype(self.dtype)
+    w_up, w_down = self.w_up[...].astype(self.dtype), self.w_down[...].astype(self.dtype)
     hidden = jax.nn.gelu(jnp.einsum("ecd,edf->ecf", h.astype(self.dtype), w_up))
     return jnp.einsum("ecf,efd->ecd", hidden, w_down)
 
@@ -250,7 +250,7 @@ class MoEFeedForward(nnx.Module):
     order = jnp.argsort(flat, stable=True)
     group_sizes = jnp.bincount(flat, length=self.moe.num_experts).astype(jnp.int32)
     x = tokens[order // k].astype(self.dtype)
-    w_up, w_down = self.w_up.value.astype(self.dtype), self.w_down.value.astype(self.dtype)
+    w_up, w_down = self.w_up[...].astype(self.dtype), self.w_down[...].astype(self.dtype)
     hidden = jax.nn.gelu(jax.lax.ragged_dot(x, w_up, group_sizes))
     out = jax.lax.ragged_dot(hidden, w_down, group_sizes).astype(jnp.float32)
     out = jnp.zeros_like(out).at[order].set(out).reshape(n, k, -1)
