@@ -67,26 +67,34 @@ ARMS = {
 BAND = (0.03, 0.08)
 
 
-def evaluate(config, data, run_dir, capacity_factor):
-  """Final model on the validation batches at a capacity factor: drop rate, loads, inputs."""
+def evaluate(config, data, run_dir, capacity_factors):
+  """The final model on the validation batches at each capacity factor.
+
+  Returns ``{capacity_factor: (drop rate, global MaxVio, expert similarity)}``; the
+  checkpoint is restored once and only the dispatch capacity changes between factors.
+  """
   config = apply_overrides(config, [f"train.run_dir={run_dir}"])
   _, state = restore_final_state(config, data)
-  at_cf = apply_overrides(config, [f"model.moe.capacity_factor={capacity_factor}"])
-  apply_cf, _ = functional_model(build_model(at_cf, data.vocab_size))
   ctrl = read_controls(state.opt_state)
-  forward = jax.jit(lambda p, x: apply_cf(p, x, controls=ctrl)[1])
   d = config.data
   stream = window_batches(data.val_tokens, seq_len=d.seq_len, batch_size=d.batch_size, seed=99)
-  tel = [forward(state.params, stream[i][:, :-1]) for i in range(config.train.eval_batches)]
-  drop = float(np.mean([t["moe_drop_rate"] for t in tel]))
-  load = np.sum([np.asarray(t["moe_load"]) for t in tel], axis=0)  # [L, E]
-  max_vio_global = float(np.mean(load.max(-1) / load.mean(-1) - 1))
-  inputs = np.mean([np.asarray(t["moe_mean_input"]) for t in tel], axis=0)  # [L, E, d]
-  unit = inputs / np.maximum(np.linalg.norm(inputs, axis=-1, keepdims=True), 1e-9)
-  cos = np.einsum("led,lfd->lef", unit, unit)
-  e = cos.shape[-1]
-  diversity = float(np.sum(cos * (1 - np.eye(e))) / (cos.shape[0] * e * (e - 1)))
-  return drop, max_vio_global, diversity
+  batches = [stream[i][:, :-1] for i in range(config.train.eval_batches)]
+  results = {}
+  for capacity_factor in capacity_factors:
+    at_cf = apply_overrides(config, [f"model.moe.capacity_factor={capacity_factor}"])
+    apply_cf, _ = functional_model(build_model(at_cf, data.vocab_size))
+    forward = jax.jit(lambda p, x, apply_cf=apply_cf: apply_cf(p, x, controls=ctrl)[1])
+    tel = [forward(state.params, x) for x in batches]
+    drop = float(np.mean([t["moe_drop_rate"] for t in tel]))
+    load = np.sum([np.asarray(t["moe_load"]) for t in tel], axis=0)  # [L, E]
+    max_vio_global = float(np.mean(load.max(-1) / load.mean(-1) - 1))
+    inputs = np.mean([np.asarray(t["moe_mean_input"]) for t in tel], axis=0)  # [L, E, d]
+    unit = inputs / np.maximum(np.linalg.norm(inputs, axis=-1, keepdims=True), 1e-9)
+    cos = np.einsum("led,lfd->lef", unit, unit)
+    e = cos.shape[-1]
+    diversity = float(np.sum(cos * (1 - np.eye(e))) / (cos.shape[0] * e * (e - 1)))
+    results[capacity_factor] = (drop, max_vio_global, diversity)
+  return results
 
 
 def router_share(config, repeats=20):
@@ -153,8 +161,9 @@ def main() -> None:
       cols["cv"].append(float(np.mean(cv[late])))
       cols["in_band"].append(float(np.mean((cv[late] >= BAND[0]) & (cv[late] <= BAND[1]))))
       cols["vio"].append(float(np.mean(vio[late])))
-      drop10, _, _ = evaluate(arm_config, data, run_dir, 1.0)
-      drop125, vio_global, diversity = evaluate(arm_config, data, run_dir, 1.25)
+      at_cf = evaluate(arm_config, data, run_dir, (1.0, 1.25))
+      drop10 = at_cf[1.0][0]
+      drop125, vio_global, diversity = at_cf[1.25]
       cols["d10"].append(drop10)
       cols["d125"].append(drop125)
       cols["vio_g"].append(vio_global)
