@@ -82,7 +82,9 @@ def evaluate(config, data, run_dir, capacity_factors):
   results = {}
   for capacity_factor in capacity_factors:
     at_cf = apply_overrides(config, [f"model.moe.capacity_factor={capacity_factor}"])
-    apply_cf, _ = functional_model(build_model(at_cf, data.vocab_size))
+    apply_cf, _ = functional_model(
+      build_model(at_cf, data.vocab_size, data.tokenizer.token_strings)
+    )
     forward = jax.jit(lambda p, x, apply_cf=apply_cf: apply_cf(p, x, controls=ctrl)[1])
     tel = [forward(state.params, x) for x in batches]
     drop = float(np.mean([t["moe_drop_rate"] for t in tel]))

@@ -26,19 +26,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     help="override a config value, e.g. optimizer.learning_rate=3e-4",
   )
   parser.add_argument("--run_dir", default=None, help="shorthand for --set train.run_dir=...")
+  parser.add_argument(
+    "--set_lambda",
+    type=float,
+    default=None,
+    help="pin the Ouro-Spec compute price λ_p (optimizer.kwargs.fixed_price)",
+  )
   return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   try:
-    config = config_lib.apply_overrides(config_lib.load_config(args.config), args.set)
+    overrides = list(args.set)
+    if args.set_lambda is not None:
+      overrides.append(f"optimizer.kwargs.fixed_price={args.set_lambda}")
+    config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
     if args.run_dir:
       config = dataclasses.replace(
         config, train=dataclasses.replace(config.train, run_dir=args.run_dir)
       )
     config_lib.validate_config(config)
     from homeo_jax.training.loop import train  # after validation: no JAX work on bad input
+    from homeo_jax.training.sharding import initialize_distributed
+
+    initialize_distributed()  # multi-host: from JAX_COORDINATOR_ADDRESS etc. when set
 
     result = train(config)
   except config_lib.ConfigError as e:

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +129,16 @@ def orthogonalize(
   return x.astype(out_dtype)
 
 
-def orthogonalize_many(xs: Sequence[jax.Array], **kwargs) -> list[jax.Array]:
-  """``orthogonalize`` each ``[b_i, m, n]`` array; same-shape arrays share one batched call."""
+def orthogonalize_many(
+  xs: Sequence[jax.Array], *, stack_mesh: Mesh | None = None, **kwargs
+) -> list[jax.Array]:
+  """``orthogonalize`` each ``[b_i, m, n]`` array; same-shape arrays share one batched call.
+
+  ``stack_mesh``: shard each stack along its matrix axis over all the mesh's devices
+  (padded with zero matrices to a multiple of the device count), so every device
+  orthogonalizes whole matrices locally. Newton–Schulz on a matrix that is itself
+  sharded (FSDP) needs collectives inside every iteration instead.
+  """
   groups: dict[tuple[int, int], list[int]] = {}
   for i, x in enumerate(xs):
     if x.ndim != 3:
@@ -138,7 +147,16 @@ def orthogonalize_many(xs: Sequence[jax.Array], **kwargs) -> list[jax.Array]:
   out: list[jax.Array | None] = [None] * len(xs)
   for indices in groups.values():
     sizes = [xs[i].shape[0] for i in indices]
-    stacked = orthogonalize(jnp.concatenate([xs[i] for i in indices]), **kwargs)
+    stacked = jnp.concatenate([xs[i] for i in indices])
+    if stack_mesh is not None and stack_mesh.size > 1:
+      n = stacked.shape[0]
+      pad = -n % stack_mesh.size
+      stacked = jnp.pad(stacked, ((0, pad), (0, 0), (0, 0)))
+      spec = PartitionSpec(tuple(stack_mesh.axis_names), None, None)
+      stacked = jax.lax.with_sharding_constraint(stacked, NamedSharding(stack_mesh, spec))
+      stacked = orthogonalize(stacked, **kwargs)[:n]
+    else:
+      stacked = orthogonalize(stacked, **kwargs)
     for i, part in zip(indices, jnp.split(stacked, np.cumsum(sizes)[:-1]), strict=True):
       out[i] = part
   return out

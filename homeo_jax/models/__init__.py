@@ -2,6 +2,8 @@
 
 from flax import nnx
 
+from homeo_jax.models.adaptive import AdaptiveConfig as AdaptiveConfig
+from homeo_jax.models.adaptive import AdaptiveTransformer as AdaptiveTransformer
 from homeo_jax.models.layers import TransformerConfig as TransformerConfig
 from homeo_jax.models.moe import MoEConfig as MoEConfig
 from homeo_jax.models.moe import MoETransformer as MoETransformer
@@ -15,4 +17,5 @@ MODEL_TYPES: dict[str, type[nnx.Module]] = {
   "transformer": Transformer,
   "moe_transformer": MoETransformer,
   "quant_transformer": QuantTransformer,
+  "adaptive_transformer": AdaptiveTransformer,
 }

@@ -109,6 +109,7 @@ def scale_by_ord_muon(
   nesterov: bool = True,
   compute_dtype: Any = jnp.float32,
   weight_dimension_numbers: WeightDimNums = None,
+  stack_mesh: Any = None,
 ) -> optax.GradientTransformation:
   """Muon's direction with the ORD split; see the module docstring for the formula.
 
@@ -126,6 +127,8 @@ def scale_by_ord_muon(
     compute_dtype: Newton–Schulz compute dtype (float32; bfloat16 for speed).
     weight_dimension_numbers: tree (or callable) of ``MuonDimensionNumbers`` saying which
       axes of each leaf form the matrix; None: every leaf is a 2-D matrix.
+    stack_mesh: a ``jax.sharding.Mesh``: orthogonalize same-shape stacks sharded along
+      the stack axis (whole matrices per device) instead of per sharded leaf.
   """
   if spectral_lr < 0:
     raise ValueError(f"spectral_lr must be >= 0, got {spectral_lr}")
@@ -182,7 +185,7 @@ def scale_by_ord_muon(
       rhos.append(jnp.mean(rho))
       fracs.append(jnp.mean(jnp.abs(rho) * jnp.sqrt(w_sq) / jnp.maximum(g_norm, 1e-30)))
     polars = orthogonalize_many(
-      perps, coeffs=schedule, steps=ns_steps, eps=eps, dtype=compute_dtype
+      perps, coeffs=schedule, steps=ns_steps, eps=eps, dtype=compute_dtype, stack_mesh=stack_mesh
     )
     in_dtypes = [u.dtype for u in treedef.flatten_up_to(updates)]
     new_updates = [
@@ -257,13 +260,14 @@ def ord_muon(
   adam_learning_rate: optax.ScalarOrSchedule | None = None,
   muon_weight_dimension_numbers: WeightDimNums = None,
   consistent_rms: float | None = None,
+  stack_mesh: Any = None,
 ) -> optax.GradientTransformation:
   """ORD-Muon for matrices, AdamW for everything else; ``spectral_lr=0`` is optax's Muon.
 
   Arguments, defaults and semantics follow ``optax.contrib.muon`` (momentum β 0.95 with
   Nesterov, shape scaling, weight decay and its mask, AdamW for non-matrix leaves,
   ``muon_weight_dimension_numbers`` — a tree/callable with ``None`` for AdamW leaves),
-  plus ``spectral_lr``, ``project_radial``, ``radial_rtol`` and ``compute_dtype`` of
+  plus ``spectral_lr``, ``project_radial``, ``radial_rtol``, ``compute_dtype`` and ``stack_mesh`` of
   ``scale_by_ord_muon``.
   """
   if isinstance(ns_coeffs, str) and ns_coeffs not in SCHEDULES:
@@ -296,6 +300,7 @@ def ord_muon(
       nesterov=nesterov,
       compute_dtype=compute_dtype,
       weight_dimension_numbers=muon_dims,
+      stack_mesh=stack_mesh,
     ),
     scale_by_shape(muon_dims, consistent_rms),
     optax.add_decayed_weights(weight_decay, weight_decay_mask),

@@ -25,8 +25,11 @@ blind to divergence and pushed α up (measured: it raised the held-out objective
 (progress is the improvement: the seed writes "L_last − L_first", which, subtracted,
 would reward a rising loss). Gradients w.r.t. the thyroid weights come through the whole
 32-step unroll (the truncation length) and are clipped to global norm 1; the meta
-optimizer is Adam (3e-3). ``update_every`` is 1 during meta-training: the network learns
-the window → multiplier map, which deployment queries every ``update_every`` steps.
+optimizer is Adam (1e-2) over 32 tasks per meta-step, with early stopping on 64
+validation tasks (see ``meta_train``); 8 tasks per step at 3e-3 and no selection raised
+the held-out objective (−0.0560 → −0.0523), i.e. it fitted its task draws.
+``update_every`` is 1 during meta-training: the network learns the window → multiplier
+map, which deployment queries every ``update_every`` steps.
 For ``per_group`` the two layers are the two groups and the (α, λ) heads are tied while
 training, so the shipped file holds one head that every group starts from.
 """
@@ -137,14 +140,22 @@ def mean_objective(thyroid: dict, version: str, seeds: jax.Array) -> jax.Array:
 def meta_train(
   version: str,
   *,
-  iterations: int = 300,
-  tasks_per_step: int = 8,
-  learning_rate: float = 3e-3,
+  iterations: int = 100,
+  tasks_per_step: int = 32,
+  learning_rate: float = 1e-2,
   seed: int = 0,
   init: dict | None = None,
+  validation_seeds: Any = None,
+  eval_every: int = 20,
   log_every: int = 0,
 ) -> tuple[dict, list[float]]:
-  """Meta-train a thyroid; returns (weights, objective per iteration)."""
+  """Meta-train a thyroid; returns (weights, objective per iteration).
+
+  With ``validation_seeds`` the weights returned are those with the lowest objective on
+  those tasks among the starting point and every ``eval_every``-th iterate (early
+  stopping): the meta-gradient of 32 noisy tasks wanders, and the starting point (the
+  neutral thyroid) is a candidate, so the result is never worse than it on validation.
+  """
   params = init if init is not None else init_thyroid_params(version, 1, seed)
   meta_opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(learning_rate))
   opt_state = meta_opt.init(params)
@@ -155,18 +166,31 @@ def meta_train(
     updates, opt_state = meta_opt.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, value
 
+  validate = jax.jit(mean_objective, static_argnums=1)
+  best, best_value = params, np.inf
+  if validation_seeds is not None:
+    best_value = float(validate(params, version, validation_seeds))
   rng = np.random.default_rng(seed)
   history = []
   for it in range(iterations):
     seeds = jnp.asarray(rng.integers(0, 1_000_000, tasks_per_step), jnp.int32)
     params, opt_state, value = step(params, opt_state, seeds)
     history.append(float(value))
+    if validation_seeds is not None and (it + 1) % eval_every == 0:
+      value = float(validate(params, version, validation_seeds))
+      if value < best_value:
+        best, best_value = params, value
     if log_every and (it + 1) % log_every == 0:
       print(f"meta step {it + 1}: objective {np.mean(history[-log_every:]):+.5f}", flush=True)
-  return params, history
+  return (best if validation_seeds is not None else params), history
 
 
-def held_out_seeds(n: int = 32) -> jax.Array:
+def validation_seeds(n: int = 64) -> jax.Array:
+  """Task seeds for early stopping, disjoint from training and held-out test seeds."""
+  return jnp.arange(3_000_000, 3_000_000 + n, dtype=jnp.int32)
+
+
+def held_out_seeds(n: int = 64) -> jax.Array:
   """Task seeds never drawn in training (training draws from [0, 1e6))."""
   return jnp.arange(2_000_000, 2_000_000 + n, dtype=jnp.int32)
 

@@ -19,6 +19,7 @@ from typing import Any
 from homeo_jax.data import corpora
 from homeo_jax.data import tokenizers as tokenizers_lib
 from homeo_jax.models.layers import TransformerConfig
+from homeo_jax.training.sharding import MeshConfig
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,7 @@ class TrainConfig:
   seed: int = 0
   run_dir: str = "runs/default"
   progress: bool = True
+  log_format: str = "default"  # console lines: "default" or "ouro" (training/console.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Config:
   data: DataConfig = DataConfig()
   optimizer: OptimizerConfig = OptimizerConfig()
   train: TrainConfig = TrainConfig()
+  mesh: MeshConfig = MeshConfig()  # data/fsdp/expert axis sizes (training/sharding.py)
 
 
 def load_config(spec: str) -> Config:
@@ -194,6 +197,23 @@ def validate_config(config: Config) -> None:
     "checkpoint_every",
     "keep_checkpoints",
   )
+  _check_log_format(t)
+  m = config.mesh
+  for name in ("data", "fsdp", "expert"):
+    value = getattr(m, name)
+    if value == 0 or value < -1:
+      raise ConfigError(f"mesh.{name} must be >= 1 or -1 (the devices left), got {value}")
+  if [m.data, m.fsdp, m.expert].count(-1) > 1:
+    raise ConfigError(f"at most one of mesh.data/fsdp/expert may be -1, got {m}")
+
+
+def _check_log_format(t: TrainConfig) -> None:
+  from homeo_jax.training.console import LINE_FORMATS
+
+  if t.log_format not in LINE_FORMATS:
+    raise ConfigError(
+      f"train.log_format must be one of {sorted(LINE_FORMATS)}, got {t.log_format!r}"
+    )
 
 
 def _positive(section: Any, prefix: str, *names: str) -> None:

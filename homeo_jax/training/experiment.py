@@ -113,7 +113,9 @@ def restore_final_state(config: Config, data: Any):
   from homeo_jax.training.optimizers import build_optimizer
   from homeo_jax.training.step import functional_model, init_train_state
 
-  apply_fn, params = functional_model(build_model(config, data.vocab_size))
+  apply_fn, params = functional_model(
+    build_model(config, data.vocab_size, data.tokenizer.token_strings)
+  )
   tx = build_optimizer(
     config.optimizer, config.train.steps, model=model_config(config, data.vocab_size)
   )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import os
 import signal
 import sys
@@ -31,9 +32,11 @@ from tqdm.auto import tqdm
 from homeo_jax.data import TextData, load_text_data, window_batches
 from homeo_jax.models import MODEL_TYPES
 from homeo_jax.training import config as config_lib
+from homeo_jax.training import sharding as sharding_lib
 from homeo_jax.training.checkpoint import Checkpointer
+from homeo_jax.training.console import LINE_FORMATS
 from homeo_jax.training.metrics import RunFiles, atomic_write_text, to_python
-from homeo_jax.training.optimizers import build_optimizer
+from homeo_jax.training.optimizers import build_optimizer, learning_rate_schedule
 from homeo_jax.training.report import write_report
 from homeo_jax.training.step import (
   LossFn,
@@ -92,10 +95,32 @@ def model_config(config: config_lib.Config, vocab_size: int):
   return config.model
 
 
-def build_model(config: config_lib.Config, vocab_size: int) -> nnx.Module:
-  return MODEL_TYPES[config.model_type](
-    model_config(config, vocab_size), rngs=nnx.Rngs(params=config.train.seed)
-  )
+def build_model(
+  config: config_lib.Config, vocab_size: int, token_strings: list[str] | None = None
+) -> nnx.Module:
+  """The configured model; one that takes ``token_strings`` (the hybrid Fourier
+  embedding) gets the tokenizer's."""
+  cls = MODEL_TYPES[config.model_type]
+  extra = {}
+  if token_strings is not None and "token_strings" in inspect.signature(cls.__init__).parameters:
+    extra["token_strings"] = token_strings
+  return cls(model_config(config, vocab_size), rngs=nnx.Rngs(params=config.train.seed), **extra)
+
+
+def build_mesh(config: config_lib.Config):
+  """The config's device mesh, or None on one device (the unsharded path)."""
+  try:
+    mesh = sharding_lib.make_mesh(config.mesh)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"mesh: {e}") from None
+  if mesh.size == 1:
+    return None
+  rows = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.data.batch_size % rows:
+    raise config_lib.ConfigError(
+      f"data.batch_size={config.data.batch_size} does not split over mesh data×fsdp={rows}"
+    )
+  return mesh
 
 
 def distinct_buffers(tree: Any) -> Any:
@@ -106,14 +131,23 @@ def distinct_buffers(tree: Any) -> Any:
   a donated argument must not hold one buffer twice.
   """
   leaves, treedef = jax.tree.flatten(tree)
-  seen: set[int] = set()
+  seen: set = set()
   out = []
   for leaf in leaves:
-    if id(leaf) in seen:
+    if seen & _buffers(leaf):
       leaf = jnp.array(leaf, copy=True)
-    seen.add(id(leaf))
+    seen |= _buffers(leaf)
     out.append(leaf)
   return treedef.unflatten(out)
+
+
+def _buffers(leaf: Any) -> set:
+  """The memory a leaf holds: its per-device buffers (two sharded arrays can be
+  different Python objects sharing some of them), else the object itself."""
+  try:
+    return {s.data.unsafe_buffer_pointer() for s in leaf.addressable_shards}
+  except (AttributeError, RuntimeError, ValueError):
+    return {id(leaf)}
 
 
 class _PauseRequest:
@@ -145,13 +179,74 @@ class _PauseRequest:
     self.pause_file.unlink(missing_ok=True)
 
 
+@dataclasses.dataclass
+class Setup:
+  """What a run compiles and starts from: the one place the mesh is applied."""
+
+  state: Any  # TrainState, sharded when there is a mesh
+  train_step: Any  # jitted (state, batch) -> (state, metrics), state donated
+  eval_step: Any  # jitted (params, opt_state, batch) -> mean cross entropy
+  put: Any  # host batch -> device batch (sharded over data × fsdp on a mesh)
+  mesh: Any  # jax.sharding.Mesh or None (one device)
+  lr_schedule: Any  # the config's learning-rate schedule, None for a user's tx
+
+
+def setup(
+  config: config_lib.Config,
+  data: TextData,
+  *,
+  tx: optax.GradientTransformation | None = None,
+  model: nnx.Module | None = None,
+  loss_fn: LossFn | None = None,
+) -> Setup:
+  """Build the model, optimizer and initial state and jit the steps, on the config's mesh."""
+  t = config.train
+  if model is None:
+    model = build_model(config, data.vocab_size, data.tokenizer.token_strings)
+  if loss_fn is None:  # a model may define its own objective (the adaptive LM's ponder cost)
+    loss_fn = getattr(model, "loss_fn", lm_loss)
+  apply_fn, params = functional_model(model)
+  mesh = build_mesh(config)
+  lr_schedule = None
+  if tx is None:
+    tx = build_optimizer(
+      config.optimizer, t.steps, model=model_config(config, data.vocab_size), mesh=mesh
+    )
+    lr_schedule = learning_rate_schedule(config.optimizer, t.steps)
+  tx = optax.with_extra_args_support(tx)
+  state = init_train_state(params, tx, t.seed)
+  step_fn, eval_fn = make_train_step(apply_fn, tx, loss_fn), make_eval_step(apply_fn, loss_fn)
+  if mesh is None:
+    return Setup(
+      state=state,
+      train_step=jax.jit(step_fn, donate_argnums=0),
+      eval_step=jax.jit(eval_fn),
+      put=lambda batch: batch,
+      mesh=None,
+      lr_schedule=lr_schedule,
+    )
+  # Every leaf is laid out by the one rule; a restore into this state reshards onto it.
+  shardings = sharding_lib.state_shardings(state, mesh)
+  batch = sharding_lib.batch_sharding(mesh)
+  return Setup(
+    state=jax.device_put(state, shardings),
+    train_step=jax.jit(
+      step_fn, in_shardings=(shardings, batch), out_shardings=(shardings, None), donate_argnums=0
+    ),
+    eval_step=jax.jit(eval_fn, in_shardings=(shardings.params, shardings.opt_state, batch)),
+    put=lambda b: sharding_lib.global_batch(b, mesh),
+    mesh=mesh,
+    lr_schedule=lr_schedule,
+  )
+
+
 def train(
   config: config_lib.Config,
   *,
   tx: optax.GradientTransformation | None = None,
   data: TextData | None = None,
   model: nnx.Module | None = None,
-  loss_fn: LossFn = lm_loss,
+  loss_fn: LossFn | None = None,
   train_batches: Any = None,
   eval_sets: Mapping[str, np.ndarray] | None = None,
 ) -> RunResult:
@@ -162,7 +257,8 @@ def train(
     tx: an optax transform to use instead of ``config.optimizer``.
     data: pre-loaded ``TextData`` (default: loaded from ``config.data``).
     model: an NNX module to use instead of ``config.model_type``.
-    loss_fn: ``(logits, targets, telemetry) -> (loss, telemetry)``.
+    loss_fn: ``(logits, targets, telemetry) -> (loss, telemetry)``; default: the model's
+      ``loss_fn`` attribute if it has one, else next-token cross entropy.
     train_batches: a random-access batch stream (item i = batch i, int ``[B, T + 1]``)
       instead of seeded windows of ``data.train_tokens``, e.g. a distribution shift.
     eval_sets: extra validation token arrays, logged as ``val/<name>/loss``.
@@ -171,12 +267,8 @@ def train(
   t = config.train
   data = data if data is not None else load_data(config)
   check_data_fits(config, data)
-  model = model if model is not None else build_model(config, data.vocab_size)
-  apply_fn, params = functional_model(model)
-  if tx is None:
-    tx = build_optimizer(config.optimizer, t.steps, model=model_config(config, data.vocab_size))
-  tx = optax.with_extra_args_support(tx)
-  state = init_train_state(params, tx, t.seed)
+  run = setup(config, data, tx=tx, model=model, loss_fn=loss_fn)
+  state, params, put = run.state, run.state.params, run.put
 
   run_dir = Path(t.run_dir)
   files = RunFiles(run_dir)
@@ -205,19 +297,20 @@ def train(
   stats["total_steps"] = t.steps
 
   d = config.data
+  hosts = jax.process_count()  # each host reads its own windows of the global batch
+  host_rows = dict(
+    batch_size=d.batch_size // hosts, shard_index=jax.process_index(), shard_count=hosts
+  )
   if train_batches is None:
-    train_batches = window_batches(
-      data.train_tokens, seq_len=d.seq_len, batch_size=d.batch_size, seed=d.seed
-    )
+    train_batches = window_batches(data.train_tokens, seq_len=d.seq_len, seed=d.seed, **host_rows)
 
   def fixed_batches(tokens):
-    stream = window_batches(tokens, seq_len=d.seq_len, batch_size=d.batch_size, seed=d.seed + 1)
-    return [stream[i] for i in range(t.eval_batches)]
+    stream = window_batches(tokens, seq_len=d.seq_len, seed=d.seed + 1, **host_rows)
+    return [put(stream[i]) for i in range(t.eval_batches)]
 
   val_sets = {"": fixed_batches(data.val_tokens)}
   val_sets.update({name: fixed_batches(tokens) for name, tokens in (eval_sets or {}).items()})
-  train_step = jax.jit(make_train_step(apply_fn, tx, loss_fn), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(apply_fn, loss_fn))
+  train_step, eval_step, lr_schedule = run.train_step, run.eval_step, run.lr_schedule
   tokens_per_step = d.batch_size * d.seq_len
 
   def evaluate(state) -> dict[str, float]:
@@ -249,6 +342,7 @@ def train(
     pending = None
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     now = time.perf_counter()
+    step_seconds = now - timer["last"]
     if step > timer["measured_from"]:  # the first step includes compilation
       timer["tokens"] += tokens_per_step
       timer["seconds"] += now - timer["last"]
@@ -256,6 +350,9 @@ def train(
     tok_s = timer["tokens"] / timer["seconds"] if timer["seconds"] else 0.0
     stats.update(step=step, train_loss=metrics["loss"], tokens_per_second=tok_s)
     headline = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("regulators/")}
+    metrics.update(dt=step_seconds, tok_s=tok_s)
+    if lr_schedule is not None:
+      metrics["lr"] = float(lr_schedule(step - 1))
     bar.set_postfix(
       loss=f"{metrics['loss']:.4f}",
       tok_s=f"{tok_s:,.0f}",
@@ -264,15 +361,13 @@ def train(
     bar.update(step - bar.n)
     if step % t.log_every == 0 or step == t.steps:
       files.append_metrics({"step": step, **metrics, "tokens_per_second": tok_s})
-      regs = " | ".join(f"{k} {v:.4g}" for k, v in headline.items())
-      bar.write(
-        f"step {step:6d} | loss {metrics['loss']:.4f} | grad {metrics['grads/norm']:.3f}"
-        f" | tok/s {tok_s:,.0f}" + (f" | {regs}" if regs else "")
-      )
+      stats["last_metrics"] = metrics
+      for line in LINE_FORMATS[t.log_format](step, metrics):
+        bar.write(line)
 
   with _PauseRequest(run_dir) as pause:
     for step in range(start + 1, t.steps + 1):
-      state, metrics = train_step(distinct_buffers(state), train_batches[position])
+      state, metrics = train_step(distinct_buffers(state), put(train_batches[position]))
       position += 1
       flush()
       pending = (step, metrics)

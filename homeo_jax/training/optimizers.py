@@ -52,20 +52,20 @@ def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Sche
 
 
 def build_optimizer(
-  cfg: OptimizerConfig, total_steps: int, model: Any = None
+  cfg: OptimizerConfig, total_steps: int, model: Any = None, mesh: Any = None
 ) -> optax.GradientTransformationExtraArgs:
-  """The optimizer ``cfg`` names. Builders with a ``model`` (and ``total_steps``)
-  parameter receive the model config (and the run length): regulators that steer the
-  model need its shape."""
+  """The optimizer ``cfg`` names. Builders with a ``model`` (``total_steps``, ``mesh``)
+  parameter receive the model config (the run length, the device mesh when there is
+  more than one device): regulators that steer the model need its shape."""
   if cfg.name not in OPTIMIZERS:
     raise ConfigError(f"optimizer.name must be one of {sorted(OPTIMIZERS)}, got {cfg.name!r}")
   builder = OPTIMIZERS[cfg.name]
   accepted = inspect.signature(builder).parameters
-  reserved = ("cfg", "learning_rate", "model", "total_steps")
+  reserved = ("cfg", "learning_rate", "model", "total_steps", "mesh")
   for key in cfg.kwargs:
     if key not in accepted or key in reserved:
       raise ConfigError(f"optimizer.kwargs.{key} is not an argument of optimizer {cfg.name!r}")
-  context = {"model": model, "total_steps": total_steps}
+  context = {"model": model, "total_steps": total_steps, "mesh": mesh}
   extra = {k: v for k, v in context.items() if k in accepted}
   tx = builder(cfg, learning_rate_schedule(cfg, total_steps), **extra, **cfg.kwargs)
   if cfg.grad_clip > 0:
@@ -125,9 +125,11 @@ def _ord_muon(
   muon_learning_rate: float = 0.02,
   ns_coeffs: str = "standard",
   compute_dtype: str = "float32",
+  mesh=None,
 ) -> optax.GradientTransformation:
   """ORD-Muon on hidden matrices (lr ``muon_learning_rate`` on the config's schedule shape),
-  AdamW at ``learning_rate`` on embeddings and gains. ``spectral_lr=0`` is Muon."""
+  AdamW at ``learning_rate`` on embeddings and gains. ``spectral_lr=0`` is Muon. On a
+  mesh the same-shape stacks are sharded along the stack axis."""
   from homeo_jax.models.layers import DTYPES
   from homeo_jax.regulators.ord_muon import ord_muon
 
@@ -142,6 +144,7 @@ def _ord_muon(
     adam_b2=cfg.b2,
     adam_learning_rate=learning_rate,
     muon_weight_dimension_numbers=hidden_matrices,
+    stack_mesh=mesh,
   )
 
 
@@ -288,3 +291,62 @@ def _thyroid_adamw(
   return thyroid(
     optax.adamw, learning_rate, cfg.weight_decay, static_args=("mask",), mask=matrix_mask, **common
   )
+
+
+@register_optimizer("adamw_compute_price")
+def _adamw_compute_price(
+  cfg: OptimizerConfig,
+  learning_rate,
+  model,
+  total_steps: int,
+  target_k: float = 1.30,
+  dual_lr: float = 5e-5,
+  price_min: float = 1e-4,
+  price_max: float = 5e-2,
+  warmup_steps: int = 800,
+  ponder_start: int = 1200,
+  clamp_until: int = 4000,
+  audit_start: int = 1200,
+  audit_prob: float = 0.05,
+  settle_steps: int = 100,
+  reference_steps: int = 10_000,
+  fixed_price: float | None = None,
+  seed: int = 0,
+):
+  """AdamW + the Ouro-Spec compute price (model_type=adaptive_transformer).
+
+  The step counts are the seed's; runs shorter than ``reference_steps`` scale them (and
+  raise ``dual_lr`` by the same factor, so λ_p can cross its range in the same fraction
+  of the run): see ``compute_price.scaled_schedule``.
+  """
+  from homeo_jax.regulators.compute_price import compute_price, scaled_schedule
+
+  if not hasattr(model, "max_passes"):
+    raise ConfigError("adamw_compute_price steers an adaptive model: use adaptive_transformer")
+  steps = scaled_schedule(
+    total_steps,
+    reference_steps,
+    warmup_steps=warmup_steps,
+    ponder_start=ponder_start,
+    clamp_until=clamp_until,
+    audit_start=audit_start,
+    settle_steps=settle_steps,
+  )
+  # Below ~20 steps "settled" would mean nothing: the settling window has a floor.
+  steps["settle_steps"] = max(steps["settle_steps"], min(settle_steps, 20))
+  speedup = max(1.0, reference_steps / max(total_steps, 1))
+  try:
+    controller = compute_price(
+      max_passes=model.max_passes,
+      target_k=target_k,
+      dual_lr=dual_lr * speedup,
+      price_min=price_min,
+      price_max=price_max,
+      audit_prob=audit_prob,
+      fixed_price=fixed_price,
+      seed=seed,
+      **steps,
+    )
+  except ValueError as e:
+    raise ConfigError(f"optimizer.kwargs: {e}") from None
+  return optax.chain(_adamw(cfg, learning_rate), controller)

@@ -17,6 +17,7 @@ import optax
 import pytest
 
 from homeo_jax.regulators.ars import ars_adamw
+from homeo_jax.regulators.compute_price import compute_price
 from homeo_jax.regulators.load_balance import deepseek_balancer, spechorn_balancer
 from homeo_jax.regulators.ord_muon import ord_muon
 from homeo_jax.regulators.thyroid import thyroid
@@ -34,6 +35,7 @@ REGULATORS = {
   "adamw_deepseek": lambda lr: optax.chain(optax.adamw(lr), deepseek_balancer(1, 4)),
   "thyroid": lambda lr: thyroid(optax.adamw, lr, 1e-4, weights="random", update_every=2),
   "thyroid_alpha": lambda lr: thyroid(optax.adamw, lr, version="alpha", weights="random"),
+  "adamw_compute_price": lambda lr: optax.chain(optax.adamw(lr), compute_price(warmup_steps=0)),
 }
 
 
@@ -41,7 +43,14 @@ def telemetry(bad=None):
   """The extra args every update gets: the loss, grad norm and MoE telemetry."""
   value = jnp.asarray(1.0 if bad is None else bad)
   load = MOE_LOAD if bad is None else MOE_LOAD * bad
-  return {"value": value, "grad_norm": value, "moe_load": load, "moe_mean_input": MOE_INPUT}
+  return {
+    "value": value,
+    "grad_norm": value,
+    "moe_load": load,
+    "moe_mean_input": MOE_INPUT,
+    "avg_k": value,
+    "delta_ce": value,
+  }
 
 
 # Polar(G⊥) alone (the "geometric only" ablation arm) removes exactly the direction that

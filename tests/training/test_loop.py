@@ -188,3 +188,53 @@ def test_quantized_lm_with_the_thyroid_trains_through_the_loop(tmp_path, tiny_da
   assert result.status == "finished" and np.isfinite(result.stats["val_loss"])
   records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert "regulators/thyroid/tau" in records[0]
+
+
+def adaptive_config(run_dir):
+  from homeo_jax.models import AdaptiveConfig
+
+  cfg = tiny_config(
+    run_dir,
+    train={"steps": 8, "eval_every": 4, "checkpoint_every": 4, "log_format": "ouro"},
+    optimizer={
+      "name": "adamw_compute_price",
+      "kwargs": {
+        "warmup_steps": 1,
+        "ponder_start": 1,
+        "audit_start": 2,
+        "audit_prob": 0.3,
+        "settle_steps": 2,
+        "dual_lr": 0.1,
+        "reference_steps": 8,
+      },
+    },
+  )
+  model = AdaptiveConfig(
+    vocab_size=0, num_layers=2, num_heads=2, d_model=32, max_seq_len=32, char_dim=8, pos_dim=4
+  )
+  return dataclasses.replace(cfg, model_type="adaptive_transformer", model=model)
+
+
+def test_adaptive_lm_resumes_price_and_deadband_exactly(tmp_path, tiny_data, capsys):
+  full = train(adaptive_config(tmp_path / "full"), data=tiny_data)
+  from homeo_jax.regulators import regulator_states
+
+  (price,) = regulator_states(full.state.opt_state)
+  assert int(price.deadband) == 1 and float(price.price) == pytest.approx(5e-2)
+  assert "λp" in capsys.readouterr().out  # the operators' per-step line
+  records = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+  assert {"telemetry/avg_k", "telemetry/layer1/survival2", "regulators/compute_price/price"} <= set(
+    records[-2]
+  )
+  stats = json.loads((tmp_path / "full" / "stats.json").read_text())
+  assert "telemetry/k_exec" in stats["last_metrics"]
+
+  run_dir = tmp_path / "paused"
+  run_dir.mkdir()
+  (run_dir / PAUSE_FILE).touch()
+  assert train(adaptive_config(run_dir), data=tiny_data).status == "paused"
+  resumed = train(adaptive_config(run_dir), data=tiny_data)
+  jax.tree.map(np.testing.assert_array_equal, regulator_states(resumed.state.opt_state)[0], price)
+  np.testing.assert_array_equal(
+    [losses(run_dir)[s] for s in range(1, 9)], [losses(tmp_path / "full")[s] for s in range(1, 9)]
+  )

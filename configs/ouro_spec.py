@@ -1,0 +1,95 @@
+"""Ouro-Spec: adaptive recurrence with the compute price (experiments/ouro_spec_ablation.py).
+
+    python -m homeo_jax.train --config configs/ouro_spec.py:tiny          # CPU, minutes
+    python -m homeo_jax.train --config configs/ouro_spec.py:seed          # GPU, seed size
+    python -m homeo_jax.train --config configs/ouro_spec.py:tiny --set_lambda 0.02
+
+Shipped Shakespeare, byte-level BPE. The seed's schedule (force-2 warm-up to step 800,
+ponder and audits from 1200, gate clamp until 4000) is given for a 10,000-step run and
+scaled by steps/10,000 for shorter ones (``optimizer.kwargs.reference_steps``); the LR
+warm-up 500 then cosine 3e-4 → 3e-5 is scaled the same way here.
+"""
+
+import dataclasses
+
+from homeo_jax.models import AdaptiveConfig
+from homeo_jax.training.config import Config, DataConfig, OptimizerConfig, TrainConfig
+
+REFERENCE_STEPS = 10_000
+
+
+def get_config(arg: str | None = None) -> Config:
+  seed = Config(
+    name="ouro_spec_seed",
+    model_type="adaptive_transformer",
+    model=AdaptiveConfig(
+      vocab_size=0,
+      num_layers=8,
+      num_heads=12,
+      d_model=768,
+      d_ff=512,
+      max_seq_len=512,
+      dropout=0.0,
+      char_dim=128,
+      pos_dim=16,
+    ),
+    data=DataConfig(
+      corpus="shakespeare", tokenizer="bpe", bpe_vocab_size=4096, seq_len=512, batch_size=16
+    ),
+    optimizer=OptimizerConfig(
+      name="adamw_compute_price",
+      learning_rate=3e-4,
+      min_learning_rate=3e-5,
+      warmup_steps=500,
+      b2=0.95,
+      weight_decay=0.1,
+      grad_clip=1.0,
+      kwargs={"reference_steps": REFERENCE_STEPS},
+    ),
+    train=TrainConfig(
+      steps=REFERENCE_STEPS,
+      eval_every=500,
+      eval_batches=20,
+      log_every=10,
+      checkpoint_every=1000,
+      run_dir="runs/ouro_spec_seed",
+      log_format="ouro",
+    ),
+  )
+  if arg in (None, "seed"):
+    return seed
+  if arg == "tiny":
+    steps = 600
+    return dataclasses.replace(
+      seed,
+      name="ouro_spec_tiny",
+      model=dataclasses.replace(
+        seed.model,
+        num_layers=3,
+        num_heads=4,
+        d_model=96,
+        d_ff=256,
+        max_seq_len=64,
+        char_dim=32,
+        pos_dim=8,
+      ),
+      data=dataclasses.replace(
+        seed.data, bpe_vocab_size=512, seq_len=64, batch_size=16, max_chars=1_000_000
+      ),
+      optimizer=dataclasses.replace(
+        seed.optimizer,
+        learning_rate=3e-3,
+        min_learning_rate=3e-4,
+        warmup_steps=round(500 * steps / REFERENCE_STEPS),
+      ),
+      train=dataclasses.replace(
+        seed.train,
+        steps=steps,
+        eval_every=200,
+        eval_batches=16,
+        log_every=10,
+        checkpoint_every=steps,
+        run_dir="runs/ouro_spec_tiny",
+      ),
+    )
+  raise ValueError(f"unknown preset {arg!r} for ouro_spec (tiny, seed)")

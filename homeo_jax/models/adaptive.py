@@ -1,0 +1,646 @@
+"""Ouro-Spec: a decoder whose layers run 1..Kmax passes per token (adaptive recurrence).
+
+Each ``AdaptiveDecoderLayer`` computes keys and values once from its input x (static KV)
+and then refines a state h (h = x before the first pass). Pass k = 0..Kmax−1, for the
+tokens still *alive* (survival s ≥ ``halt_threshold``):
+
+    a   = Out(Attn(Q(norm(h)), K, V))               queries move, keys/values stay
+    f   = FFN(norm(h + a))                          dense MLP, or the MoE layer
+    dh  = α_k · (a + f),   α = (1.0, 0.7, 0.5, 0.35)
+    p   = sigmoid(MLP_gate([features(5), layer_embedding(16)]))   the continue gate
+    h  ← h + s·dh;   expected_k ← expected_k + s;   s ← s·p
+
+Tokens that are not alive are left untouched (no update, no depth, s frozen), so a
+token's executed passes are the passes it entered with s ≥ halt_threshold. The five
+per-token gate features: normalized attention entropy H/log(n_keys) (0 for a one-key
+row), top-16 attention mass, head agreement 1 − std over heads of that entropy,
+relative update ‖dh‖/(‖h‖+ε), and cos(dh, dh_prev) (0 when either is zero). All are
+averaged over heads where they are per head.
+
+Control flow (static shapes throughout):
+
+* training (``deterministic=False``): ``lax.scan`` over the passes, each wrapped in
+  ``lax.cond`` that skips it when fewer than ``min_alive_fraction`` (2%) of the batch's
+  tokens are alive; reverse-mode AD goes through both.
+* inference (``deterministic=True``, eval and ``generate``): ``lax.while_loop`` that
+  stops at that same condition. s only decreases, so once a pass is skipped every later
+  pass is too: the two paths compute the same function (tested).
+* ``gather_capacity`` c > 0: from the second pass on, each sequence's top-⌈c·T⌉ tokens
+  by survival are gathered into a ``[B, C, d]`` block; queries, attention, output
+  projection, FFN and gate run on the block only, so a pass costs c of a full one.
+  When at most C tokens per row are alive this equals the full path (tested); alive
+  tokens past C are treated as halted and counted in ``overflow``.
+* ``force_k`` (config, or the ``force_k`` control for audits and warm-up): every token
+  runs exactly k passes (s = 1 for the first k, 0 after); ``hard_kill`` = one pass.
+* the ``gate_clamp`` control clamps p to [0.01, 0.95] (early training).
+
+The model adds a hybrid Fourier embedding (``embeddings.py``) or a learned lookup,
+baton injection x[t] += sigmoid(λ_e) ⊙ x[t−1] (position 0 gets nothing), and in
+training the logits of the one-pass model (every layer stopped after its first pass,
+under stop_gradient) for the coupon reward (``adaptive_lm_loss``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from homeo_jax.models.embeddings import HybridFourierEmbedding
+from homeo_jax.models.layers import MLP, TransformerConfig, dense, layer_norm
+from homeo_jax.models.moe import MoEConfig, MoEFeedForward, MoETransformer
+from homeo_jax.models.transformer import Transformer
+
+EMBEDDINGS = ("hybrid_fourier", "learned")
+FFNS = ("mlp", "moe")
+NUM_FEATURES = 5
+# Per-pass statistics accumulated in the loop carry, one row per pass.
+STAT_FIELDS = (
+  "alive",
+  "survival",
+  "p_sum",
+  "p2_sum",
+  "entropy_sum",
+  "drel_sum",
+  "dp_sum",
+  "p_low_sum",
+  "overflow",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveConfig(TransformerConfig):
+  """The baseline Transformer's shape plus the adaptive recurrence."""
+
+  max_passes: int = 4
+  pass_damping: tuple[float, ...] = (1.0, 0.7, 0.5, 0.35)
+  halt_threshold: float = 0.1
+  min_alive_fraction: float = 0.02
+  layer_embed_dim: int = 16
+  gate_hidden: int = 32
+  top_mass_k: int = 16
+  gate_bias_init: float = 0.0
+  embedding: str = "hybrid_fourier"
+  char_dim: int = 128
+  pos_dim: int = 16
+  baton: bool = True
+  baton_init: float = -3.0
+  ffn: str = "mlp"
+  moe: MoEConfig = dataclasses.field(default_factory=MoEConfig)
+  gather_capacity: float = 0.0  # 0: off; else the fraction of each row gathered per pass
+  force_k: int = 0  # 0: adaptive; k: every token runs exactly k passes
+  hard_kill: bool = False  # recurrence off: one pass (same as force_k=1)
+  coupon: bool = True  # compute the one-pass logits in training for the coupon reward
+  reward_eta: float = 2.0
+
+  def validate(self, prefix: str = "model") -> None:
+    super().validate(prefix)
+    if self.max_passes < 1:
+      raise ValueError(f"{prefix}.max_passes must be >= 1, got {self.max_passes}")
+    if len(self.pass_damping) < self.max_passes:
+      raise ValueError(
+        f"{prefix}.pass_damping has {len(self.pass_damping)} entries, needs "
+        f"max_passes={self.max_passes}"
+      )
+    if not 0.0 < self.halt_threshold < 1.0:
+      raise ValueError(f"{prefix}.halt_threshold must be in (0, 1), got {self.halt_threshold}")
+    if not 0.0 <= self.min_alive_fraction < 1.0:
+      raise ValueError(
+        f"{prefix}.min_alive_fraction must be in [0, 1), got {self.min_alive_fraction}"
+      )
+    if not 0 <= self.force_k <= self.max_passes:
+      raise ValueError(f"{prefix}.force_k must be in [0, max_passes], got {self.force_k}")
+    if not 0.0 <= self.gather_capacity <= 1.0:
+      raise ValueError(f"{prefix}.gather_capacity must be in [0, 1], got {self.gather_capacity}")
+    if self.embedding not in EMBEDDINGS:
+      raise ValueError(f"{prefix}.embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
+    if self.ffn not in FFNS:
+      raise ValueError(f"{prefix}.ffn must be one of {FFNS}, got {self.ffn!r}")
+    if self.ffn == "moe":
+      self.moe.validate(f"{prefix}.moe")
+
+  @property
+  def static_passes(self) -> int:
+    """Passes the config fixes (hard_kill / force_k), 0 when adaptive."""
+    return 1 if self.hard_kill else self.force_k
+
+
+def forced_survival(s: jax.Array, k: jax.Array, force: jax.Array) -> jax.Array:
+  """Survival entering pass k: 1 for k < force and 0 after when forcing, else s."""
+  return jnp.where(force > 0, (k < force).astype(s.dtype), s)
+
+
+def attention_features(probs: jax.Array, n_keys: jax.Array, top_k: int) -> tuple[jax.Array, ...]:
+  """(normalized entropy, top-k mass, head agreement), each ``[B, Q]``.
+
+  ``probs`` ``[B, H, Q, T]``; ``n_keys`` ``[B, Q]`` keys each query may see (≥ 1).
+  """
+  # log of a clipped p, not xlogy: masked keys have p = 0 exactly and xlogy's gradient
+  # there is 0/0.
+  entropy = -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)  # [B, H, Q]
+  log_n = jnp.log(jnp.maximum(n_keys, 2.0))[:, None, :]
+  norm_entropy = jnp.where(n_keys[:, None, :] > 1, entropy / log_n, 0.0)
+  top_mass = jnp.sum(jax.lax.top_k(probs, min(top_k, probs.shape[-1]))[0], axis=-1)
+  # sqrt(var + tiny): std's gradient is NaN where all heads agree exactly (position 0).
+  agreement = 1.0 - jnp.sqrt(jnp.var(norm_entropy, axis=1) + 1e-12)
+  return jnp.mean(norm_entropy, axis=1), jnp.mean(top_mass, axis=1), agreement
+
+
+def safe_cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+  """cos over the last axis; 0 when either vector is zero (no NaN, finite gradient)."""
+  dot = jnp.sum(a * b, axis=-1)
+  norms = jnp.sum(a * a, axis=-1) * jnp.sum(b * b, axis=-1)
+  ok = norms > 1e-24
+  return jnp.where(ok, dot * jax.lax.rsqrt(jnp.where(ok, norms, 1.0)), 0.0)
+
+
+class Carry(NamedTuple):
+  """The loop state of one layer's recurrence (identical for scan and while_loop)."""
+
+  k: jax.Array  # shape=(), int32: the next pass
+  h: jax.Array  # [B, T, d] state
+  s: jax.Array  # [B, T] survival entering pass k
+  dh_prev: jax.Array  # [B, T, d] the token's last update
+  p_prev: jax.Array  # [B, T] its last gate value
+  expected: jax.Array  # [B, T] soft depth Σ s
+  executed: jax.Array  # [B, T] passes executed
+  stats: jax.Array  # [max_passes, len(STAT_FIELDS)] per-pass sums
+  ffn_telemetry: dict  # summed over executed passes
+
+
+class AdaptiveDecoderLayer(nnx.Module):
+  """One layer with static KV and 1..Kmax passes; see the module docstring."""
+
+  def __init__(self, cfg: AdaptiveConfig, layer: int, *, rngs: nnx.Rngs):
+    self.cfg, self.layer = cfg, layer
+    d = cfg.d_model
+    self.attn_norm = layer_norm(cfg, rngs)
+    self.query = dense(d, d, cfg, rngs)
+    self.key_value = dense(d, 2 * d, cfg, rngs)
+    self.out = dense(d, d, cfg, rngs, scale=(2 * cfg.num_layers) ** -0.5)
+    self.mlp_norm = layer_norm(cfg, rngs)
+    self.mlp = MoEFeedForward(cfg, layer, rngs=rngs) if cfg.ffn == "moe" else MLP(cfg, rngs=rngs)
+    self.layer_embedding = nnx.Param(
+      nnx.initializers.normal(1.0)(rngs.params(), (cfg.layer_embed_dim,))
+    )
+    self.gate_hidden = nnx.Linear(NUM_FEATURES + cfg.layer_embed_dim, cfg.gate_hidden, rngs=rngs)
+    self.gate_out = nnx.Linear(
+      cfg.gate_hidden,
+      1,
+      kernel_init=nnx.initializers.normal(0.02),
+      bias_init=nnx.initializers.constant(cfg.gate_bias_init),
+      rngs=rngs,
+    )
+    self.damping = tuple(float(a) for a in cfg.pass_damping[: cfg.max_passes])
+
+  def continue_gate(self, features: jax.Array) -> jax.Array:
+    """``[..., 5]`` features -> p ∈ (0, 1) ``[...]``."""
+    embed = jnp.broadcast_to(
+      self.layer_embedding[...], (*features.shape[:-1], self.cfg.layer_embed_dim)
+    )
+    z = jnp.concatenate([features, embed.astype(features.dtype)], axis=-1)
+    return jax.nn.sigmoid(self.gate_out(jax.nn.gelu(self.gate_hidden(z)))[..., 0])
+
+  def _capacity(self, t: int) -> int:
+    return max(1, math.ceil(self.cfg.gather_capacity * t)) if self.cfg.gather_capacity else 0
+
+  def _pass(self, carry: Carry, kv, force, clamp, controls, gather: bool) -> Carry:
+    cfg = self.cfg
+    b, t, d = carry.h.shape
+    heads = cfg.num_heads
+    keys, values = kv
+    alive_all = carry.s >= cfg.halt_threshold
+    if gather:
+      cap = self._capacity(t)
+      _, idx = jax.lax.top_k(carry.s, cap)
+      idx = jnp.sort(idx, axis=-1)  # keep sequence order (the GRU router reads it)
+
+      def take(x):
+        return jnp.take_along_axis(x, idx.reshape(b, cap, *([1] * (x.ndim - 2))), axis=1)
+
+      positions = idx
+    else:
+
+      def take(x):
+        return x
+
+      positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    h, s, dh_prev, p_prev = take(carry.h), take(carry.s), take(carry.dh_prev), take(carry.p_prev)
+    alive = s >= cfg.halt_threshold
+
+    q = self.query(self.attn_norm(h)).reshape(b, -1, heads, d // heads)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, keys).astype(jnp.float32) / math.sqrt(d // heads)
+    causal = jnp.arange(t)[None, None, :] <= positions[:, :, None]  # [B, Q, T]
+    scores = jnp.where(causal[:, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    attn = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(values.dtype), values)
+    a = self.out(attn.reshape(b, -1, d))
+    f, ffn_telemetry = self.mlp(
+      self.mlp_norm(h + a), deterministic=True, rngs=None, controls=controls
+    )
+    dh = (jnp.asarray(self.damping)[carry.k] * (a + f)).astype(jnp.float32)
+
+    entropy, top_mass, agreement = attention_features(
+      probs, (positions + 1).astype(jnp.float32), cfg.top_mass_k
+    )
+    h32 = h.astype(jnp.float32)
+    d_rel = jnp.sqrt(jnp.sum(dh * dh, -1) + 1e-12) / (
+      jnp.sqrt(jnp.sum(h32 * h32, -1) + 1e-12) + 1e-6
+    )
+    cosine = safe_cosine(dh, dh_prev)
+    features = jnp.stack([entropy, top_mass, agreement, d_rel, cosine], axis=-1)
+    p = self.continue_gate(features)
+    p = jnp.where(clamp > 0, jnp.clip(p, 0.01, 0.95), p)
+
+    w = jnp.where(alive, s, 0.0)
+    new_h = h32 + w[..., None] * dh
+    new_s = forced_survival(jnp.where(alive, s * p, s), carry.k + 1, force)
+    new_dh = jnp.where(alive[..., None], dh, dh_prev)
+    new_p = jnp.where(alive, p, p_prev)
+    fa = alive.astype(jnp.float32)
+    row = jnp.stack(
+      [
+        jnp.mean(alive_all.astype(jnp.float32)),
+        jnp.mean(carry.s),
+        jnp.sum(p * fa),
+        jnp.sum(p * p * fa),
+        jnp.sum(entropy * fa),
+        jnp.sum(d_rel * fa),
+        jnp.sum(jnp.abs(p - p_prev) * fa * (carry.k > 0)),
+        jnp.sum((p <= 0.05) * fa),
+        (jnp.sum(alive_all) - jnp.sum(alive)) / (b * t),
+      ]
+    )
+    if gather:
+
+      def put(full, part):
+        return full.at[jnp.arange(b)[:, None], idx].set(part.astype(full.dtype))
+
+      h_out = put(carry.h, new_h)
+      s_out = forced_survival(put(carry.s, new_s), carry.k + 1, force)
+      dh_out, p_out = put(carry.dh_prev, new_dh), put(carry.p_prev, new_p)
+      expected = put(carry.expected, take(carry.expected) + w)
+      executed = put(carry.executed, take(carry.executed) + fa)
+    else:
+      h_out, s_out, dh_out, p_out = new_h.astype(carry.h.dtype), new_s, new_dh, new_p
+      expected, executed = carry.expected + w, carry.executed + fa
+    return Carry(
+      k=carry.k + 1,
+      h=h_out,
+      s=s_out,
+      dh_prev=dh_out,
+      p_prev=p_out,
+      expected=expected,
+      executed=executed,
+      stats=carry.stats.at[carry.k].set(row),
+      ffn_telemetry=ffn_telemetry
+      if carry.ffn_telemetry is None
+      else jax.tree.map(jnp.add, carry.ffn_telemetry, ffn_telemetry),
+    )
+
+  def __call__(
+    self,
+    x: jax.Array,
+    *,
+    force: jax.Array,
+    clamp: jax.Array,
+    num_passes: int,
+    path: str,
+    controls: Mapping[str, jax.Array] | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``x [B, T, d]`` -> (output ``[B, T, d]``, this layer's telemetry).
+
+    ``force``/``clamp`` are traced int32 scalars (0 = off); ``num_passes`` the static
+    pass limit; ``path`` "scan" (differentiable) or "while" (early exit).
+    """
+    cfg = self.cfg
+    b, t, d = x.shape
+    heads = cfg.num_heads
+    kv = self.key_value(self.attn_norm(x)).reshape(b, t, 2, heads, d // heads)
+    kv = (kv[:, :, 0], kv[:, :, 1])
+    s0 = forced_survival(jnp.ones((b, t), jnp.float32), jnp.int32(0), force)
+    zeros = jnp.zeros((b, t), jnp.float32)
+    carry = Carry(
+      k=jnp.int32(0),
+      h=x,
+      s=s0,
+      dh_prev=jnp.zeros((b, t, d), jnp.float32),
+      p_prev=zeros,
+      expected=zeros,
+      executed=zeros,
+      stats=jnp.zeros((cfg.max_passes, len(STAT_FIELDS)), jnp.float32),
+      ffn_telemetry=None,
+    )
+    # Pass 1 runs for every token, outside the loop: it fixes the FFN telemetry's
+    # structure (the loop carry needs it) and is the one-pass state of the coupon.
+    first = self._pass(carry, kv, force, clamp, controls, gather=False)
+    carry = first
+    gather = self._capacity(t) > 0
+
+    def alive_enough(c: Carry) -> jax.Array:
+      frac = jnp.mean((c.s >= cfg.halt_threshold).astype(jnp.float32))
+      return jnp.logical_and(frac > 0, frac >= cfg.min_alive_fraction)
+
+    def run(c: Carry) -> Carry:
+      return self._pass(c, kv, force, clamp, controls, gather)
+
+    def skip(c: Carry) -> Carry:
+      return c._replace(k=c.k + 1)
+
+    if num_passes > 1:
+      if path == "while":
+        carry = jax.lax.while_loop(
+          lambda c: jnp.logical_and(c.k < num_passes, alive_enough(c)), run, carry
+        )
+      elif path == "scan":
+        carry, _ = jax.lax.scan(
+          lambda c, _: (jax.lax.cond(alive_enough(c), run, skip, c), None),
+          carry,
+          length=num_passes - 1,
+        )
+      else:
+        raise ValueError(f"path must be 'scan' or 'while', got {path!r}")
+    return carry.h.astype(x.dtype), self._telemetry(x, first, carry)
+
+  def _telemetry(self, x: jax.Array, first: Carry, last: Carry) -> dict[str, jax.Array]:
+    stats = dict(zip(STAT_FIELDS, last.stats.T, strict=True))
+    n_alive = jnp.maximum(stats["alive"] * x.shape[0] * x.shape[1], 1.0)
+    passes_run = jnp.maximum(jnp.sum(stats["alive"] > 0), 1.0)
+    p_n = jnp.maximum(jnp.sum(stats["alive"]) * x.shape[0] * x.shape[1], 1.0)
+    p_mu = jnp.sum(stats["p_sum"]) / p_n
+    executed = last.executed
+    telemetry = {
+      "expected_k": jnp.mean(last.expected),  # differentiable: the ponder cost reads it
+      "k_exec": jnp.mean(executed),
+      "k_p95": jnp.percentile(executed, 95.0),
+      "s_fin": jnp.mean(last.s),
+      "p_mu": p_mu,
+      "p_std": jnp.sqrt(jnp.maximum(jnp.sum(stats["p2_sum"]) / p_n - p_mu**2, 0.0)),
+      "entropy": stats["entropy_sum"][0] / n_alive[0],
+      "d_rel": jnp.sum(stats["drel_sum"]) / p_n,
+      "p_low": jnp.sum(stats["p_low_sum"]) / p_n,  # share of gates ≤ 0.05
+      "delta_p": jnp.sum(stats["dp_sum"]) / jnp.maximum(p_n - n_alive[0], 1.0),
+      "delta_h": jnp.linalg.norm(last.h - first.h) / (jnp.linalg.norm(first.h) + 1e-6),
+      "overflow": jnp.sum(stats["overflow"]),
+      "passes_run": jnp.sum((stats["alive"] > 0).astype(jnp.float32)),  # the dense path's cost
+      "survival": stats["survival"],  # [max_passes]: mean s entering each pass
+    }
+    for n in range(2, self.cfg.max_passes + 1):
+      telemetry[f"tail{n}"] = jnp.mean((executed >= n).astype(jnp.float32))
+    ffn = dict(last.ffn_telemetry) if isinstance(last.ffn_telemetry, dict) else {}
+    for key in ffn:  # the load is a count (summed over passes); the rest are averages
+      if key not in ("moe_load", "aux_loss"):
+        ffn[key] = ffn[key] / passes_run
+    telemetry.update(ffn)
+    return telemetry
+
+
+class BatonInjection(nnx.Module):
+  """x[t] += sigmoid(λ_e) ⊙ x[t−1], λ_e a learned per-dimension vector; causal."""
+
+  def __init__(self, d_model: int, init: float, *, rngs: nnx.Rngs):
+    del rngs
+    self.lam = nnx.Param(jnp.full((d_model,), init, jnp.float32))
+
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    gate = jax.nn.sigmoid(self.lam[...]).astype(x.dtype)
+    previous = jnp.pad(x[:, :-1], ((0, 0), (1, 0), (0, 0)))
+    injection = gate * previous
+    ratio = jnp.linalg.norm(injection.astype(jnp.float32)) / (
+      jnp.linalg.norm(x.astype(jnp.float32)) + 1e-6
+    )
+    return x + injection, {"baton_rat": ratio, "lam_mu": jnp.mean(gate.astype(jnp.float32))}
+
+
+class AdaptiveTransformer(nnx.Module):
+  """The Ouro-Spec LM: embedding, baton, adaptive layers, final norm, tied head.
+
+  ``token_strings`` (the tokenizer's, one string per id) feed the hybrid Fourier
+  embedding; without them the config must ask for ``embedding="learned"``.
+  """
+
+  def __init__(
+    self,
+    cfg: AdaptiveConfig,
+    *,
+    rngs: nnx.Rngs,
+    token_strings: Sequence[str] | None = None,
+  ):
+    cfg.validate()
+    self.cfg = cfg
+    init = nnx.initializers.normal(0.02)
+    if cfg.embedding == "hybrid_fourier":
+      if token_strings is None:
+        raise ValueError(
+          "model.embedding='hybrid_fourier' needs the tokenizer's token_strings "
+          "(or set model.embedding='learned')"
+        )
+      if len(token_strings) != cfg.vocab_size:
+        raise ValueError(
+          f"got {len(token_strings)} token strings for model.vocab_size={cfg.vocab_size}"
+        )
+      self.token_embed = HybridFourierEmbedding(
+        token_strings,
+        cfg.d_model,
+        char_dim=cfg.char_dim,
+        pos_dim=cfg.pos_dim,
+        dtype=cfg.compute_dtype,
+        rngs=rngs,
+      )
+    else:
+      self.token_embed = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=init, rngs=rngs)
+    self.pos_embed = nnx.Embed(cfg.max_seq_len, cfg.d_model, embedding_init=init, rngs=rngs)
+    self.embed_dropout = nnx.Dropout(cfg.dropout)
+    self.baton = BatonInjection(cfg.d_model, cfg.baton_init, rngs=rngs) if cfg.baton else None
+    self.layers = nnx.List([AdaptiveDecoderLayer(cfg, i, rngs=rngs) for i in range(cfg.num_layers)])
+    self.final_norm = layer_norm(cfg, rngs)
+
+  @property
+  def loss_fn(self):
+    """The Ouro-Spec objective for this model (the training loop picks it up)."""
+    return functools.partial(
+      adaptive_lm_loss, reward_eta=self.cfg.reward_eta, max_passes=self.cfg.max_passes
+    )
+
+  def logits(self, x: jax.Array) -> jax.Array:
+    return self.token_embed.attend(self.final_norm(x)).astype(jnp.float32)
+
+  def _depth(self, x, force, clamp, num_passes, path, controls):
+    per_layer = []
+    for layer in self.layers:
+      x, telemetry = layer(
+        x, force=force, clamp=clamp, num_passes=num_passes, path=path, controls=controls
+      )
+      per_layer.append(telemetry)
+    return x, per_layer
+
+  def __call__(
+    self,
+    tokens: jax.Array,
+    *,
+    controls: Mapping[str, jax.Array] | None = None,
+    deterministic: bool = True,
+    rngs: nnx.Rngs | None = None,
+    path: str | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``tokens [B, T]`` -> (logits ``[B, T, V]``, telemetry); see the module docstring.
+
+    ``path`` overrides the recurrence path ("scan" in training, "while" otherwise).
+    """
+    cfg = self.cfg
+    controls = dict(controls or {})
+    t = tokens.shape[-1]
+    if t > cfg.max_seq_len:
+      raise ValueError(f"sequence length {t} exceeds model.max_seq_len={cfg.max_seq_len}")
+    x = (self.token_embed(tokens) + self.pos_embed(jnp.arange(t))).astype(cfg.compute_dtype)
+    x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
+    telemetry: dict[str, jax.Array] = {}
+    if self.baton is not None:
+      x, baton_telemetry = self.baton(x)
+      telemetry.update(baton_telemetry)
+    if cfg.static_passes:
+      force, num_passes = jnp.int32(cfg.static_passes), cfg.static_passes
+    else:
+      force = jnp.asarray(controls.get("force_k", 0), jnp.int32)
+      num_passes = cfg.max_passes
+    clamp = jnp.asarray(controls.get("gate_clamp", 0), jnp.int32)
+    path = path or ("while" if deterministic else "scan")
+    h, per_layer = self._depth(x, force, clamp, num_passes, path, controls)
+    telemetry.update(self._merge(per_layer))
+    telemetry["compute_price"] = jnp.asarray(controls.get("compute_price", 0.0), jnp.float32)
+    telemetry["forced_k"] = force.astype(jnp.float32)
+    if not deterministic and cfg.coupon:
+      one_pass, _ = self._depth(x, jnp.int32(1), clamp, 1, path, controls)
+      telemetry["pass1_logits"] = jax.lax.stop_gradient(self.logits(one_pass))
+    return self.logits(h), telemetry
+
+  def _merge(self, per_layer: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    ffn_keys = [k for k in per_layer[0] if k.startswith("moe_") or k == "aux_loss"]
+    if ffn_keys:
+      moe = MoETransformer.merge_layer_telemetry([{k: t[k] for k in ffn_keys} for t in per_layer])
+    else:
+      moe = {}
+    merged = Transformer.merge_layer_telemetry(
+      [{k: v for k, v in t.items() if k not in ffn_keys} for t in per_layer]
+    )
+    out = {**moe, "survival": merged["survival"]}  # [L, max_passes]
+    for key, values in merged.items():
+      if key == "survival":
+        continue
+      out[key] = jnp.mean(values)
+      for i in range(len(per_layer)):
+        out[f"layer{i}/{key}"] = values[i]
+    for i in range(len(per_layer)):
+      for k in range(self.cfg.max_passes):
+        out[f"layer{i}/survival{k + 1}"] = merged["survival"][i, k]
+    out["avg_k"] = out.pop("expected_k")  # soft depth, mean over layers and tokens
+    out["gap"] = out["k_exec"] - out["avg_k"]
+    return out
+
+
+def _entropy(logits: jax.Array) -> jax.Array:
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def adaptive_lm_loss(
+  logits: jax.Array,
+  targets: jax.Array,
+  telemetry: Mapping[str, jax.Array],
+  *,
+  reward_eta: float = 2.0,
+  max_passes: int = 4,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """CE + net ponder cost, the Ouro-Spec objective.
+
+      signal  = relu(avg_k − 1) / (Kmax − 1)        avg_k the soft depth
+      raw     = λ_p · signal                          λ_p the compute_price control
+      ΔCE     = relu(CE₁ − CE)                        CE₁ of the one-pass model
+      coupon  = reward_eta · ΔCE                      (stop_gradient)
+      ponder  = relu(raw − coupon)
+      loss    = CE + ponder (+ aux_loss of an MoE FFN)
+
+  Without one-pass logits (eval, or ``coupon=False``) ΔCE = 0.
+  """
+  telemetry = dict(telemetry)
+  pass1_logits = telemetry.pop("pass1_logits", None)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+  pred_entropy = jnp.mean(_entropy(jax.lax.stop_gradient(logits)))
+  if pass1_logits is None:
+    ce1, pass1_entropy = jax.lax.stop_gradient(ce), pred_entropy
+  else:
+    ce1 = optax.softmax_cross_entropy_with_integer_labels(pass1_logits, targets).mean()
+    pass1_entropy = jnp.mean(_entropy(pass1_logits))
+  delta_ce = jax.lax.stop_gradient(jax.nn.relu(ce1 - ce))
+  signal = jax.nn.relu(telemetry["avg_k"] - 1.0) / max(max_passes - 1, 1)
+  raw = telemetry.get("compute_price", 0.0) * signal
+  coupon = reward_eta * delta_ce
+  ponder = jax.nn.relu(raw - coupon)
+  loss = ce + ponder + telemetry.get("aux_loss", 0.0)
+  telemetry.update(
+    ce_loss=ce,
+    pass1_ce=jax.lax.stop_gradient(ce1),
+    delta_ce=delta_ce,
+    delta_pred_entropy=pass1_entropy - pred_entropy,
+    ponder_raw=raw,
+    coupon=coupon,
+    ponder=ponder,
+  )
+  return loss, telemetry
+
+
+def generate(
+  model: AdaptiveTransformer,
+  prompt: jax.Array,
+  num_new: int,
+  *,
+  key: jax.Array,
+  temperature: float = 1.0,
+  controls: Mapping[str, jax.Array] | None = None,
+) -> jax.Array:
+  """Sample ``num_new`` tokens after ``prompt [B, P]`` (early-exit recurrence, no KV cache).
+
+  The window is the last ``max_seq_len`` tokens; a fixed-size buffer keeps shapes static.
+  """
+  b, p = prompt.shape
+  window = model.cfg.max_seq_len
+  total = p + num_new
+  buffer = jnp.zeros((b, max(total, window)), jnp.int32).at[:, :p].set(prompt)
+
+  def step(i, carry):
+    buffer, key = carry
+    start = jnp.maximum(i - window, 0)
+    context = jax.lax.dynamic_slice_in_dim(buffer, start, window, axis=1)
+    logits, _ = model(context, controls=controls, deterministic=True)
+    last = jnp.take_along_axis(
+      logits, jnp.broadcast_to(jnp.minimum(i, window) - 1, (b, 1, 1)), axis=1
+    )[:, 0]
+    key, sub = jax.random.split(key)
+    token = jax.random.categorical(sub, last / max(temperature, 1e-6))
+    return buffer.at[:, i].set(token), key
+
+  buffer, _ = jax.lax.fori_loop(p, total, step, (buffer, key))
+  return buffer[:, :total]
+
+
+def forward_flops_per_token(
+  cfg: AdaptiveConfig, seq_len: int, passes: float | list[float], semantic_dim: int = 0
+) -> float:
+  """Matmul FLOPs (2·MACs) of one token's forward pass, given the passes it runs per
+  layer (a number, or one per layer). Attention is counted over all ``seq_len`` keys, as
+  the implementation computes it (the causal mask does not skip work); the gate is
+  negligible (< 0.1%) and left out."""
+  d, ff = cfg.d_model, cfg.ff_dim
+  per_layer = passes if isinstance(passes, list) else [passes] * cfg.num_layers
+  per_pass = 4 * d * d + 4 * seq_len * d + 4 * d * ff  # q, out; scores + values; FFN
+  kv = 4 * d * d
+  return float(sum(kv + k * per_pass for k in per_layer) + 2 * d * cfg.vocab_size) + (
+    2.0 * semantic_dim * d
+  )

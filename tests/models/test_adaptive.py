@@ -1,0 +1,241 @@
+"""Ouro-Spec model: causality, scan/while agreement, gather, gate gradients, forcing, limits."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from homeo_jax.models.adaptive import (
+  AdaptiveConfig,
+  AdaptiveDecoderLayer,
+  AdaptiveTransformer,
+  adaptive_lm_loss,
+  attention_features,
+  generate,
+  safe_cosine,
+)
+
+VOCAB = 30
+STRINGS = [chr(97 + i % 26) * (1 + i // 26) for i in range(VOCAB)]
+CFG = AdaptiveConfig(
+  vocab_size=VOCAB,
+  num_layers=2,
+  num_heads=2,
+  d_model=16,
+  d_ff=32,
+  max_seq_len=32,
+  char_dim=8,
+  pos_dim=4,
+)
+
+
+def build(cfg=CFG, seed=0):
+  return AdaptiveTransformer(cfg, rngs=nnx.Rngs(seed), token_strings=STRINGS)
+
+
+def widen_gate(model, std=4.0, bias=0.5):
+  """Spread the continue gate so tokens halt at different passes (a trained-like gate)."""
+  for i, layer in enumerate(model.layers):
+    key = jax.random.key(10 + i)
+    layer.gate_out.kernel[...] = std * jax.random.normal(key, layer.gate_out.kernel.shape)
+    layer.gate_out.bias[...] = jnp.full_like(layer.gate_out.bias[...], bias)
+    # the features, not the (per-layer constant) layer embedding, decide
+    layer.layer_embedding[...] = jnp.zeros_like(layer.layer_embedding[...])
+    layer.gate_hidden.kernel[...] = 10.0 * layer.gate_hidden.kernel[...]
+
+
+@nnx.jit(static_argnames=("deterministic", "path"))
+def forward(model, tokens, controls, deterministic=True, path=None):
+  return model(tokens, controls=controls, deterministic=deterministic, path=path)
+
+
+TOKENS = jax.random.randint(jax.random.key(1), (3, 24), 0, VOCAB)
+
+
+def test_scan_and_while_paths_agree():
+  model = build()
+  widen_gate(model)
+  logits_w, tel_w = forward(model, TOKENS, {}, path="while")
+  logits_s, tel_s = forward(model, TOKENS, {}, path="scan")
+  np.testing.assert_allclose(logits_w, logits_s, atol=1e-6)
+  for key in ("avg_k", "k_exec", "s_fin", "p_mu"):
+    np.testing.assert_allclose(tel_w[key], tel_s[key], atol=1e-6, err_msg=key)
+  # the recurrence really varied per token, and the gates were not all the same
+  assert 1.0 < float(tel_w["k_exec"]) < CFG.max_passes
+  assert float(tel_w["p_std"]) > 0.05
+
+
+def test_early_exit_condition_is_shared():
+  # Enough halting that the 2% rule stops the loop before Kmax in both paths.
+  model = build()
+  widen_gate(model, bias=-1.5)
+  _, tel_w = forward(model, TOKENS, {}, path="while")
+  _, tel_s = forward(model, TOKENS, {}, path="scan")
+  assert float(tel_w["passes_run"]) < CFG.max_passes
+  np.testing.assert_allclose(tel_w["passes_run"], tel_s["passes_run"])
+
+
+@pytest.mark.parametrize("path", ["scan", "while"])
+def test_causal_masking_holds_through_all_passes(path):
+  # min_alive_fraction=0: the 2% early exit is a batch-level decision, so exact
+  # causality needs it off (documented); everything per token is causal.
+  model = build(dataclasses.replace(CFG, min_alive_fraction=0.0))
+  widen_gate(model, bias=3.0)
+  changed = TOKENS.at[:, 15:].set((TOKENS[:, 15:] + 7) % VOCAB)
+  a, tel = forward(model, TOKENS, {}, path=path)
+  b, _ = forward(model, changed, {}, path=path)
+  np.testing.assert_allclose(a[:, :15], b[:, :15], atol=1e-6)
+  assert np.abs(np.asarray(a[:, 15:] - b[:, 15:])).max() > 1e-3
+  assert float(tel["k_exec"]) > 1.2 and float(tel["passes_run"]) >= 2  # later passes ran
+
+
+class TopMassGate(AdaptiveDecoderLayer):
+  """p = 0.9 where the top-16 attention mass is 1 (positions < 16), else 0.05."""
+
+  def continue_gate(self, features):
+    return jnp.where(features[..., 1] > 0.9999, 0.9, 0.05)
+
+
+def test_gathered_block_equals_the_full_path_and_counts_overflow():
+  base = dataclasses.replace(CFG, num_layers=1, min_alive_fraction=0.0)
+  x = jax.random.normal(jax.random.key(3), (2, 32, 16))
+  force, clamp = jnp.int32(0), jnp.int32(0)
+  outs = {}
+  for capacity in (0.0, 0.5, 0.25):
+    layer = TopMassGate(dataclasses.replace(base, gather_capacity=capacity), 0, rngs=nnx.Rngs(0))
+    outs[capacity] = layer(x, force=force, clamp=clamp, num_passes=4, path="scan")
+  full, half, quarter = outs[0.0], outs[0.5], outs[0.25]
+  # 16 of 32 tokens stay alive: a block of C = 16 holds them all.
+  np.testing.assert_allclose(full[0], half[0], atol=1e-5)
+  np.testing.assert_allclose(full[1]["expected_k"], half[1]["expected_k"], atol=1e-6)
+  assert float(half[1]["overflow"]) == 0.0
+  assert float(full[1]["k_exec"]) == pytest.approx((16 * 4 + 16 * 1) / 32)
+  # C = 8: half of the alive tokens are treated as halted and counted.
+  assert float(quarter[1]["overflow"]) > 0.0
+  assert float(quarter[1]["k_exec"]) < float(full[1]["k_exec"])
+
+
+def test_gradients_reach_the_continue_head():
+  model = build()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(params, controls):
+    m = nnx.merge(graphdef, params, rest)
+    logits, tel = m(TOKENS[:, :-1], controls=controls, deterministic=False)
+    return adaptive_lm_loss(logits, TOKENS[:, 1:], tel, max_passes=CFG.max_passes)[0]
+
+  grad = jax.jit(jax.grad(loss))
+  g = grad(params, {"compute_price": jnp.float32(0.05)})
+  gate = g["layers"][0]["gate_out"]["kernel"][...]
+  assert np.all(np.isfinite(gate)) and np.abs(gate).max() > 1e-6
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
+  # Forced depth overrides survival: the gate gets no gradient.
+  g_forced = grad(params, {"force_k": jnp.int32(2)})
+  np.testing.assert_array_equal(g_forced["layers"][0]["gate_out"]["kernel"][...], 0.0)
+
+
+def test_forcing_and_hard_kill():
+  model = build()
+  for k in (1, 2, 4):
+    _, tel = forward(model, TOKENS, {"force_k": jnp.int32(k)})
+    assert float(tel["k_exec"]) == k and float(tel["avg_k"]) == k
+  killed = build(dataclasses.replace(CFG, hard_kill=True))
+  _, tel = forward(killed, TOKENS, {"force_k": jnp.int32(3)})  # static config wins
+  assert float(tel["k_exec"]) == 1.0 and float(tel["passes_run"]) == 1.0
+
+
+def test_gate_clamp_control():
+  model = build()
+  widen_gate(model, std=20.0)
+  _, free = forward(model, TOKENS, {})
+  _, clamped = forward(model, TOKENS, {"gate_clamp": jnp.int32(1)})
+  assert float(free["p_low"]) > 0.0  # some gates fell below 0.05 ...
+  # ... clamped, none fall below 0.01 (p_low counts ≤ 0.05, so compare the means)
+  assert float(clamped["p_mu"]) >= 0.01
+
+
+def test_one_token_sequences_and_degenerate_features_are_finite():
+  model = build()
+  logits, tel = forward(model, TOKENS[:, :1], {})
+  assert np.all(np.isfinite(logits)) and all(np.all(np.isfinite(v)) for v in tel.values())
+  probs = jnp.ones((1, 2, 1, 1))
+  ent, top, agree = attention_features(probs, jnp.ones((1, 1)), 16)
+  np.testing.assert_allclose([ent, top, agree], [[[0.0]], [[1.0]], [[1.0]]], atol=1e-5)
+  z = jnp.zeros((3, 4))
+  assert np.all(safe_cosine(z, z) == 0.0)
+  assert np.all(np.isfinite(jax.grad(lambda a: safe_cosine(a, z).sum())(z)))
+
+
+def test_attention_features_against_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 3, 5, 5))
+  n_keys = np.broadcast_to(np.arange(1, 6, dtype=np.float64), (2, 5))
+  mask = np.arange(5)[None, :] < n_keys[0][:, None]  # [Q, T]
+  logits = np.where(mask, logits, -np.inf)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  ent, top, agree = attention_features(jnp.asarray(p, jnp.float32), jnp.asarray(n_keys), 2)
+  h = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0), -1)
+  norm = np.where(n_keys[:, None] > 1, h / np.log(np.maximum(n_keys[:, None], 2)), 0)
+  np.testing.assert_allclose(ent, norm.mean(1), atol=1e-5)
+  np.testing.assert_allclose(agree, 1 - norm.std(1), atol=1e-5)
+  np.testing.assert_allclose(top, np.sort(p, -1)[..., -2:].sum(-1).mean(1), atol=1e-5)
+
+
+def test_loss_prices_depth_and_pays_the_coupon():
+  rng = np.random.default_rng(1)
+  logits = jnp.asarray(rng.normal(size=(2, 4, 7)), jnp.float32)
+  pass1 = jnp.asarray(rng.normal(size=(2, 4, 7)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 7, size=(2, 4)))
+  ce = float(optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean())
+  ce1 = float(optax.softmax_cross_entropy_with_integer_labels(pass1, targets).mean())
+  tel = {"avg_k": jnp.float32(2.5), "compute_price": jnp.float32(0.04), "pass1_logits": pass1}
+  for eta in (0.0, 2.0, 100.0):
+    loss, out = adaptive_lm_loss(logits, targets, tel, reward_eta=eta, max_passes=4)
+    raw = 0.04 * (2.5 - 1) / 3
+    coupon = eta * max(ce1 - ce, 0.0)
+    assert float(out["ponder_raw"]) == pytest.approx(raw, rel=1e-5)
+    assert float(out["coupon"]) == pytest.approx(coupon, rel=1e-5, abs=1e-7)
+    assert float(loss) == pytest.approx(ce + max(raw - coupon, 0.0), rel=1e-5)
+    assert "pass1_logits" not in out
+
+
+def test_generate_keeps_the_prompt_and_samples_in_vocab():
+  model = build()
+  out = generate(model, TOKENS[:1, :5], 40, key=jax.random.key(0))
+  assert out.shape == (1, 45)
+  np.testing.assert_array_equal(out[:, :5], TOKENS[:1, :5])
+  assert int(out.min()) >= 0 and int(out.max()) < VOCAB
+
+
+@pytest.mark.parametrize(
+  ("field", "value", "message"),
+  [
+    ("halt_threshold", 1.0, "halt_threshold must be in \\(0, 1\\), got 1.0"),
+    ("max_passes", 0, "max_passes must be >= 1, got 0"),
+    ("force_k", 5, "force_k must be in \\[0, max_passes\\], got 5"),
+    ("gather_capacity", 1.5, "gather_capacity must be in \\[0, 1\\], got 1.5"),
+  ],
+)
+def test_bad_config_values_are_named(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    dataclasses.replace(CFG, **{field: value}).validate()
+
+
+def test_hybrid_embedding_needs_the_vocabulary():
+  with pytest.raises(ValueError, match="needs the tokenizer's token_strings"):
+    AdaptiveTransformer(CFG, rngs=nnx.Rngs(0))
+
+
+def test_moe_feed_forward_inside_the_recurrence():
+  from homeo_jax.models import MoEConfig
+
+  cfg = dataclasses.replace(CFG, ffn="moe", moe=MoEConfig(num_experts=4, top_k=2))
+  model = build(cfg)
+  _, tel = forward(model, TOKENS, {"force_k": jnp.int32(2)})
+  # the load sums over passes: two passes route 2 × 72 tokens × top-2 per layer
+  np.testing.assert_allclose(np.asarray(tel["moe_load"]).sum(-1), 2 * 72 * 2)

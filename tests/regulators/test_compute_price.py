@@ -1,0 +1,137 @@
+"""The compute price: dual ascent, clamps, deadband engagement, audits, schedule, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from homeo_jax.regulators.compute_price import compute_price, scaled_schedule
+
+PARAMS = {"w": jnp.zeros(3)}
+GRADS = {"w": jnp.ones(3)}
+
+
+def run(tx, avg_ks, delta_ces=None):
+  """Feed a sequence of telemetry through a jitted scan; returns the stacked states."""
+  delta_ces = np.zeros(len(avg_ks)) if delta_ces is None else delta_ces
+
+  def step(state, x):
+    _, state = tx.update(GRADS, state, PARAMS, avg_k=x[0], delta_ce=x[1])
+    return state, state
+
+  xs = jnp.asarray(np.stack([avg_ks, delta_ces], 1), jnp.float32)
+  _, states = jax.jit(lambda s: jax.lax.scan(step, s, xs))(tx.init(PARAMS))
+  return jax.device_get(states)
+
+
+def reference(avg_ks, audits, *, target, lr, lo, hi, warmup, settle_steps, rtol, band, rate):
+  """float64 reference of the dual ascent with deadband (audit draws taken as given)."""
+  price, ref, count, engaged, out = lo, lo, 0, False, []
+  for t, (k, audit) in enumerate(zip(avg_ks, audits, strict=True)):
+    if t >= warmup and not audit and np.isfinite(k):
+      inside = band[0] * target <= k <= band[1] * target
+      r = (0.0 if inside else rate) if engaged else 1.0
+      price = float(np.clip(price + r * lr * (k - target), lo, hi))
+      if abs(price - ref) > rtol * max(ref, lo):
+        ref, count = price, 0
+      else:
+        count += 1
+      engaged = engaged or count >= settle_steps
+    out.append((price, engaged))
+  return out
+
+
+def test_dual_ascent_with_deadband_against_a_float64_reference():
+  kw = dict(target_k=1.3, dual_lr=2e-3, price_min=1e-4, price_max=5e-2, warmup_steps=5)
+  tx = compute_price(**kw, ponder_start=5, audit_start=5, audit_prob=0.2, settle_steps=10, seed=3)
+  rng = np.random.default_rng(0)
+  # Above target (price climbs to its clamp and settles there), then near/below target.
+  avg_ks = np.concatenate([rng.uniform(1.6, 2.2, 80), rng.uniform(1.15, 1.45, 120)])
+  avg_ks[50] = np.nan
+  states = run(tx, avg_ks)
+  audits = np.concatenate([[0], states.audit[:-1]]).astype(bool)  # audit flag of each step
+  assert 10 < audits.sum() < 70  # ~20% of the steps after audit_start
+  ref = reference(
+    avg_ks,
+    audits,
+    target=1.3,
+    lr=2e-3,
+    lo=1e-4,
+    hi=5e-2,
+    warmup=5,
+    settle_steps=10,
+    rtol=0.05,
+    band=(0.98, 1.05),
+    rate=0.5,
+  )
+  np.testing.assert_allclose(states.price, [p for p, _ in ref], rtol=1e-5, atol=1e-8)
+  np.testing.assert_array_equal(states.deadband.astype(bool), [e for _, e in ref])
+  assert states.deadband[-1] == 1  # the settling trigger engaged
+  assert states.price.max() == pytest.approx(5e-2)  # clamp reached and held
+  # audits never moved the price
+  moved = np.abs(np.diff(np.concatenate([[1e-4], states.price]))) > 0
+  assert not np.any(moved & audits)
+
+
+def test_clamps_and_bad_telemetry():
+  tx = compute_price(dual_lr=1.0, warmup_steps=0, audit_prob=0.0, price_min=1e-4, price_max=5e-2)
+  high = run(tx, np.full(5, 4.0))
+  assert np.all(high.price == np.float32(5e-2))
+  low = run(tx, np.full(5, 1.0))
+  assert np.all(low.price == np.float32(1e-4))
+  bad = run(tx, np.array([np.nan, np.inf, -np.inf, 1.5]))
+  assert np.all(np.isfinite(bad.price)) and bad.price[2] == np.float32(1e-4)
+  assert bad.avg_k[2] == 1.0 and bad.avg_k[3] == 1.5
+
+
+def test_deadband_holds_inside_and_halves_outside():
+  tx = compute_price(dual_lr=1e-2, warmup_steps=0, audit_prob=0.0, settle_steps=3, price_max=5e-2)
+  # at the max clamp from step 0, unmoved for 3 more steps -> settled -> deadband engaged
+  s = run(tx, np.concatenate([np.full(5, 10.0), [1.3 * 1.02, 1.3 * 1.04, 1.0]]))
+  assert list(s.deadband[:5]) == [0, 0, 0, 1, 1]
+  assert s.price[5] == s.price[4] and s.price[6] == s.price[4]  # inside the band: no move
+  np.testing.assert_allclose(s.price[7], s.price[6] + 0.5 * 1e-2 * (1.0 - 1.3), rtol=1e-6)
+
+
+def test_audits_are_forced_to_two_passes_and_kept_apart():
+  tx = compute_price(warmup_steps=2, ponder_start=2, audit_start=4, audit_prob=1.0)
+  s = run(tx, np.full(8, 1.6), delta_ces=np.arange(8) * 0.01)
+  # controls for step t+1 sit in state t: warm-up forces 2, audits force 2 from step 4
+  assert list(s.controls["force_k"]) == [2, 0, 0, 2, 2, 2, 2, 2]
+  assert list(s.audit) == [0, 0, 0, 1, 1, 1, 1, 1]
+  # steps 4..7 were audits: their ΔCE went to audit_delta_ce and λ_p froze
+  np.testing.assert_allclose(s.audit_delta_ce[4:], np.arange(4, 8) * 0.01, atol=1e-7)
+  np.testing.assert_allclose(s.delta_ce[4:], 0.03, atol=1e-7)
+  assert np.all(s.price[4:] == s.price[3]) and s.price[3] > s.price[1]
+  assert s.audits[-1] == 4
+
+
+def test_schedule_controls_and_fixed_price():
+  tx = compute_price(
+    warmup_steps=2, ponder_start=4, clamp_until=6, audit_prob=0.0, fixed_price=0.02
+  )
+  state = tx.init(PARAMS)
+  assert int(state.controls["force_k"]) == 2 and float(state.controls["compute_price"]) == 0.0
+  s = run(tx, np.full(8, 3.0))
+  assert list(s.controls["compute_price"] > 0) == [False] * 3 + [True] * 5
+  assert list(s.controls["gate_clamp"]) == [1, 1, 1, 1, 1, 0, 0, 0]
+  assert np.all(s.price == np.float32(0.02))  # --set_lambda pins it
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "message"),
+  [
+    ({"target_k": 0.5}, "target_k must be in \\[1, max_passes=4\\], got 0.5"),
+    ({"target_k": 5.0}, "target_k must be in \\[1, max_passes=4\\], got 5.0"),
+    ({"max_passes": 0}, "max_passes must be >= 1, got 0"),
+    ({"audit_prob": 2.0}, "audit_prob must be in \\[0, 1\\], got 2.0"),
+  ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    compute_price(**kwargs)
+
+
+def test_scaled_schedule():
+  assert scaled_schedule(600, 10_000, warmup=800, clamp=4000) == {"warmup": 48, "clamp": 240}
+  assert scaled_schedule(20_000, 10_000, warmup=800) == {"warmup": 800}
