@@ -47,6 +47,8 @@ def arms(max_passes: int) -> dict[str, list[str]]:
     "fixed_2": [*FIXED, "model.force_k=2"],
     "fixed_kmax": [*FIXED, f"model.force_k={max_passes}"],
     "adaptive": [],
+    # The coupon pays for depth whenever ΔCE > raw/η: this arm prices depth without it.
+    "adaptive_no_coupon": ["model.reward_eta=0.0"],
   }
 
 
@@ -80,20 +82,22 @@ def main() -> None:
   final = {arm: [s["val_loss"] for _, s in rs] for arm, rs in results.items()}
   seq = base.data.seq_len
 
-  def layer_tail(records, key):
-    return [
-      tail_mean(records, f"telemetry/layer{i}/{key}", where=not_audit)
-      for i in range(cfg.num_layers)
-    ]
-
   rows, flops_exec = [], {}
   for arm, rs in results.items():
+    adaptive = arm.startswith("adaptive")
+    where = not_audit if adaptive else None  # fixed arms force their depth every step
+
+    def layer_tail(records, key, where=where):
+      return [
+        tail_mean(records, f"telemetry/layer{i}/{key}", where=where) for i in range(cfg.num_layers)
+      ]
+
     ppl = [float(np.exp(v)) for v in final[arm]]
-    exec_k = [tail_mean(r, "telemetry/k_exec", where=not_audit) for r, _ in rs]
-    soft_k = [tail_mean(r, "telemetry/avg_k", where=not_audit) for r, _ in rs]
+    exec_k = [tail_mean(r, "telemetry/k_exec", where=where) for r, _ in rs]
+    soft_k = [tail_mean(r, "telemetry/avg_k", where=where) for r, _ in rs]
     price = [tail_mean(r, "regulators/compute_price/price") for r, _ in rs]
-    err = [abs(k - target_k) for k in soft_k] if arm == "adaptive" else [None]
-    dce = [tail_mean(r, "telemetry/delta_ce", where=not_audit) for r, _ in rs]
+    err = [abs(k - target_k) for k in soft_k]
+    dce = [tail_mean(r, "telemetry/delta_ce", where=where) for r, _ in rs]
     f_exec = [
       forward_flops_per_token(cfg, seq, layer_tail(r, "k_exec"), semantic_dim) for r, _ in rs
     ]
@@ -108,9 +112,9 @@ def main() -> None:
         mean_std(ppl, 2),
         mean_std(exec_k, 3),
         mean_std(soft_k, 3),
-        mean_std(price, 4) if arm == "adaptive" else "—",
-        mean_std(err, 3) if arm == "adaptive" else "—",
-        mean_std(dce, 4) if arm == "adaptive" else "—",
+        mean_std(price, 4) if adaptive else "—",
+        mean_std(err, 3) if adaptive else "—",
+        mean_std(dce, 4) if adaptive else "—",
         mean_std([s["tokens_per_second"] for _, s in rs], 0),
         mean_std([f / 1e6 for f in f_exec], 3),
         mean_std([f / 1e6 for f in f_run], 3),
@@ -152,22 +156,23 @@ def main() -> None:
     steps, mean, std = mean_curve(dirs, "val/loss")
     axes[0].plot(steps, mean, marker="o", ms=3, label=arm, color=color)
     axes[0].fill_between(steps, mean - std, mean + std, alpha=0.15, color=color)
-  for dirs in runs["adaptive"]:
-    records, _ = read_run(dirs)
+  for d in runs["adaptive"] + runs["adaptive_no_coupon"]:
+    records, _ = read_run(d)
+    color = "C3" if "no_coupon" not in str(d) else "C4"
     ks = [
       (r["step"], r["telemetry/avg_k"], r["telemetry/k_exec"])
       for r in records
       if "telemetry/avg_k" in r
     ]
     s, k, e = zip(*ks, strict=True)
-    axes[1].plot(s, k, color="C3", lw=1)
-    axes[1].plot(s, e, color="C3", lw=1, ls=":")
+    axes[1].plot(s, k, color=color, lw=1)
+    axes[1].plot(s, e, color=color, lw=1, ls=":")
     pr = [
       (r["step"], r["regulators/compute_price/price"])
       for r in records
       if "regulators/compute_price/price" in r
     ]
-    axes[2].plot(*zip(*pr, strict=True), lw=1)
+    axes[2].plot(*zip(*pr, strict=True), lw=1, color=color)
   axes[1].axhline(target_k, color="k", ls="--", label=f"TARGET_K {target_k}")
   axes[0].set(xlabel="step", ylabel="validation loss", title="validation loss (mean ± std)")
   axes[1].set(

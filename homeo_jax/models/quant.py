@@ -25,9 +25,11 @@ this ~40-line transform is written here instead.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from homeo_jax.models.layers import TransformerConfig
@@ -109,3 +111,42 @@ class QuantTransformer(Transformer):
     return Transformer.__call__(
       model, tokens, controls=controls, deterministic=deterministic, rngs=rngs
     )
+
+
+class FlipState(NamedTuple):
+  regulator_name = "quant"
+  logged_fields = ("flip_rate",)
+
+  flip_rate: jax.Array  # shape=(), float32: share of quantized weights whose level changed
+
+
+def level_flip_monitor(levels: str = "2bit") -> optax.GradientTransformation:
+  """Logs the weight level-flip rate: the share of the quantized matrices' weights whose
+  hard level (after absmean scaling) differs between ``params`` and ``params + updates``.
+
+  Updates pass through unchanged; chain it last, after the optimizer (it must see the
+  final updates). A burst of flips coinciding with a loss spike is a quantization cliff.
+  """
+
+  def init_fn(params):
+    del params
+    return FlipState(flip_rate=jnp.zeros((), jnp.float32))
+
+  def update_fn(updates, state, params=None):
+    del state
+    if params is None:
+      raise ValueError("level_flip_monitor needs params")
+
+    def count(path, p, u):
+      if not is_quantized(path):
+        return jnp.zeros((2,))
+      new = p + u
+      before = hard_levels(p / absmean_scale(p), levels)
+      after = hard_levels(new / absmean_scale(new), levels)
+      return jnp.array([jnp.sum(before != after), p.size], jnp.float32)
+
+    counts = jax.tree_util.tree_map_with_path(count, params, updates)
+    flips, total = sum(jax.tree.leaves(counts), jnp.zeros((2,)))
+    return updates, FlipState(flip_rate=flips / jnp.maximum(total, 1.0))
+
+  return optax.GradientTransformation(init_fn, update_fn)

@@ -129,12 +129,12 @@ def test_gradients_reach_the_continue_head():
     return adaptive_lm_loss(logits, TOKENS[:, 1:], tel, max_passes=CFG.max_passes)[0]
 
   grad = jax.jit(jax.grad(loss))
-  g = grad(params, {"compute_price": jnp.float32(0.05)})
+  g = grad(params, {"compute_price": jnp.float32(0.05), "force_k": jnp.int32(0)})
   gate = g["layers"][0]["gate_out"]["kernel"][...]
   assert np.all(np.isfinite(gate)) and np.abs(gate).max() > 1e-6
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
   # Forced depth overrides survival: the gate gets no gradient.
-  g_forced = grad(params, {"force_k": jnp.int32(2)})
+  g_forced = grad(params, {"compute_price": jnp.float32(0.05), "force_k": jnp.int32(2)})
   np.testing.assert_array_equal(g_forced["layers"][0]["gate_out"]["kernel"][...], 0.0)
 
 

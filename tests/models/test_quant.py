@@ -76,3 +76,18 @@ def test_quantized_model_uses_levels_at_eval_and_temperature_control():
 def test_bad_config():
   with pytest.raises(ValueError, match="model.levels must be one of"):
     QuantTransformer(QuantTransformerConfig(vocab_size=5, levels="3bit"), rngs=nnx.Rngs(0))
+
+
+def test_level_flip_monitor_counts_changed_levels_of_quantized_leaves():
+  from homeo_jax.models.quant import level_flip_monitor
+
+  w = jnp.array([[2.0], [-2.0], [0.5], [-0.5]])  # γ = 1.25: levels 1.5, -1.5, 0.5, -0.5
+  params = {"blocks": {"kernel": w}, "embed": {"embedding": jnp.ones((3, 2))}}
+  updates = {
+    "blocks": {"kernel": jnp.array([[0.0], [0.0], [-1.0], [0.0]])},
+    "embed": {"embedding": jnp.ones((3, 2))},
+  }
+  tx = level_flip_monitor()
+  out, state = tx.update(updates, tx.init(params), params)
+  assert float(state.flip_rate) == 0.25  # 0.5 -> -0.5 flips one level of four
+  assert out is updates
