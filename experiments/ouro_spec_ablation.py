@@ -14,7 +14,6 @@ the passes the dense path actually ran. Writes runs/ouro_spec_<scale>/report.md.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,8 +25,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from homeo_jax.models.adaptive import forward_flops_per_token  # noqa: E402
-from homeo_jax.training import config as config_lib  # noqa: E402
 from homeo_jax.training.experiment import (  # noqa: E402
+  experiment_setup,
   markdown_table,
   mean_curve,
   mean_std,
@@ -67,12 +66,9 @@ def not_audit(r: dict) -> bool:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--scale", default="tiny", choices=["tiny", "seed"])
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  args = parser.parse_args()
-  base = config_lib.load_config(f"{Path(__file__).parents[1]}/configs/ouro_spec.py:{args.scale}")
-  out = Path(f"runs/ouro_spec_{args.scale}")
+  args, base, out = experiment_setup(
+    __doc__.splitlines()[0], "ouro_spec.py", ("tiny", "seed"), "ouro_spec"
+  )
   data = load_data(base)
   cfg = model_config(base, data.vocab_size)
   semantic_dim = cfg.char_dim * cfg.pos_dim if cfg.embedding == "hybrid_fourier" else 0
@@ -129,7 +125,7 @@ def main() -> None:
       "executed passes/token",
       "soft depth avg_k",
       "λ_p (last ¼)",
-      "|avg_k − target|",
+      "abs(avg_k − target)",
       "ΔCE (last ¼)",
       "tokens/s",
       "fwd MFLOPs/token (executed)",
@@ -175,10 +171,10 @@ def main() -> None:
     axes[2].plot(*zip(*pr, strict=True), lw=1, color=color)
   axes[1].axhline(target_k, color="k", ls="--", label=f"TARGET_K {target_k}")
   axes[0].set(xlabel="step", ylabel="validation loss", title="validation loss (mean ± std)")
-  axes[1].set(
-    xlabel="step", ylabel="passes", title="adaptive: soft depth (solid), executed (dotted)"
+  axes[1].set(xlabel="step", ylabel="passes", title="soft depth (solid), executed (dotted)")
+  axes[2].set(
+    xlabel="step", ylabel="λ_p", title="compute price λ_p per seed (red coupon, purple none)"
   )
-  axes[2].set(xlabel="step", ylabel="λ_p", title="adaptive: compute price λ_p per seed")
   for ax in axes:
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8)

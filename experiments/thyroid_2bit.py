@@ -19,7 +19,6 @@ mean final validation loss, cliff incidents and loss spikes per run, tuning time
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -36,8 +35,8 @@ import optax  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from homeo_jax.models import TransformerConfig  # noqa: E402
 from homeo_jax.models.quant import level_flip_monitor  # noqa: E402
-from homeo_jax.training import config as config_lib  # noqa: E402
 from homeo_jax.training.experiment import (  # noqa: E402
+  experiment_setup,
   first_step_at_or_below,
   markdown_table,
   mean_curve,
@@ -98,12 +97,9 @@ def cliffs(records: list[dict], k: float = 3.0, burn_in: int = 20) -> tuple[int,
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--scale", default="cpu", choices=["cpu", "gpu"])
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  args = parser.parse_args()
-  base = config_lib.load_config(f"{Path(__file__).parents[1]}/configs/thyroid_2bit.py:{args.scale}")
-  out = Path(f"runs/thyroid_2bit_{args.scale}")
+  args, base, out = experiment_setup(
+    __doc__.splitlines()[0], "thyroid_2bit.py", ("cpu", "gpu"), "thyroid_2bit"
+  )
   data = load_data(base)
 
   start = time.perf_counter()

@@ -496,10 +496,7 @@ class AdaptiveTransformer(nnx.Module):
     """
     cfg = self.cfg
     controls = dict(controls or {})
-    t = tokens.shape[-1]
-    if t > cfg.max_seq_len:
-      raise ValueError(f"sequence length {t} exceeds model.max_seq_len={cfg.max_seq_len}")
-    x = (self.token_embed(tokens) + self.pos_embed(jnp.arange(t))).astype(cfg.compute_dtype)
+    x = Transformer.embed(self, tokens)  # same token + position embedding and length check
     x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
     telemetry: dict[str, jax.Array] = {}
     if self.baton is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from homeo_jax.training.config import Config, apply_overrides
+from homeo_jax.training.config import Config, apply_overrides, load_config
 from homeo_jax.training.loop import load_data, train
 from homeo_jax.training.report import series
 
@@ -56,6 +56,22 @@ def run_arms(
       print(f"== {arm} seed {seed} -> {run_dir}", flush=True)
       train_fn(config, data=data)
   return runs
+
+
+def experiment_setup(
+  description: str, config_file: str, scales: Sequence[str], out_prefix: str
+) -> tuple[Any, Config, Path]:
+  """The experiments' shared command line: ``--scale`` (a preset of ``configs/<file>``)
+  and ``--seeds`` (default 0 1 2). Returns (args, base config, output folder)."""
+  import argparse
+
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--scale", default=scales[0], choices=list(scales))
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  args = parser.parse_args()
+  root = Path(__file__).resolve().parents[2]
+  base = load_config(f"{root}/configs/{config_file}:{args.scale}")
+  return args, base, Path(f"runs/{out_prefix}_{args.scale}")
 
 
 def read_run(run_dir: str | os.PathLike) -> tuple[list[dict], dict]:
