@@ -146,7 +146,7 @@ def main() -> None:
   print(table)
   print(claim)
 
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+  fig, axes = plt.subplots(1, 4, figsize=(21, 4))
   for i, (arm, dirs) in enumerate(runs.items()):
     color = f"C{i}"
     steps, mean, std = mean_curve(dirs, "val/loss")
@@ -179,6 +179,32 @@ def main() -> None:
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
   axes[1].legend(fontsize=8)
+  for arm, style in (("adaptive", "-"), ("adaptive_no_coupon", "--")):
+    for layer in range(cfg.num_layers):
+      trace = [
+        np.mean(
+          [
+            tail_mean(read_run(d)[0], f"telemetry/layer{layer}/survival{k}", where=not_audit)
+            for d in runs[arm]
+          ]
+        )
+        for k in range(1, cfg.max_passes + 1)
+      ]
+      axes[3].plot(
+        range(1, cfg.max_passes + 1),
+        trace,
+        style,
+        marker="o",
+        color=f"C{layer}",
+        label=f"{arm} L{layer}",
+      )
+  axes[3].axhline(cfg.halt_threshold, color="k", lw=0.8, ls=":")
+  axes[3].set(
+    xlabel="pass",
+    ylabel="mean survival s entering the pass",
+    title="survival traces (last ¼, mean over seeds)",
+  )
+  axes[3].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(out / "curves.png", dpi=110)
 

@@ -1,6 +1,7 @@
 """Ouro-Spec model: causality, scan/while agreement, gather, gate gradients, forcing, limits."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -148,14 +149,25 @@ def test_forcing_and_hard_kill():
   assert float(tel["k_exec"]) == 1.0 and float(tel["passes_run"]) == 1.0
 
 
+class ExtremeGate(AdaptiveDecoderLayer):
+  """p = 1 where the top-16 attention mass is 1 (positions < 16), else 0."""
+
+  def continue_gate(self, features):
+    return jnp.where(features[..., 1] > 0.9999, 1.0, 0.0)
+
+
 def test_gate_clamp_control():
-  model = build()
-  widen_gate(model, std=20.0)
-  _, free = forward(model, TOKENS, {})
-  _, clamped = forward(model, TOKENS, {"gate_clamp": jnp.int32(1)})
-  assert float(free["p_low"]) > 0.0  # some gates fell below 0.05 ...
-  # ... clamped, none fall below 0.01 (p_low counts ≤ 0.05, so compare the means)
-  assert float(clamped["p_mu"]) >= 0.01
+  cfg = dataclasses.replace(CFG, num_layers=1, min_alive_fraction=0.0)
+  layer = ExtremeGate(cfg, 0, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(4), (2, 32, 16))
+  run = functools.partial(layer, x, force=jnp.int32(0), num_passes=3, path="scan")
+  free = run(clamp=jnp.int32(0))[1]["survival"]
+  clamped = run(clamp=jnp.int32(1))[1]["survival"]
+  # survival entering pass 2 is the mean gate: p ∈ {1, 0} free, {0.95, 0.01} clamped
+  np.testing.assert_allclose(free[:2], [1.0, 0.5], atol=1e-6)
+  np.testing.assert_allclose(clamped[:2], [1.0, (0.95 + 0.01) / 2], atol=1e-6)
+  # pass 3: the p = 0.01 tokens have halted (s < 0.1); the others carry 0.95²
+  np.testing.assert_allclose(clamped[2], (0.95**2 + 0.01) / 2, atol=1e-6)
 
 
 def test_one_token_sequences_and_degenerate_features_are_finite():
