@@ -47,8 +47,6 @@ def _timed(fn, *args, repeats: int):
 
 
 def throughput(args) -> None:
-  import dataclasses
-
   import jax
   import jax.numpy as jnp
   import optax
@@ -117,7 +115,6 @@ def throughput(args) -> None:
   print(
     markdown_table(["optimizer", "ms/step", "tokens/s", "vs AdamW", "model TFLOP/s", "MFU"], rows)
   )
-  del dataclasses
 
 
 def muon_sharding(args) -> None:

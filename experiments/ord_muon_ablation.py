@@ -10,7 +10,6 @@ Muon, validation curves and the ρ / spectral_frac traces.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,8 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from homeo_jax.training import config as config_lib  # noqa: E402
 from homeo_jax.training.experiment import (  # noqa: E402
+  experiment_setup,
   first_step_at_or_below,
   markdown_table,
   mean_curve,
@@ -48,12 +47,9 @@ ARMS = {
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--scale", default="cpu", choices=["cpu", "gpu"])
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  args = parser.parse_args()
-  base = config_lib.load_config(f"{Path(__file__).parents[1]}/configs/ord_muon.py:{args.scale}")
-  out = Path(f"runs/ord_muon_{args.scale}")
+  args, base, out = experiment_setup(
+    __doc__.splitlines()[0], "ord_muon.py", ("cpu", "gpu"), "ord_muon"
+  )
   runs = run_arms(base, ARMS, args.seeds, out)
 
   results = {arm: [read_run(d) for d in dirs] for arm, dirs in runs.items()}

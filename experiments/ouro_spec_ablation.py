@@ -152,23 +152,22 @@ def main() -> None:
     steps, mean, std = mean_curve(dirs, "val/loss")
     axes[0].plot(steps, mean, marker="o", ms=3, label=arm, color=color)
     axes[0].fill_between(steps, mean - std, mean + std, alpha=0.15, color=color)
-  for d in runs["adaptive"] + runs["adaptive_no_coupon"]:
-    records, _ = read_run(d)
-    color = "C3" if "no_coupon" not in str(d) else "C4"
-    ks = [
-      (r["step"], r["telemetry/avg_k"], r["telemetry/k_exec"])
-      for r in records
-      if "telemetry/avg_k" in r
-    ]
-    s, k, e = zip(*ks, strict=True)
-    axes[1].plot(s, k, color=color, lw=1)
-    axes[1].plot(s, e, color=color, lw=1, ls=":")
-    pr = [
-      (r["step"], r["regulators/compute_price/price"])
-      for r in records
-      if "regulators/compute_price/price" in r
-    ]
-    axes[2].plot(*zip(*pr, strict=True), lw=1, color=color)
+  for arm, color in (("adaptive", "C3"), ("adaptive_no_coupon", "C4")):
+    for records, _ in results[arm]:
+      ks = [
+        (r["step"], r["telemetry/avg_k"], r["telemetry/k_exec"])
+        for r in records
+        if "telemetry/avg_k" in r
+      ]
+      s, k, e = zip(*ks, strict=True)
+      axes[1].plot(s, k, color=color, lw=1)
+      axes[1].plot(s, e, color=color, lw=1, ls=":")
+      pr = [
+        (r["step"], r["regulators/compute_price/price"])
+        for r in records
+        if "regulators/compute_price/price" in r
+      ]
+      axes[2].plot(*zip(*pr, strict=True), lw=1, color=color)
   axes[1].axhline(target_k, color="k", ls="--", label=f"TARGET_K {target_k}")
   axes[0].set(xlabel="step", ylabel="validation loss", title="validation loss (mean ± std)")
   axes[1].set(xlabel="step", ylabel="passes", title="soft depth (solid), executed (dotted)")
@@ -184,8 +183,8 @@ def main() -> None:
       trace = [
         np.mean(
           [
-            tail_mean(read_run(d)[0], f"telemetry/layer{layer}/survival{k}", where=not_audit)
-            for d in runs[arm]
+            tail_mean(records, f"telemetry/layer{layer}/survival{k}", where=not_audit)
+            for records, _ in results[arm]
           ]
         )
         for k in range(1, cfg.max_passes + 1)

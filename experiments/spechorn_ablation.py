@@ -18,7 +18,6 @@ router's share of the MoE layer's forward time. Plots: CV traces, load heat map.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
@@ -40,8 +39,8 @@ from homeo_jax.cores.sinkhorn import sinkhorn  # noqa: E402
 from homeo_jax.data import window_batches  # noqa: E402
 from homeo_jax.models.moe import MoEFeedForward  # noqa: E402
 from homeo_jax.training import apply_overrides  # noqa: E402
-from homeo_jax.training import config as config_lib  # noqa: E402
 from homeo_jax.training.experiment import (  # noqa: E402
+  experiment_setup,
   markdown_table,
   mean_curve,
   mean_std,
@@ -141,12 +140,9 @@ def router_share(config, repeats=20):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--scale", default="cpu", choices=["cpu", "gpu"])
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  args = parser.parse_args()
-  base = config_lib.load_config(f"{Path(__file__).parents[1]}/configs/spechorn.py:{args.scale}")
-  out = Path(f"runs/spechorn_{args.scale}")
+  args, base, out = experiment_setup(
+    __doc__.splitlines()[0], "spechorn.py", ("cpu", "gpu"), "spechorn"
+  )
   data = load_data(base)
   runs = run_arms(base, ARMS, args.seeds, out, data=data)
   half = base.train.steps // 2

@@ -111,14 +111,12 @@ def main() -> None:
     data=data,
     train_fn=train_with_flip_monitor,
   )
+  sweep_stats = {arm: read_run(d[0])[1] for arm, d in sweep.items()}
   sweep_seconds = sum(
-    read_run(d[0])[1]["total_steps"]
-    * base.data.batch_size
-    * base.data.seq_len
-    / max(read_run(d[0])[1]["tokens_per_second"], 1)
-    for d in sweep.values()
+    s["total_steps"] * base.data.batch_size * base.data.seq_len / max(s["tokens_per_second"], 1)
+    for s in sweep_stats.values()
   )
-  sweep_val = {arm: read_run(d[0])[1]["val_loss"] for arm, d in sweep.items()}
+  sweep_val = {arm: s["val_loss"] for arm, s in sweep_stats.items()}
   best_lr = SWEEP[int(np.argmin(list(sweep_val.values())))]
   print(f"sweep {sweep_val}: manual lr {best_lr:g} ({time.perf_counter() - start:.0f} s)")
 

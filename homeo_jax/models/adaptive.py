@@ -372,7 +372,7 @@ class AdaptiveDecoderLayer(nnx.Module):
   def _telemetry(self, x: jax.Array, first: Carry, last: Carry) -> dict[str, jax.Array]:
     stats = dict(zip(STAT_FIELDS, last.stats.T, strict=True))
     n_alive = jnp.maximum(stats["alive"] * x.shape[0] * x.shape[1], 1.0)
-    passes_run = jnp.maximum(jnp.sum(stats["alive"] > 0), 1.0)
+    passes_run = jnp.sum((stats["alive"] > 0).astype(jnp.float32))  # the dense path's cost
     p_n = jnp.maximum(jnp.sum(stats["alive"]) * x.shape[0] * x.shape[1], 1.0)
     p_mu = jnp.sum(stats["p_sum"]) / p_n
     executed = last.executed
@@ -389,7 +389,7 @@ class AdaptiveDecoderLayer(nnx.Module):
       "delta_p": jnp.sum(stats["dp_sum"]) / jnp.maximum(p_n - n_alive[0], 1.0),
       "delta_h": jnp.linalg.norm(last.h - first.h) / (jnp.linalg.norm(first.h) + 1e-6),
       "overflow": jnp.sum(stats["overflow"]),
-      "passes_run": jnp.sum((stats["alive"] > 0).astype(jnp.float32)),  # the dense path's cost
+      "passes_run": passes_run,
       "survival": stats["survival"],  # [max_passes]: mean s entering each pass
     }
     for n in range(2, self.cfg.max_passes + 1):
@@ -397,7 +397,7 @@ class AdaptiveDecoderLayer(nnx.Module):
     ffn = dict(last.ffn_telemetry) if isinstance(last.ffn_telemetry, dict) else {}
     for key in ffn:  # the load is a count (summed over passes); the rest are averages
       if key not in ("moe_load", "aux_loss"):
-        ffn[key] = ffn[key] / passes_run
+        ffn[key] = ffn[key] / jnp.maximum(passes_run, 1.0)
     telemetry.update(ffn)
     return telemetry
 

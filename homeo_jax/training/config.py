@@ -198,13 +198,10 @@ def validate_config(config: Config) -> None:
     "keep_checkpoints",
   )
   _check_log_format(t)
-  m = config.mesh
-  for name in ("data", "fsdp", "expert"):
-    value = getattr(m, name)
-    if value == 0 or value < -1:
-      raise ConfigError(f"mesh.{name} must be >= 1 or -1 (the devices left), got {value}")
-  if [m.data, m.fsdp, m.expert].count(-1) > 1:
-    raise ConfigError(f"at most one of mesh.data/fsdp/expert may be -1, got {m}")
+  try:
+    config.mesh.validate()
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _check_log_format(t: TrainConfig) -> None:

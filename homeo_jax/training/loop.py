@@ -187,7 +187,6 @@ class Setup:
   train_step: Any  # jitted (state, batch) -> (state, metrics), state donated
   eval_step: Any  # jitted (params, opt_state, batch) -> mean cross entropy
   put: Any  # host batch -> device batch (sharded over data × fsdp on a mesh)
-  mesh: Any  # jax.sharding.Mesh or None (one device)
   lr_schedule: Any  # the config's learning-rate schedule, None for a user's tx
 
 
@@ -222,7 +221,6 @@ def setup(
       train_step=jax.jit(step_fn, donate_argnums=0),
       eval_step=jax.jit(eval_fn),
       put=lambda batch: batch,
-      mesh=None,
       lr_schedule=lr_schedule,
     )
   # Every leaf is laid out by the one rule; a restore into this state reshards onto it.
@@ -235,7 +233,6 @@ def setup(
     ),
     eval_step=jax.jit(eval_fn, in_shardings=(shardings.params, shardings.opt_state, batch)),
     put=lambda b: sharding_lib.global_batch(b, mesh),
-    mesh=mesh,
     lr_schedule=lr_schedule,
   )
 
@@ -345,14 +342,12 @@ def train(
     step_seconds = now - timer["last"]
     if step > timer["measured_from"]:  # the first step includes compilation
       timer["tokens"] += tokens_per_step
-      timer["seconds"] += now - timer["last"]
+      timer["seconds"] += step_seconds
     timer["last"] = now
     tok_s = timer["tokens"] / timer["seconds"] if timer["seconds"] else 0.0
     stats.update(step=step, train_loss=metrics["loss"], tokens_per_second=tok_s)
     headline = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("regulators/")}
     metrics.update(dt=step_seconds, tok_s=tok_s)
-    if lr_schedule is not None:
-      metrics["lr"] = float(lr_schedule(step - 1))
     bar.set_postfix(
       loss=f"{metrics['loss']:.4f}",
       tok_s=f"{tok_s:,.0f}",
@@ -360,6 +355,8 @@ def train(
     )
     bar.update(step - bar.n)
     if step % t.log_every == 0 or step == t.steps:
+      if lr_schedule is not None:  # evaluated on the host only for logged steps
+        metrics["lr"] = float(lr_schedule(step - 1))
       files.append_metrics({"step": step, **metrics, "tokens_per_second": tok_s})
       stats["last_metrics"] = metrics
       for line in LINE_FORMATS[t.log_format](step, metrics):

@@ -52,13 +52,18 @@ class MeshConfig:
   fsdp: int = 1
   expert: int = 1
 
-  def shape(self, num_devices: int) -> tuple[int, int, int]:
+  def validate(self) -> None:
+    """Device-independent checks (config validation runs them before JAX starts)."""
     sizes = [self.data, self.fsdp, self.expert]
-    if sum(s == -1 for s in sizes) > 1:
-      raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
     for name, s in zip(MESH_AXES, sizes, strict=True):
       if s == 0 or s < -1:
-        raise ValueError(f"mesh.{name} must be >= 1 or -1, got {s}")
+        raise ValueError(f"mesh.{name} must be >= 1 or -1 (the devices left), got {s}")
+    if sizes.count(-1) > 1:
+      raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
+
+  def shape(self, num_devices: int) -> tuple[int, int, int]:
+    self.validate()
+    sizes = [self.data, self.fsdp, self.expert]
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
       if num_devices % known:
