@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> Config:
       dropout=0.0,
       char_dim=128,
       pos_dim=16,
+      price_from="compute_price",  # the optimizer's compute price sets λ_p, forcing, clamp
     ),
     data=DataConfig(
       corpus="shakespeare", tokenizer="bpe", bpe_vocab_size=4096, seq_len=512, batch_size=16

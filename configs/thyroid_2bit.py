@@ -21,7 +21,13 @@ def get_config(arg: str | None = None) -> Config:
     name="thyroid_2bit_cpu",
     model_type="quant_transformer",
     model=QuantTransformerConfig(
-      vocab_size=0, num_layers=2, num_heads=4, d_model=64, max_seq_len=64, dropout=0.0
+      vocab_size=0,
+      num_layers=2,
+      num_heads=4,
+      d_model=64,
+      max_seq_len=64,
+      dropout=0.0,
+      temperature_from="thyroid",  # τ multiplier from the thyroid_adamw optimizer
     ),
     data=DataConfig(
       corpus="shakespeare", tokenizer="char", seq_len=64, batch_size=16, max_chars=1_000_000

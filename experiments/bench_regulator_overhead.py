@@ -27,11 +27,7 @@ from homeo_jax.regulators.ars import ars_adamw  # noqa: E402
 from homeo_jax.regulators.thyroid import thyroid  # noqa: E402
 from homeo_jax.training import config as config_lib  # noqa: E402
 from homeo_jax.training.experiment import markdown_table  # noqa: E402
-from homeo_jax.training.loop import (  # noqa: E402
-  build_model,
-  distinct_buffers,
-  hardware_description,
-)
+from homeo_jax.training.loop import build_model, hardware_description  # noqa: E402
 from homeo_jax.training.step import functional_model  # noqa: E402
 
 
@@ -55,13 +51,13 @@ def time_update(tx, params, grads, repeats):
   update = jax.jit(tx.update, donate_argnums=1)
   state = tx.init(params)
   telemetry = {"value": jnp.asarray(2.5), "grad_norm": jnp.asarray(1.0)}
-  _, state = update(grads, distinct_buffers(state), params, **telemetry)  # compile
+  _, state = update(grads, state, params, **telemetry)  # compile
   jax.block_until_ready(state)
   times = []
   for i in range(repeats):
     telemetry["value"] = jnp.asarray(2.5 + 0.1 * (i % 7))
     start = time.perf_counter()
-    updates, state = update(grads, distinct_buffers(state), params, **telemetry)
+    updates, state = update(grads, state, params, **telemetry)
     jax.block_until_ready((updates, state))
     times.append(time.perf_counter() - start)
   return statistics.median(times) * 1e3

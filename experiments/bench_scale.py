@@ -55,7 +55,7 @@ def throughput(args) -> None:
   from homeo_jax.models import Transformer, TransformerConfig
   from homeo_jax.training.config import OptimizerConfig
   from homeo_jax.training.experiment import markdown_table
-  from homeo_jax.training.loop import distinct_buffers, hardware_description
+  from homeo_jax.training.loop import hardware_description
   from homeo_jax.training.optimizers import build_optimizer
   from homeo_jax.training.step import functional_model, init_train_state, make_train_step
 
@@ -88,7 +88,7 @@ def throughput(args) -> None:
     step = jax.jit(make_train_step(apply_fn, tx), donate_argnums=0)
 
     def run(state, step=step):
-      state, metrics = step(distinct_buffers(state), batch)
+      state, metrics = step(state, batch)
       return state
 
     state = run(state)  # compile

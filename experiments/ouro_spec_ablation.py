@@ -37,7 +37,12 @@ from homeo_jax.training.experiment import (  # noqa: E402
 )
 from homeo_jax.training.loop import load_data, model_config  # noqa: E402
 
-FIXED = ["optimizer.name=adamw", "optimizer.kwargs={}", "model.coupon=False"]
+FIXED = [
+  "optimizer.name=adamw",
+  "optimizer.kwargs={}",
+  "model.coupon=False",
+  "model.price_from=",
+]
 
 
 def arms(max_passes: int) -> dict[str, list[str]]:

@@ -53,10 +53,18 @@ from homeo_jax.training.loop import build_model, load_data  # noqa: E402
 from homeo_jax.training.report import series  # noqa: E402
 from homeo_jax.training.step import functional_model  # noqa: E402
 
-SPECHORN = ["model.moe.router=spechorn", "optimizer.name=adamw_spechorn"]
+SPECHORN = [
+  "model.moe.router=spechorn",
+  "model.moe.balancer=spechorn",
+  "optimizer.name=adamw_spechorn",
+]
 ARMS = {
   "softmax_aux": ["model.moe.router=softmax_aux", "optimizer.name=adamw"],
-  "deepseek": ["model.moe.router=deepseek", "optimizer.name=adamw_deepseek"],
+  "deepseek": [
+    "model.moe.router=deepseek",
+    "model.moe.balancer=deepseek",
+    "optimizer.name=adamw_deepseek",
+  ],
   "spechorn": SPECHORN,
   "spechorn_no_scheduler": [*SPECHORN, "optimizer.kwargs.schedule=False"],
   "spechorn_no_ortho": [*SPECHORN, "optimizer.kwargs.orthogonality=False"],
@@ -74,7 +82,7 @@ def evaluate(config, data, run_dir, capacity_factors):
   """
   config = apply_overrides(config, [f"train.run_dir={run_dir}"])
   _, state = restore_final_state(config, data)
-  ctrl = read_controls(state.opt_state)
+  ctrl = read_controls(state.opt_state, deployment=True)
   d = config.data
   stream = window_batches(data.val_tokens, seq_len=d.seq_len, batch_size=d.batch_size, seed=99)
   batches = [stream[i][:, :-1] for i in range(config.train.eval_batches)]
@@ -104,10 +112,8 @@ def router_share(config, repeats=20):
   layer = MoEFeedForward(cfg, 0, rngs=nnx.Rngs(0))
   d = config.data
   x = jax.random.normal(jax.random.key(0), (d.batch_size, d.seq_len, cfg.d_model))
-  adjust = {
-    "moe_logit_adjust": jnp.zeros((cfg.num_layers, cfg.moe.num_experts)),
-    "moe_selection_bias": jnp.zeros((cfg.num_layers, cfg.moe.num_experts)),
-  }
+  zeros = jnp.zeros((cfg.num_layers, cfg.moe.num_experts))
+  adjust = {cfg.moe.balancer: {"moe_logit_adjust": zeros, "moe_selection_bias": zeros}}
   graphdef, params = nnx.split(layer)
 
   def router(p, x):

@@ -50,7 +50,7 @@ from homeo_jax.training.loop import load_data, model_config, train  # noqa: E402
 from homeo_jax.training.optimizers import build_optimizer  # noqa: E402
 
 SWEEP = (1e-3, 3e-3, 1e-2)
-ADAMW = ["optimizer.name=adamw", "optimizer.kwargs={}"]
+ADAMW = ["optimizer.name=adamw", "optimizer.kwargs={}", "model.temperature_from="]
 THYROID = {
   "thyroid_alpha": ["optimizer.kwargs.version=alpha"],
   "thyroid_alt": ["optimizer.kwargs.version=alpha_lambda_tau"],

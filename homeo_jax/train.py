@@ -3,7 +3,8 @@
     python -m homeo_jax.train --config configs/shakespeare_char.py:cpu --set train.steps=200
 
 Exit status: 0 when the run finished or paused (launch again to resume), 2 on a bad
-config value (one line on stderr naming the key).
+config value, data or run folder (one line on stderr naming the key), 3 when non-finite
+values stopped the run (``train.on_nonfinite``), 4 when no checkpoint could be restored.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import dataclasses
 import sys
 
 from homeo_jax.training import config as config_lib
+from homeo_jax.training.checkpoint import CheckpointError
+from homeo_jax.training.loop import NonFiniteError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         config, train=dataclasses.replace(config.train, run_dir=args.run_dir)
       )
     config_lib.validate_config(config)
-    from homeo_jax.training.loop import train  # after validation: no JAX work on bad input
+    from homeo_jax.training.loop import train
     from homeo_jax.training.sharding import initialize_distributed
 
     initialize_distributed()  # multi-host: from JAX_COORDINATOR_ADDRESS etc. when set
@@ -56,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
+  except (NonFiniteError, CheckpointError) as e:
+    print(f"{type(e).__name__}: {e}", file=sys.stderr)
+    return 3 if isinstance(e, NonFiniteError) else 4
   print(f"{result.status}: {result.run_dir} (report: {result.run_dir / 'report.md'})")
   return 0
 

@@ -87,6 +87,12 @@ def resolve_schedule(coeffs: str | Sequence) -> Schedule:
   raise ValueError(f"coeffs must have shape (3,) or (n, 3), got {arr.shape}")
 
 
+def _newton_schulz_step(x: jax.Array, a: float, b: float, c: float) -> jax.Array:
+  """One quintic iteration x ← a·x + (b·A + c·A²)·x with A = x·xᵀ."""
+  gram = x @ jnp.swapaxes(x, -1, -2)
+  return a * x + (b * gram + c * (gram @ gram)) @ x
+
+
 def orthogonalize(
   x: jax.Array,
   *,
@@ -120,10 +126,12 @@ def orthogonalize(
   norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
   x = x / (norm * (1.0 + schedule.norm_safety) + eps)
   x = x.astype(dtype or out_dtype)
-  rows = schedule.coeffs if schedule.per_iteration else schedule.coeffs * steps
-  for a, b, c in rows:  # unrolled: a handful of large batched matmuls
-    gram = x @ jnp.swapaxes(x, -1, -2)
-    x = a * x + (b * gram + c * (gram @ gram)) @ x
+  if schedule.per_iteration or isinstance(steps, int):
+    rows = schedule.coeffs if schedule.per_iteration else schedule.coeffs * steps
+    for a, b, c in rows:  # unrolled: a handful of large batched matmuls
+      x = _newton_schulz_step(x, a, b, c)
+  else:  # a traced step count (optax.inject_hyperparams): a loop instead of an unroll
+    x = jax.lax.fori_loop(0, steps, lambda _, y: _newton_schulz_step(y, *schedule.coeffs[0]), x)
   if transposed:
     x = jnp.swapaxes(x, -1, -2)
   return x.astype(out_dtype)

@@ -33,6 +33,8 @@ Control flow (static shapes throughout):
 * ``force_k`` (config, or the ``force_k`` control for audits and warm-up): every token
   runs exactly k passes (s = 1 for the first k, 0 after); ``hard_kill`` = one pass.
 * the ``gate_clamp`` control clamps p to [0.01, 0.95] (early training).
+* the controls come from the regulator named by ``price_from`` (``"compute_price"``);
+  with ``price_from=""`` the model reads none: price 0, no forcing, no clamp.
 
 The model adds a hybrid Fourier embedding (``embeddings.py``) or a learned lookup,
 baton injection x[t] += sigmoid(λ_e) ⊙ x[t−1] (position 0 gets nothing), and in
@@ -54,8 +56,8 @@ import optax
 from flax import nnx
 
 from homeo_jax.models.embeddings import HybridFourierEmbedding
-from homeo_jax.models.layers import MLP, TransformerConfig, dense, layer_norm
-from homeo_jax.models.moe import MoEConfig, MoEFeedForward, MoETransformer
+from homeo_jax.models.layers import MLP, TransformerConfig, dense, layer_norm, read_control
+from homeo_jax.models.moe import MoEConfig, MoEFeedForward, MoETransformer, control_read
 from homeo_jax.models.transformer import Transformer
 
 EMBEDDINGS = ("hybrid_fourier", "learned")
@@ -99,6 +101,7 @@ class AdaptiveConfig(TransformerConfig):
   hard_kill: bool = False  # recurrence off: one pass (same as force_k=1)
   coupon: bool = True  # compute the one-pass logits in training for the coupon reward
   reward_eta: float = 2.0
+  price_from: str = ""  # regulator publishing compute_price/force_k/gate_clamp ("": none)
 
   def validate(self, prefix: str = "model") -> None:
     super().validate(prefix)
@@ -469,6 +472,17 @@ class AdaptiveTransformer(nnx.Module):
       adaptive_lm_loss, reward_eta=self.cfg.reward_eta, max_passes=self.cfg.max_passes
     )
 
+  def control_reads(self) -> tuple[tuple[str, str], ...]:
+    cfg = self.cfg
+    reads = []
+    if cfg.price_from:
+      reads += [(cfg.price_from, k) for k in ("compute_price", "gate_clamp")]
+      if not cfg.static_passes:
+        reads.append((cfg.price_from, "force_k"))
+    if cfg.ffn == "moe" and control_read(cfg.moe) is not None:
+      reads.append(control_read(cfg.moe))
+    return tuple(reads)
+
   def logits(self, x: jax.Array) -> jax.Array:
     return self.token_embed.attend(self.final_norm(x)).astype(jnp.float32)
 
@@ -495,7 +509,12 @@ class AdaptiveTransformer(nnx.Module):
     ``path`` overrides the recurrence path ("scan" in training, "while" otherwise).
     """
     cfg = self.cfg
-    controls = dict(controls or {})
+
+    def control(key, neutral):
+      if not cfg.price_from:
+        return neutral
+      return read_control(controls, cfg.price_from, key)
+
     x = Transformer.embed(self, tokens)  # same token + position embedding and length check
     x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
     telemetry: dict[str, jax.Array] = {}
@@ -505,13 +524,13 @@ class AdaptiveTransformer(nnx.Module):
     if cfg.static_passes:
       force, num_passes = jnp.int32(cfg.static_passes), cfg.static_passes
     else:
-      force = jnp.asarray(controls.get("force_k", 0), jnp.int32)
+      force = jnp.asarray(control("force_k", 0), jnp.int32)
       num_passes = cfg.max_passes
-    clamp = jnp.asarray(controls.get("gate_clamp", 0), jnp.int32)
+    clamp = jnp.asarray(control("gate_clamp", 0), jnp.int32)
     path = path or ("while" if deterministic else "scan")
     h, per_layer = self._depth(x, force, clamp, num_passes, path, controls)
     telemetry.update(self._merge(per_layer))
-    telemetry["compute_price"] = jnp.asarray(controls.get("compute_price", 0.0), jnp.float32)
+    telemetry["compute_price"] = jnp.asarray(control("compute_price", 0.0), jnp.float32)
     telemetry["forced_k"] = force.astype(jnp.float32)
     if not deterministic and cfg.coupon:
       one_pass, _ = self._depth(x, jnp.int32(1), clamp, 1, path, controls)
@@ -603,6 +622,9 @@ def generate(
   controls: Mapping[str, jax.Array] | None = None,
 ) -> jax.Array:
   """Sample ``num_new`` tokens after ``prompt [B, P]`` (early-exit recurrence, no KV cache).
+
+  ``controls``: the deployment controls, ``homeo_jax.controls(opt_state, deployment=True)``
+  (no forced depth, no gate clamp).
 
   The window is the last ``max_seq_len`` tokens; a fixed-size buffer keeps shapes static.
   """

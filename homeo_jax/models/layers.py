@@ -8,12 +8,32 @@ All modules are Flax NNX; parameters are float32 (``param_dtype``), compute runs
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+Controls = Mapping[str, Mapping[str, jax.Array]]  # {regulator name: {control: array}}
+
+
+def read_control(controls: Controls | None, regulator: str, key: str) -> jax.Array:
+  """The control ``key`` published by the regulator named ``regulator``.
+
+  A model reads only what its config names (``control_reads``); a missing control is an
+  error naming both, never a silent default. ``training.step.check_wiring`` raises the
+  same error at setup, before anything compiles.
+  """
+  published = (controls or {}).get(regulator)
+  if published is None or key not in published:
+    have = sorted(controls or {})
+    raise ValueError(
+      f"the model reads control {key!r} from regulator {regulator!r}, which does not "
+      f"publish it (regulators publishing controls: {have})"
+    )
+  return published[key]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,18 +7,19 @@ one of three routers (``MoEConfig.router``):
 * ``"softmax_aux"``: linear gate, softmax, top-k; the Switch/GShard auxiliary loss
   E·Σ_i f_i·P_i (f = fraction of assignments, P = mean gate probability) times
   ``aux_loss_weight`` is returned as telemetry ``aux_loss`` and enters the objective.
-* ``"deepseek"``: linear gate; the controller's ``moe_selection_bias`` is added to the
-  scores used for the top-k *selection* only, never to the gate weights (Wang et al.
-  2024). Loss-free.
+* ``"deepseek"``: linear gate; the ``moe_selection_bias`` control of the balancer named
+  by ``balancer`` is added to the scores used for the top-k *selection* only, never to
+  the gate weights (Wang et al. 2024). Loss-free.
 * ``"spechorn"``: (1) Gram gating: a GRU runs causally along the sequence over the
   token representations (hidden ``router_dim``), and a linear map of its state gives E
   logits, LayerNorm-ed (``logit_norm``). ``gating="linear"`` replaces the GRU by the
   linear gate of the other routers (an ablation: the GRU carries sequence context into
   the gate weights, which is extra model capacity, not only routing); (2–4) the
-  controller's ``moe_logit_adjust`` (EMA load bias − capacity penalty − orthogonality penalty, see
-  ``regulators/load_balance.py``) is added; (5) Sinkhorn (eps ``sinkhorn_eps``,
-  ``sinkhorn_iter`` iterations) over the adjusted logits of all tokens of the batch,
-  then top-k on its plan. With ``use_sinkhorn=False`` the plan is a softmax. Loss-free.
+  ``moe_logit_adjust`` control of the balancer named by ``balancer`` (EMA load bias −
+  capacity penalty − orthogonality penalty, see ``regulators/load_balance.py``) is added;
+  (5) Sinkhorn (eps ``sinkhorn_eps``, ``sinkhorn_iter`` iterations) over the adjusted
+  logits of all tokens of the batch, then top-k on its plan. With ``use_sinkhorn=False``
+  the plan is a softmax. Loss-free.
 
 Gate weights are always the softmax of the router's own (unadjusted) logits at the
 selected experts, renormalised over the k: the controllers change *which* experts a
@@ -47,7 +48,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from homeo_jax.cores.sinkhorn import sinkhorn
-from homeo_jax.models.layers import TransformerConfig
+from homeo_jax.models.layers import TransformerConfig, read_control
 from homeo_jax.models.transformer import Transformer
 
 ROUTERS = ("softmax_aux", "deepseek", "spechorn")
@@ -68,6 +69,7 @@ class MoEConfig:
   sinkhorn_eps: float = 0.05
   sinkhorn_iter: int = 4
   aux_loss_weight: float = 0.01  # softmax_aux only
+  balancer: str = ""  # regulator whose control the deepseek/spechorn router reads ("": none)
 
   def validate(self, prefix: str = "model.moe") -> None:
     if self.num_experts < 1:
@@ -78,6 +80,11 @@ class MoEConfig:
       )
     if not self.capacity_factor > 0:
       raise ValueError(f"{prefix}.capacity_factor must be > 0, got {self.capacity_factor}")
+    if self.balancer and self.router not in BALANCER_CONTROLS:
+      raise ValueError(
+        f"{prefix}.balancer={self.balancer!r} needs router deepseek or spechorn, got "
+        f"{self.router!r}"
+      )
     if self.router not in ROUTERS:
       raise ValueError(f"{prefix}.router must be one of {ROUTERS}, got {self.router!r}")
     if self.gating not in GATINGS:
@@ -100,6 +107,16 @@ class MoETransformerConfig(TransformerConfig):
   def validate(self, prefix: str = "model") -> None:
     super().validate(prefix)
     self.moe.validate(f"{prefix}.moe")
+
+
+BALANCER_CONTROLS = {"deepseek": "moe_selection_bias", "spechorn": "moe_logit_adjust"}
+
+
+def control_read(cfg: MoEConfig) -> tuple[str, str] | None:
+  """(balancer name, control) the router reads, or None (no balancer, or softmax_aux)."""
+  if not cfg.balancer or cfg.router not in BALANCER_CONTROLS:
+    return None
+  return cfg.balancer, BALANCER_CONTROLS[cfg.router]
 
 
 def capacity(cfg: MoEConfig, num_tokens: int) -> int:
@@ -182,14 +199,11 @@ class MoEFeedForward(nnx.Module):
   def select(self, logits: jax.Array, controls) -> jax.Array:
     """Scores whose top-k picks the experts, ``[N, E]``."""
     m = self.moe
-    controls = controls or {}
-    if m.router == "deepseek" and "moe_selection_bias" in controls:
-      return logits + controls["moe_selection_bias"][self.layer]
-    if m.router == "spechorn":
-      if "moe_logit_adjust" in controls:
-        logits = logits + controls["moe_logit_adjust"][self.layer]
-      if m.use_sinkhorn:
-        return sinkhorn(logits, n_iter=m.sinkhorn_iter, eps=m.sinkhorn_eps, return_log=True)
+    read = control_read(m)
+    if read is not None:
+      logits = logits + read_control(controls, *read)[self.layer]
+    if m.router == "spechorn" and m.use_sinkhorn:
+      return sinkhorn(logits, n_iter=m.sinkhorn_iter, eps=m.sinkhorn_eps, return_log=True)
     return logits
 
   def __call__(
@@ -262,6 +276,10 @@ class MoETransformer(Transformer):
 
   def make_ffn(self, cfg: MoETransformerConfig, layer: int, rngs: nnx.Rngs) -> nnx.Module:
     return MoEFeedForward(cfg, layer, rngs=rngs)
+
+  def control_reads(self) -> tuple[tuple[str, str], ...]:
+    read = control_read(self.cfg.moe)
+    return () if read is None else (read,)
 
   @staticmethod
   def merge_layer_telemetry(per_layer):

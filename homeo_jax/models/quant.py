@@ -13,11 +13,13 @@ Training uses W_q = γ·(x + stop_gradient(q_τ(x) − x)): the forward value is
 quantization at temperature τ, the backward pass is straight-through (identity), so
 gradients reach W however hard the rounding is. Evaluation uses the hard levels.
 
-τ = ``base_temperature`` · the ``quant_temperature`` control (the Spectral Thyroid's τ
-multiplier) when a regulator publishes one, else ``base_temperature``.
+τ = ``base_temperature`` · the ``quant_temperature`` control of the regulator named by
+``temperature_from`` (the Spectral Thyroid's τ multiplier, e.g. ``"thyroid"``); with
+``temperature_from=""`` (the default) the model reads no control and τ = ``base_temperature``.
 
-Which weights: the kernels of every block's attention and MLP (``blocks.*.kernel``);
-embeddings, norms and the (tied) head stay in float, as in BitNet. ``qwix`` does int2
+Which weights: the attention and MLP matrices (roles ``attention`` and ``mlp`` of the one
+parameter rule, ``models/roles.py``); embeddings, norms and the (tied) head stay in float,
+as in BitNet. ``qwix`` does int2
 by round+clip with a clipped STE but has no temperature hook or absmean calibration, so
 this ~40-line transform is written here instead.
 """
@@ -32,8 +34,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from homeo_jax.models.layers import TransformerConfig
+from homeo_jax.models import roles
+from homeo_jax.models.layers import TransformerConfig, read_control
 from homeo_jax.models.transformer import Transformer
+from homeo_jax.regulators.base import RegulatorSpec, regulator_spec
 
 LEVELS = {
   "2bit": (-1.5, (-1.0, 0.0, 1.0)),  # (lowest level, step positions)
@@ -45,6 +49,7 @@ LEVELS = {
 class QuantTransformerConfig(TransformerConfig):
   levels: str = "2bit"
   base_temperature: float = 0.1
+  temperature_from: str = ""  # regulator publishing quant_temperature ("": none)
 
   def validate(self, prefix: str = "model") -> None:
     super().validate(prefix)
@@ -89,23 +94,30 @@ def quantize(
   return (x + jax.lax.stop_gradient(q - x)) * scale
 
 
-def is_quantized(path) -> bool:
-  """Block attention/MLP kernels: the matrices the quantized LM stores in 2 bits."""
-  name = jax.tree_util.keystr(path)
-  return "blocks" in name and "kernel" in name
+def is_quantized(path, x) -> bool:
+  """Attention and MLP matrices (the one parameter rule, ``models/roles.py``)."""
+  return roles.is_quantized(roles.param_role(jax.tree_util.keystr(path), jnp.ndim(x)), jnp.ndim(x))
 
 
 class QuantTransformer(Transformer):
   """The baseline LM with its block matrices quantized (soft + STE in training, hard in eval)."""
 
+  def control_reads(self) -> tuple[tuple[str, str], ...]:
+    source = self.cfg.temperature_from
+    return ((source, "quant_temperature"),) if source else ()
+
   def __call__(self, tokens, *, controls=None, deterministic=True, rngs=None):
     cfg = self.cfg
     temperature = None
     if not deterministic:
-      temperature = cfg.base_temperature * (controls or {}).get("quant_temperature", 1.0)
+      temperature = cfg.base_temperature
+      if cfg.temperature_from:
+        temperature = temperature * read_control(
+          controls, cfg.temperature_from, "quant_temperature"
+        )
     graphdef, state = nnx.split(self)
     quantized = jax.tree_util.tree_map_with_path(
-      lambda p, w: quantize(w, temperature, cfg.levels) if is_quantized(p) else w, state
+      lambda p, w: quantize(w, temperature, cfg.levels) if is_quantized(p, w) else w, state
     )
     model = nnx.merge(graphdef, quantized)
     return Transformer.__call__(
@@ -114,13 +126,13 @@ class QuantTransformer(Transformer):
 
 
 class FlipState(NamedTuple):
-  regulator_name = "quant"
   logged_fields = ("flip_rate",)
 
+  spec: RegulatorSpec  # static: the instance name of its metric
   flip_rate: jax.Array  # shape=(), float32: share of quantized weights whose level changed
 
 
-def level_flip_monitor(levels: str = "2bit") -> optax.GradientTransformation:
+def level_flip_monitor(levels: str = "2bit", name: str = "quant") -> optax.GradientTransformation:
   """Logs the weight level-flip rate: the share of the quantized matrices' weights whose
   hard level (after absmean scaling) differs between ``params`` and ``params + updates``.
 
@@ -128,9 +140,11 @@ def level_flip_monitor(levels: str = "2bit") -> optax.GradientTransformation:
   final updates). A burst of flips coinciding with a loss spike is a quantization cliff.
   """
 
+  spec = regulator_spec("flip_monitor", name)
+
   def init_fn(params):
     del params
-    return FlipState(flip_rate=jnp.zeros((), jnp.float32))
+    return FlipState(spec=spec, flip_rate=jnp.zeros((), jnp.float32))
 
   def update_fn(updates, state, params=None):
     del state
@@ -138,7 +152,7 @@ def level_flip_monitor(levels: str = "2bit") -> optax.GradientTransformation:
       raise ValueError("level_flip_monitor needs params")
 
     def count(path, p, u):
-      if not is_quantized(path):
+      if not is_quantized(path, p):
         return jnp.zeros((2,))
       new = p + u
       before = hard_levels(p / absmean_scale(p), levels)
@@ -147,6 +161,6 @@ def level_flip_monitor(levels: str = "2bit") -> optax.GradientTransformation:
 
     counts = jax.tree_util.tree_map_with_path(count, params, updates)
     flips, total = sum(jax.tree.leaves(counts), jnp.zeros((2,)))
-    return updates, FlipState(flip_rate=flips / jnp.maximum(total, 1.0))
+    return updates, FlipState(spec=spec, flip_rate=flips / jnp.maximum(total, 1.0))
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -2,18 +2,17 @@
 
 ``model(tokens, controls=..., deterministic=..., rngs=...) -> (logits, telemetry)``.
 The model is pure: it keeps no mutable state between calls, and what a controller
-wants it to do arrives in ``controls`` (the baseline reads none).
+wants it to do arrives in ``controls``, ``{regulator name: {control: array}}``. A model
+declares what it reads in ``control_reads()`` (the baseline reads none).
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from homeo_jax.models.layers import Block, TransformerConfig, layer_norm
+from homeo_jax.models.layers import Block, Controls, TransformerConfig, layer_norm
 
 
 class Transformer(nnx.Module):
@@ -41,6 +40,10 @@ class Transformer(nnx.Module):
         rngs=rngs,
       )
 
+  def control_reads(self) -> tuple[tuple[str, str], ...]:
+    """The (regulator name, control) pairs this model reads; checked at setup."""
+    return ()
+
   def make_ffn(self, cfg: TransformerConfig, layer: int, rngs: nnx.Rngs) -> nnx.Module | None:
     """The feed-forward of layer ``layer``; None is the dense MLP. Subclasses override."""
     del cfg, layer, rngs
@@ -63,7 +66,7 @@ class Transformer(nnx.Module):
     self,
     tokens: jax.Array,
     *,
-    controls: Mapping[str, jax.Array] | None = None,
+    controls: Controls | None = None,
     deterministic: bool = True,
     rngs: nnx.Rngs | None = None,
   ) -> tuple[jax.Array, dict[str, jax.Array]]:

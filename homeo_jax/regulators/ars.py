@@ -3,7 +3,8 @@
 Every step, with surprise S_t (the loss ``value=`` by default, or another telemetry
 scalar named by ``surprise_key``, e.g. ``"grad_norm"``):
 
-1. the last ``window`` (W, default 100) finite values of S sit in a ring buffer;
+1. the last ``window`` (W, default 100) finite values of S sit in a ring buffer (in
+   ``surprise="relative"`` mode, the relative surprise defined below);
 2. ρ₁ = lag-1 autocorrelation of that window (Pearson, window vs itself shifted by one);
 3. entropy guard   Ψ_t = max(ε, 1 − ρ₁²)                   (ε = ``epsilon``, 1e-6);
 4. effective surprise S̃_t = S_t / Ψ_t;
@@ -32,6 +33,10 @@ Choices the seed leaves open, made here:
   and falls only when it exceeds its own recent level. The data-shift ablation in
   ``experiments/ars_narcissus.py`` uses ``"relative"``.
 
+Every numeric hyperparameter except ``window``, ``min_window`` and ``seed`` may be a traced
+array (``optax.inject_hyperparams``); those three fix shapes or keys and must be Python
+ints. ``name`` (default ``"ars"``) keys its logged metrics.
+
 Reads: ``value`` (or ``surprise_key``) from the extra args. Exposes in its state: Ψ
 (``psi``), Φ (``phi``), ρ₁ (``rho1``), S̃ (``surprise_eff``), ``jitter`` and the effective
 ``b1``, ``b2``, ``learning_rate``.
@@ -50,6 +55,14 @@ import jax.numpy as jnp
 import optax
 
 from homeo_jax.cores import signals
+from homeo_jax.regulators.base import (
+  RegulatorSpec,
+  check,
+  fresh,
+  regulator_spec,
+  shape_int,
+  static_int,
+)
 from homeo_jax.regulators.steering import HyperparamController, steer_hyperparams
 
 SURPRISE_MODES = ("raw", "relative")
@@ -58,8 +71,9 @@ SURPRISE_MODES = ("raw", "relative")
 class ARSState(NamedTuple):
   """Controller state of ARS (lives in ``SteeredState.controller``)."""
 
-  surprise_buffer: signals.RingBuffer  # last W finite surprises
-  baseline: signals.EMA  # running EMA of S (used by surprise="relative")
+  spec: RegulatorSpec  # static: name, telemetry read
+  surprise_buffer: signals.RingBuffer  # last W finite surprises S
+  baseline: signals.EMA  # running EMA of the raw signal (used by surprise="relative")
   key: jax.Array  # PRNG key data, uint32[2]: chronos-jitter
   rho1: jax.Array  # shape=(), float32: lag-1 autocorrelation
   psi: jax.Array  # shape=(), float32: entropy guard Ψ ∈ [ε, 1]
@@ -70,25 +84,7 @@ class ARSState(NamedTuple):
   b2: jax.Array  # shape=(), float32: effective β2
   learning_rate: jax.Array  # shape=(), float32: effective learning rate
 
-  regulator_name = "ars"
   logged_fields = ("psi", "phi", "rho1", "surprise_eff", "jitter", "b1", "b2", "learning_rate")
-
-
-def _validate(window, alpha, phi_min, jitter_scale, epsilon, min_window, surprise):
-  if window < 3:
-    raise ValueError(f"window must be >= 3, got {window}")
-  if not 0.0 < phi_min <= 1.0:
-    raise ValueError(f"phi_min must be in (0, 1], got {phi_min}")
-  if not alpha > 0:
-    raise ValueError(f"alpha must be > 0, got {alpha}")
-  if jitter_scale < 0:
-    raise ValueError(f"jitter_scale must be >= 0, got {jitter_scale}")
-  if not 0.0 < epsilon <= 1.0:
-    raise ValueError(f"epsilon must be in (0, 1], got {epsilon}")
-  if not 3 <= min_window <= window:
-    raise ValueError(f"min_window must be in [3, window={window}], got {min_window}")
-  if surprise not in SURPRISE_MODES:
-    raise ValueError(f"surprise must be one of {SURPRISE_MODES}, got {surprise!r}")
 
 
 def ars_controller(
@@ -105,33 +101,44 @@ def ars_controller(
   surprise_key: str = "value",
   baseline_decay: float = 0.99,
   seed: int = 0,
+  name: str | None = None,
 ) -> HyperparamController:
   """The ARS controller for ``steer_hyperparams`` (steers ``learning_rate``, ``b1``, ``b2``)."""
-  _validate(window, alpha, phi_min, jitter_scale, epsilon, min_window, surprise)
+  window = static_int("ars", "window", window, minimum=3)
+  min_window = static_int("ars", "min_window", min_window, minimum=3)
+  check("ars", "min_window", min_window, lambda v: v <= window, f"in [3, window={window}]")
+  check("ars", "phi_min", phi_min, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+  check("ars", "alpha", alpha, lambda v: v > 0, "> 0")
+  check("ars", "jitter_scale", jitter_scale, lambda v: v >= 0, ">= 0")
+  check("ars", "epsilon", epsilon, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+  check("ars", "baseline_decay", baseline_decay, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+  if surprise not in SURPRISE_MODES:
+    raise ValueError(f"ars: surprise must be one of {SURPRISE_MODES}, got {surprise!r}")
+  spec = regulator_spec("ars", name, reads=(surprise_key,))
 
   def init_fn(params):
     del params
-    one = jnp.ones((), jnp.float32)
-    zero = jnp.zeros((), jnp.float32)
     return ARSState(
-      surprise_buffer=signals.ring_init(window),
+      spec=spec,
+      surprise_buffer=signals.ring_init(shape_int("ars", "window", window)),
       baseline=signals.ema_init(),
       key=jax.random.key_data(jax.random.key(seed)),
-      rho1=zero,
-      psi=one,
-      surprise_eff=zero,
-      phi=one,
-      jitter=zero,
-      b1=zero,
-      b2=zero,
-      learning_rate=zero,
+      rho1=fresh(0.0, jnp.float32),
+      psi=fresh(1.0, jnp.float32),
+      surprise_eff=fresh(0.0, jnp.float32),
+      phi=fresh(1.0, jnp.float32),
+      jitter=fresh(0.0, jnp.float32),
+      b1=fresh(0.0, jnp.float32),
+      b2=fresh(0.0, jnp.float32),
+      learning_rate=fresh(0.0, jnp.float32),
     )
 
   def update_fn(state: ARSState, base, updates, params, **extra_args):
     del updates, params
     if surprise_key not in extra_args:
       raise ValueError(
-        f"ARS reads {surprise_key!r} from the extra args; pass tx.update(..., {surprise_key}=...)"
+        f"ars ({spec.name!r}) reads {surprise_key!r} from the extra args; pass "
+        f"tx.update(..., {surprise_key}=...)"
       )
     raw = jnp.asarray(extra_args[surprise_key], jnp.float32)
     ok = jnp.isfinite(raw)
@@ -143,7 +150,7 @@ def ars_controller(
       )
     else:
       s = raw
-    buffer = signals.ring_push(state.surprise_buffer, raw, ok)
+    buffer = signals.ring_push(state.surprise_buffer, s, ok)
     rho1 = signals.lag1_autocorrelation(buffer)
     warm = signals.ring_size(buffer) >= min_window
     psi = jnp.where(jnp.logical_and(guard, warm), jnp.maximum(epsilon, 1.0 - rho1**2), 1.0)
@@ -151,7 +158,7 @@ def ars_controller(
     phi = phi_min + (1.0 - phi_min) * jnp.exp(-alpha * s_eff)
     key, subkey = jax.random.split(jax.random.wrap_key_data(state.key))
     noise = jax.random.uniform(subkey, (), jnp.float32, -1.0, 1.0)
-    jit = noise * jitter_scale * (1.0 - psi) if jitter else jnp.zeros((), jnp.float32)
+    jit = jnp.where(jitter, noise * jitter_scale * (1.0 - psi), 0.0)
     # A bad S holds the previous guard and gate and adds no jitter.
     psi = jnp.where(ok, psi, state.psi)
     phi = jnp.where(ok, phi, state.phi)
@@ -164,6 +171,7 @@ def ars_controller(
       "learning_rate": base["learning_rate"] * (1.0 + jit),
     }
     new_state = ARSState(
+      spec=spec,
       surprise_buffer=buffer,
       baseline=signals.ema_update(state.baseline, raw, baseline_decay, ok),
       key=jax.random.key_data(key),
@@ -185,14 +193,19 @@ def ars(
   b1: float = 0.9,
   b2: float = 0.999,
   *,
+  name: str | None = None,
   static_args: tuple[str, ...] = (),
   controller_kwargs: dict[str, Any] | None = None,
   **inner_kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
-  """ARS around any inner optimizer whose factory takes ``learning_rate``, ``b1``, ``b2``."""
+  """ARS around any inner optimizer whose factory takes ``learning_rate``, ``b1``, ``b2``.
+
+  ``controller_kwargs`` go to ``ars_controller`` (see the module docstring), the rest to
+  ``inner_factory``.
+  """
   return steer_hyperparams(
     inner_factory,
-    ars_controller(**(controller_kwargs or {})),
+    ars_controller(name=name, **(controller_kwargs or {})),
     {"learning_rate": learning_rate, "b1": b1, "b2": b2},
     static_args=static_args,
     **inner_kwargs,
@@ -219,11 +232,30 @@ def ars_adamw(
   surprise_key: str = "value",
   baseline_decay: float = 0.99,
   mask: Any = None,
+  name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """AdamW under ARS. ``guard=False``: Ψ ≡ 1 (and so no jitter); ``jitter=False``: no jitter.
+  """AdamW under ARS: ``tx.update(grads, state, params, value=loss)``.
 
-  Arguments as ``optax.adamw`` plus the ARS controller's (see the module docstring):
-  window ≥ 3, α > 0, Φ_min ∈ (0, 1], jitter_scale ≥ 0, ε ∈ (0, 1].
+  Args:
+    learning_rate: base lr, a number or schedule (jittered by ARS).
+    b1, b2: base Adam betas (0.9, 0.999), both scaled by the surprise gate Φ.
+    eps, weight_decay, mask: as ``optax.adamw`` (weight decay 1e-4).
+    window: W, values in the autocorrelation window (100, ≥ 3; a Python int).
+    alpha: α, surprise sensitivity of the gate (1.0, > 0).
+    phi_min: Φ_min, the gate's floor (0.1, in (0, 1]).
+    jitter_scale: chronos-jitter amplitude (0.1, ≥ 0).
+    guard: the entropy guard Ψ (True); False fixes Ψ ≡ 1, and so no jitter.
+    jitter: chronos-jitter on the lr (True).
+    seed: PRNG seed of the jitter (a Python int).
+    epsilon: ε, Ψ's floor (1e-6, in (0, 1]).
+    min_window: values before Ψ is measured (3, in [3, W]).
+    surprise: ``"raw"`` or ``"relative"`` (see the module docstring).
+    surprise_key: the telemetry scalar read as surprise (``"value"``, the loss).
+    baseline_decay: EMA decay of the relative mode's baseline (0.99, in [0, 1)).
+    name: instance name for metrics (default ``"ars"``).
+
+  State: ``SteeredState(count, inner, controller=ARSState(...))``; the formula and the
+  fields are in the module docstring.
   """
   controller = dict(
     window=window,
@@ -244,6 +276,7 @@ def ars_adamw(
     learning_rate,
     b1,
     b2,
+    name=name,
     static_args=("mask",),
     controller_kwargs=controller,
     eps=eps,

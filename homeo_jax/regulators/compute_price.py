@@ -27,6 +27,13 @@ Per step t (its batch ran with the controls published at t − 1):
 
 ``fixed_price`` pins λ_p (the ``--set_lambda`` override of the experiments).
 
+Deployment (``deployment_controls()``, used by evaluation and generation): the current
+λ_p, no forced depth, no audit, no gate clamp — the model runs as it will be deployed.
+
+Reads ``avg_k`` (and ``delta_ce`` when present); publishes ``compute_price``, ``force_k``
+and ``gate_clamp`` under its ``name`` (default ``"compute_price"``). Numeric arguments
+may be traced (``optax.inject_hyperparams``); ``max_passes`` and ``seed`` are Python ints.
+
 Bad telemetry (NaN/Inf avg_k) skips the dual step; λ_p stays finite and in its clamp.
 """
 
@@ -38,9 +45,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from homeo_jax.regulators.base import RegulatorSpec, check, fresh, regulator_spec, static_int
+
+PUBLISHED = ("compute_price", "force_k", "gate_clamp")
+
 
 class ComputePriceState(NamedTuple):
-  regulator_name = "compute_price"
   logged_fields = (
     "price",
     "avg_k",
@@ -52,6 +62,7 @@ class ComputePriceState(NamedTuple):
     "audits",
   )
 
+  spec: RegulatorSpec  # static: name, telemetry read, controls published
   step: jax.Array  # shape=(), int32: steps seen
   price: jax.Array  # shape=(), float32: λ_p
   settle_ref: jax.Array  # shape=(), float32: reference value of the settling test
@@ -65,6 +76,14 @@ class ComputePriceState(NamedTuple):
   audit_delta_ce: jax.Array  # shape=(), float32: last audit step's ΔCE
   key: jax.Array  # uint32[2]: PRNG key data for the audit draws
   controls: dict  # compute_price, force_k, gate_clamp for the next step
+
+  def deployment_controls(self) -> dict:
+    """The current price with no forced depth and no gate clamp (evaluation, generation)."""
+    return {
+      "compute_price": self.controls["compute_price"],
+      "force_k": jnp.zeros((), jnp.int32),
+      "gate_clamp": jnp.zeros((), jnp.int32),
+    }
 
 
 def compute_price(
@@ -87,23 +106,37 @@ def compute_price(
   settle_rtol: float = 0.05,
   fixed_price: float | None = None,
   seed: int = 0,
+  name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """The compute-price controller; see the module docstring."""
-  if max_passes < 1:
-    raise ValueError(f"max_passes must be >= 1, got {max_passes}")
-  if not 1.0 <= target_k <= max_passes:
-    raise ValueError(f"target_k must be in [1, max_passes={max_passes}], got {target_k}")
-  if not 0.0 < price_min <= price_max:
-    raise ValueError(f"need 0 < price_min <= price_max, got {price_min}, {price_max}")
-  if not 0.0 <= audit_prob <= 1.0:
-    raise ValueError(f"audit_prob must be in [0, 1], got {audit_prob}")
-  for name, k in (("warmup_force", warmup_force), ("audit_force", audit_force)):
-    if not 1 <= k <= max_passes:
-      raise ValueError(f"{name} must be in [1, max_passes={max_passes}], got {k}")
+  """The compute-price controller; the formula and defaults are in the module docstring.
+
+  Args:
+    max_passes: Kmax of the model (4, a Python int).
+    target_k: the mean depth to hold (1.30, in [1, Kmax]).
+    dual_lr, price_min, price_max: the dual step and λ_p's clamp (5e-5, 1e-4, 5e-2).
+    warmup_steps, warmup_force: force-k warm-up length and depth (800, 2).
+    ponder_start: first step λ_p is published (1200); clamp_until: gate clamp (4000).
+    audit_prob, audit_start, audit_force: audits (5%, from 1200, depth 2).
+    deadband, deadband_rate, settle_steps, settle_rtol: the deadband (module docstring).
+    fixed_price: pin λ_p (None: dual ascent).
+    seed: PRNG seed of the audit draws; name: instance name (``"compute_price"``).
+
+  State: ``ComputePriceState`` (fields commented in the class).
+  """
+  kind = "compute_price"
+  max_passes = static_int(kind, "max_passes", max_passes)
+  check(kind, "target_k", target_k, lambda v: 1.0 <= v <= max_passes, f"in [1, {max_passes}]")
+  check(kind, "price_min", price_min, lambda v: v > 0, "> 0")
+  if all(isinstance(v, int | float) for v in (price_min, price_max)) and price_max < price_min:
+    raise ValueError(f"{kind}: price_max must be >= price_min={price_min}, got {price_max}")
+  check(kind, "audit_prob", audit_prob, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+  for arg, k in (("warmup_force", warmup_force), ("audit_force", audit_force)):
+    check(kind, arg, k, lambda v: 1 <= v <= max_passes, f"in [1, {max_passes}]")
   if not deadband[0] <= 1.0 <= deadband[1]:
-    raise ValueError(f"deadband must bracket 1 (fractions of target_k), got {deadband}")
-  if fixed_price is not None and fixed_price < 0:
-    raise ValueError(f"fixed_price must be >= 0, got {fixed_price}")
+    raise ValueError(f"{kind}: deadband must bracket 1 (fractions of target_k), got {deadband}")
+  if fixed_price is not None:
+    check(kind, "fixed_price", fixed_price, lambda v: v >= 0, ">= 0")
+  spec = regulator_spec(kind, name, reads=("avg_k",), publishes=PUBLISHED)
 
   def publish(next_step, price, audit):
     force = jnp.where(next_step < warmup_steps, warmup_force, jnp.where(audit > 0, audit_force, 0))
@@ -115,28 +148,31 @@ def compute_price(
 
   def init_fn(params):
     del params
-    price = jnp.asarray(price_min if fixed_price is None else fixed_price, jnp.float32)
-    zero_i, zero_f = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
+    price = price_min if fixed_price is None else fixed_price
+    zero_i = jnp.zeros((), jnp.int32)
     return ComputePriceState(
-      step=zero_i,
-      price=price,
-      settle_ref=price,
-      settle_count=zero_i,
-      deadband=zero_i,
-      audit=zero_i,
-      audits=zero_i,
-      avg_k=jnp.ones((), jnp.float32),
-      ctrl_err=zero_f,
-      delta_ce=zero_f,
-      audit_delta_ce=zero_f,
+      spec=spec,
+      step=fresh(0, jnp.int32),
+      price=fresh(price, jnp.float32),
+      settle_ref=fresh(price, jnp.float32),
+      settle_count=fresh(0, jnp.int32),
+      deadband=fresh(0, jnp.int32),
+      audit=fresh(0, jnp.int32),
+      audits=fresh(0, jnp.int32),
+      avg_k=fresh(1.0, jnp.float32),
+      ctrl_err=fresh(0.0, jnp.float32),
+      delta_ce=fresh(0.0, jnp.float32),
+      audit_delta_ce=fresh(0.0, jnp.float32),
       key=jax.random.key_data(jax.random.key(seed)),
-      controls=publish(zero_i, price, zero_i),
+      controls=publish(zero_i, jnp.asarray(price, jnp.float32), zero_i),
     )
 
   def update_fn(updates, state: ComputePriceState, params=None, **extra_args):
     del params
     if "avg_k" not in extra_args:
-      raise ValueError("compute_price reads 'avg_k' from the extra args (the adaptive LM's)")
+      raise ValueError(
+        f"compute_price ({spec.name!r}) reads 'avg_k' from the extra args (the adaptive LM's)"
+      )
     avg_k = jnp.asarray(extra_args["avg_k"], jnp.float32)
     delta_ce = jnp.asarray(extra_args.get("delta_ce", jnp.nan), jnp.float32)
     was_audit = state.audit > 0
@@ -164,6 +200,7 @@ def compute_price(
     audit = ((next_step >= audit_start) & (jax.random.uniform(draw) < audit_prob)).astype(jnp.int32)
     ok_ce = jnp.isfinite(delta_ce)
     new_state = ComputePriceState(
+      spec=spec,
       step=next_step,
       price=price,
       settle_ref=settle_ref,

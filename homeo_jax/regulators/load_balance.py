@@ -29,6 +29,12 @@ scales stay at ``bias_scale``, ``cap_penalty_scale``, ``ortho_scale``.
 DeepSeek (``deepseek_balancer``): b_i ← b_i + u·sign(mean load − load_i), u = 0.001,
 published as ``moe_selection_bias`` (selection only). Wang et al. 2024, arXiv 2408.15664.
 
+Both take ``name`` (default ``"spechorn"`` / ``"deepseek"``): their metrics and controls
+are keyed by it, so two MoE stacks can each have a balancer; the router names the instance
+it reads (``MoEConfig.balancer``). Every number may be injected with
+``optax.inject_hyperparams``; the shape arguments (layers, experts, spec_dim) must then be
+concrete when ``init`` runs (eagerly, or listed in ``static_args``).
+
 Bad telemetry (a non-finite load) skips the update; the state stays finite.
 """
 
@@ -41,6 +47,14 @@ import jax.numpy as jnp
 import optax
 
 from homeo_jax.cores import signals
+from homeo_jax.regulators.base import (
+  RegulatorSpec,
+  check,
+  fresh,
+  regulator_spec,
+  shape_int,
+  static_int,
+)
 
 
 def _read_load(extra_args) -> jax.Array:
@@ -72,6 +86,7 @@ def orthogonality_penalty(spec: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 class SpecHornState(NamedTuple):
+  spec: RegulatorSpec  # static: name, telemetry read, controls published
   step: jax.Array  # shape=(), int32
   load_ema: signals.EMA  # [L, E]: relative load
   capacity_ema: signals.EMA  # [L, E]: load / target
@@ -84,7 +99,6 @@ class SpecHornState(NamedTuple):
   ortho_similarity: jax.Array  # shape=(), float32: mean off-diagonal cosine of s_e
   controls: dict  # {"moe_logit_adjust": [L, E]}
 
-  regulator_name = "spechorn"
   logged_fields = (
     "cv",
     "max_vio",
@@ -117,37 +131,63 @@ def spechorn_balancer(
   spec_update_every: int = 16,
   routed_scaling_factor: float = 1.0,
   seed: int = 0,
+  name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """SpecHorn's load state, penalties and CV scheduler; see the module docstring."""
-  for name, (lo, hi) in (
+  """SpecHorn's load state, penalties and CV scheduler; see the module docstring.
+
+  Args:
+    num_layers, num_experts, d_model: the MoE stack's shape (Python ints).
+    total_steps: run length for the scheduler's linear ramps (1000).
+    bias_scale, cap_penalty_scale, ortho_scale: fixed scales when ``schedule=False``
+      (8.0, 15.0, 0.4); ``cap_penalty_scale`` is also the scheduler's starting value.
+    orthogonality, schedule: enable the spectral-vector penalty and the CV scheduler.
+    cv_band, cap_penalty_range, bias_scale_range, ortho_scale_range, scheduler_rate: the
+      scheduler's band, ranges and multiplicative rate.
+    load_decay, spec_decay: EMA decays (0.9, in [0, 1)).
+    spec_dim, spec_update_every: spectral vector size (128) and refresh period (16).
+    routed_scaling_factor: capacity target scale (1.0, > 0).
+    seed: seed of the random projection; name: instance name (``"spechorn"``).
+
+  State: ``SpecHornState`` (fields commented in the class).
+  """
+  kind = "spechorn"
+  for arg, (lo, hi) in (
     ("cv_band", cv_band),
     ("cap_penalty_range", cap_penalty_range),
     ("bias_scale_range", bias_scale_range),
     ("ortho_scale_range", ortho_scale_range),
   ):
     if not 0 <= lo <= hi:
-      raise ValueError(f"{name} must satisfy 0 <= low <= high, got {(lo, hi)}")
-  for name, value in (("load_decay", load_decay), ("spec_decay", spec_decay)):
-    if not 0.0 <= value < 1.0:
-      raise ValueError(f"{name} must be in [0, 1), got {value}")
-  if min(num_layers, num_experts, d_model, spec_dim, spec_update_every, total_steps) < 1:
-    raise ValueError(
-      "num_layers, num_experts, d_model, spec_dim, spec_update_every and "
-      "total_steps must all be >= 1"
-    )
-  if not routed_scaling_factor > 0:
-    raise ValueError(f"routed_scaling_factor must be > 0, got {routed_scaling_factor}")
-  projection = jax.random.normal(jax.random.key(seed), (d_model, spec_dim)) / d_model**0.5
-  shape = (num_layers, num_experts)
+      raise ValueError(f"{kind}: {arg} must satisfy 0 <= low <= high, got {(lo, hi)}")
+  for arg, value in (("load_decay", load_decay), ("spec_decay", spec_decay)):
+    check(kind, arg, value, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+  num_layers = static_int(kind, "num_layers", num_layers)
+  num_experts = static_int(kind, "num_experts", num_experts)
+  d_model = static_int(kind, "d_model", d_model)
+  spec_dim = static_int(kind, "spec_dim", spec_dim)
+  check(kind, "spec_update_every", spec_update_every, lambda v: v >= 1, ">= 1")
+  check(kind, "total_steps", total_steps, lambda v: v >= 1, ">= 1")
+  check(kind, "routed_scaling_factor", routed_scaling_factor, lambda v: v > 0, "> 0")
+  reads = ("moe_load", "moe_mean_input") if orthogonality else ("moe_load",)
+  spec = regulator_spec(kind, name, reads=reads, publishes=("moe_logit_adjust",))
+
+  def projection(d: int, dim: int) -> jax.Array:
+    # Built from static shapes at use: under inject_hyperparams the arguments are traced.
+    return jax.random.normal(jax.random.key(seed), (d, dim)) / d**0.5
 
   def init_fn(params):
     del params
-    f = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    shape = tuple(
+      shape_int(kind, a, v) for a, v in (("num_layers", num_layers), ("num_experts", num_experts))
+    )
+    dim = shape_int(kind, "spec_dim", spec_dim)
+    f = lambda v: fresh(v, jnp.float32)  # noqa: E731
     return SpecHornState(
+      spec=spec,
       step=jnp.zeros((), jnp.int32),
       load_ema=signals.ema_init(shape),
       capacity_ema=signals.ema_init(shape),
-      spec_ema=signals.ema_init((*shape, spec_dim)),
+      spec_ema=signals.ema_init((*shape, dim)),
       bias_scale=f(bias_scale_range[0] if schedule else bias_scale),
       cap_penalty_scale=f(cap_penalty_scale),
       ortho_scale=f((ortho_scale_range[0] if schedule else ortho_scale) * orthogonality),
@@ -168,7 +208,8 @@ def spechorn_balancer(
     )
     spec_ema = state.spec_ema
     if orthogonality and "moe_mean_input" in extra_args:
-      spectral = jnp.asarray(extra_args["moe_mean_input"], jnp.float32) @ projection
+      mean_input = jnp.asarray(extra_args["moe_mean_input"], jnp.float32)
+      spectral = mean_input @ projection(mean_input.shape[-1], spec_ema.value.shape[-1])
       refresh = jnp.logical_and(state.step % spec_update_every == 0, ok)
       spec_ema = signals.ema_update(spec_ema, spectral, spec_decay, refresh)
     ortho, similarity = orthogonality_penalty(signals.ema_debiased(spec_ema, spec_decay))
@@ -186,6 +227,7 @@ def spechorn_balancer(
     cap = cap_scale * jnp.square(jax.nn.relu(signals.ema_debiased(capacity_ema, load_decay) - 1))
     adjust = bias - cap - o_scale * ortho
     return updates, SpecHornState(
+      spec=spec,
       step=optax.safe_increment(state.step),
       load_ema=load_ema,
       capacity_ema=capacity_ema,
@@ -203,31 +245,45 @@ def spechorn_balancer(
 
 
 class DeepSeekBalancerState(NamedTuple):
+  spec: RegulatorSpec  # static: name, telemetry read, controls published
   selection_bias: jax.Array  # [L, E], float32
   cv: jax.Array  # shape=(), float32
   max_vio: jax.Array  # shape=(), float32
   controls: dict  # {"moe_selection_bias": [L, E]}
 
-  regulator_name = "deepseek"
   logged_fields = ("cv", "max_vio")
 
 
 def deepseek_balancer(
-  num_layers: int, num_experts: int, *, update_rate: float = 1e-3
+  num_layers: int, num_experts: int, *, update_rate: float = 1e-3, name: str | None = None
 ) -> optax.GradientTransformationExtraArgs:
-  """Auxiliary-loss-free balancing: b_i += u·sign(mean load − load_i), selection only."""
-  if not update_rate > 0:
-    raise ValueError(f"update_rate must be > 0, got {update_rate}")
-  shape = (num_layers, num_experts)
+  """Auxiliary-loss-free balancing: b_i ← b_i + u·sign(mean load − load_i), selection only.
+
+  Args:
+    num_layers, num_experts: the MoE stack's shape (Python ints).
+    update_rate: u (1e-3, > 0).
+    name: instance name (``"deepseek"``).
+
+  State: ``DeepSeekBalancerState``. Reads ``moe_load``; publishes ``moe_selection_bias``.
+  References: Wang et al. 2024, auxiliary-loss-free load balancing, arXiv 2408.15664.
+  """
+  kind = "deepseek"
+  check(kind, "update_rate", update_rate, lambda v: v > 0, "> 0")
+  num_layers = static_int(kind, "num_layers", num_layers)
+  num_experts = static_int(kind, "num_experts", num_experts)
+  spec = regulator_spec(kind, name, reads=("moe_load",), publishes=("moe_selection_bias",))
 
   def init_fn(params):
     del params
-    zero = jnp.zeros(shape, jnp.float32)
+    shape = tuple(
+      shape_int(kind, a, v) for a, v in (("num_layers", num_layers), ("num_experts", num_experts))
+    )
     return DeepSeekBalancerState(
-      selection_bias=zero,
-      cv=jnp.zeros(()),
-      max_vio=jnp.zeros(()),
-      controls={"moe_selection_bias": zero},
+      spec=spec,
+      selection_bias=fresh(jnp.zeros(shape, jnp.float32)),
+      cv=fresh(0.0, jnp.float32),
+      max_vio=fresh(0.0, jnp.float32),
+      controls={"moe_selection_bias": fresh(jnp.zeros(shape, jnp.float32))},
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -239,10 +295,12 @@ def deepseek_balancer(
     step = update_rate * jnp.sign(jnp.mean(safe, -1, keepdims=True) - safe)
     bias = state.selection_bias + jnp.where(ok, step, 0.0)
     return updates, DeepSeekBalancerState(
+      spec=spec,
       selection_bias=bias,
       cv=jnp.where(ok, cv, state.cv),
       max_vio=jnp.where(ok, max_vio, state.max_vio),
-      controls={"moe_selection_bias": bias},
+      # A copy: the bias is also the state's own field, and leaves must not share buffers.
+      controls={"moe_selection_bias": jnp.array(bias, copy=True)},
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -44,6 +44,13 @@ import optax
 from optax.contrib import MuonDimensionNumbers
 
 from homeo_jax.cores.polar import SCHEDULES, orthogonalize_many, resolve_schedule
+from homeo_jax.regulators.base import (
+  RegulatorSpec,
+  check,
+  is_concrete,
+  regulator_spec,
+  static_int,
+)
 
 WeightDimNums = Any  # a tree of MuonDimensionNumbers / None, or a callable returning one
 
@@ -79,12 +86,12 @@ def matrix_view(x: jax.Array, dims: MuonDimensionNumbers):
 class ScaleByOrdMuonState(NamedTuple):
   """State of ``scale_by_ord_muon``."""
 
+  spec: RegulatorSpec  # static: the instance name of its metrics
   count: jax.Array  # shape=(), int32: steps taken
   mu: optax.Updates  # first moment, like the params
   rho: Any  # per matrix leaf, shape=(), float32: ⟨G, W⟩ / ‖W‖²
   spectral_frac: Any  # per matrix leaf, shape=(), float32: ‖ρW‖ / ‖G‖
 
-  regulator_name = "ord_muon"
   logged_fields = ("rho", "spectral_frac")
 
 
@@ -107,9 +114,10 @@ def scale_by_ord_muon(
   project_radial: bool = False,
   radial_rtol: float = 1e-3,
   nesterov: bool = True,
-  compute_dtype: Any = jnp.float32,
+  compute_dtype: Any = "float32",
   weight_dimension_numbers: WeightDimNums = None,
   stack_mesh: Any = None,
+  name: str | None = None,
 ) -> optax.GradientTransformation:
   """Muon's direction with the ORD split; see the module docstring for the formula.
 
@@ -124,30 +132,42 @@ def scale_by_ord_muon(
     project_radial: remove G∥ before Polar even when ``spectral_lr == 0``.
     radial_rtol: ‖G⊥‖/‖G‖ below which G⊥ counts as zero (default 1e-3, in [0, 1)).
     nesterov: Nesterov momentum (default True).
-    compute_dtype: Newton–Schulz compute dtype (float32; bfloat16 for speed).
+    compute_dtype: Newton–Schulz compute dtype, a name or dtype ("float32"; "bfloat16" for
+      speed). A name, not a dtype class, by default: inject_hyperparams calls callables.
     weight_dimension_numbers: tree (or callable) of ``MuonDimensionNumbers`` saying which
       axes of each leaf form the matrix; None: every leaf is a 2-D matrix.
     stack_mesh: a ``jax.sharding.Mesh``: orthogonalize same-shape stacks sharded along
       the stack axis (whole matrices per device) instead of per sharded leaf.
+    name: instance name of its metrics (default ``"ord_muon"``).
+
+  ``spectral_lr``, ``radial_rtol``, ``beta`` and ``eps`` may be traced
+  (``optax.inject_hyperparams``); ``ns_steps`` is a Python int.
   """
-  if spectral_lr < 0:
-    raise ValueError(f"spectral_lr must be >= 0, got {spectral_lr}")
-  if not 0.0 <= radial_rtol < 1.0:
-    raise ValueError(f"radial_rtol must be in [0, 1), got {radial_rtol}")
-  if not 0.0 <= beta < 1.0:
-    raise ValueError(f"beta must be in [0, 1), got {beta}")
+  kind = "ord_muon"
+  check(kind, "spectral_lr", spectral_lr, lambda v: v >= 0, ">= 0")
+  check(kind, "radial_rtol", radial_rtol, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+  check(kind, "beta", beta, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+  ns_steps = static_int(kind, "ns_steps", ns_steps)  # a tracer runs as a loop
+  spec = regulator_spec(kind, name)
   schedule = resolve_schedule(ns_coeffs)
-  # Static 0/1: at 0 the radial part is multiplied away, not branched around.
-  radial_weight = 1.0 if (project_radial or spectral_lr != 0.0) else 0.0
+  # 0/1: at 0 the radial part is multiplied away, not branched around (a traced
+  # spectral_lr decides it inside the computation).
+  if is_concrete(spectral_lr):
+    radial_weight = 1.0 if (project_radial or spectral_lr != 0.0) else 0.0
+  else:
+    radial_weight = jnp.where(jnp.logical_or(project_radial, spectral_lr != 0.0), 1.0, 0.0)
   mu_dtype = jax.dtypes.canonicalize_dtype(mu_dtype) if mu_dtype is not None else None
 
   def init_fn(params):
-    zeros = jax.tree.map(lambda _: jnp.zeros((), jnp.float32), params)
+    def zeros():  # one buffer per leaf and field: the state may be donated
+      return jax.tree.map(lambda _: jnp.zeros((), jnp.float32), params)
+
     return ScaleByOrdMuonState(
+      spec=spec,
       count=jnp.zeros([], jnp.int32),
       mu=optax.tree.zeros_like(params, dtype=mu_dtype),
-      rho=zeros,
-      spectral_frac=zeros,
+      rho=zeros(),
+      spectral_frac=zeros(),
     )
 
   def update_fn(updates, state, params=None):
@@ -185,7 +205,12 @@ def scale_by_ord_muon(
       rhos.append(jnp.mean(rho))
       fracs.append(jnp.mean(jnp.abs(rho) * jnp.sqrt(w_sq) / jnp.maximum(g_norm, 1e-30)))
     polars = orthogonalize_many(
-      perps, coeffs=schedule, steps=ns_steps, eps=eps, dtype=compute_dtype, stack_mesh=stack_mesh
+      perps,
+      coeffs=schedule,
+      steps=ns_steps,
+      eps=eps,
+      dtype=jnp.dtype(compute_dtype),
+      stack_mesh=stack_mesh,
     )
     in_dtypes = [u.dtype for u in treedef.flatten_up_to(updates)]
     new_updates = [
@@ -193,6 +218,7 @@ def scale_by_ord_muon(
       for p, r, undo, dtype in zip(polars, radials, undos, in_dtypes, strict=True)
     ]
     state = ScaleByOrdMuonState(
+      spec=spec,
       count=count,
       mu=optax.tree.cast(mu, mu_dtype),
       rho=treedef.unflatten(rhos),
@@ -221,7 +247,7 @@ def scale_by_shape(
       # Python floats are weakly typed: the update keeps its dtype.
       if consistent_rms is None:
         return u * float(np.sqrt(max(1.0, fan_out / fan_in)))
-      return u * float(np.sqrt(max(fan_in, fan_out)) * consistent_rms)
+      return (u * (float(np.sqrt(max(fan_in, fan_out))) * consistent_rms)).astype(u.dtype)
 
     return jax.tree.map(scale, updates, dims, is_leaf=_is_dim_nums), state
 
@@ -252,7 +278,7 @@ def ord_muon(
   project_radial: bool = False,
   radial_rtol: float = 1e-3,
   nesterov: bool = True,
-  compute_dtype: Any = jnp.float32,
+  compute_dtype: Any = "float32",
   adam_b1: float = 0.9,
   adam_b2: float = 0.999,
   adam_eps_root: float = 0.0,
@@ -261,14 +287,15 @@ def ord_muon(
   muon_weight_dimension_numbers: WeightDimNums = None,
   consistent_rms: float | None = None,
   stack_mesh: Any = None,
+  name: str | None = None,
 ) -> optax.GradientTransformation:
   """ORD-Muon for matrices, AdamW for everything else; ``spectral_lr=0`` is optax's Muon.
 
   Arguments, defaults and semantics follow ``optax.contrib.muon`` (momentum β 0.95 with
   Nesterov, shape scaling, weight decay and its mask, AdamW for non-matrix leaves,
   ``muon_weight_dimension_numbers`` — a tree/callable with ``None`` for AdamW leaves),
-  plus ``spectral_lr``, ``project_radial``, ``radial_rtol``, ``compute_dtype`` and ``stack_mesh`` of
-  ``scale_by_ord_muon``.
+  plus ``spectral_lr``, ``project_radial``, ``radial_rtol``, ``compute_dtype``, ``stack_mesh``
+  and ``name`` of ``scale_by_ord_muon``.
   """
   if isinstance(ns_coeffs, str) and ns_coeffs not in SCHEDULES:
     raise ValueError(
@@ -301,6 +328,7 @@ def ord_muon(
       compute_dtype=compute_dtype,
       weight_dimension_numbers=muon_dims,
       stack_mesh=stack_mesh,
+      name=name,
     ),
     scale_by_shape(muon_dims, consistent_rms),
     optax.add_decayed_weights(weight_decay, weight_decay_mask),

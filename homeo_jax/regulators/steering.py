@@ -11,7 +11,8 @@ optimizer with ``optax.inject_hyperparams`` and, every step:
 
 Effective values are recomputed from the base each step, never accumulated. Steered
 hyperparameters must not also be schedules inside ``inject_hyperparams`` (the wrapper
-owns their schedule), so it passes numeric placeholders for them. ARS and the Spectral
+owns their schedule), so it passes placeholder arrays for them. Base values may be traced
+arrays (the wrapper itself under ``optax.inject_hyperparams``). ARS and the Spectral
 Thyroid are controllers over this one wrapper.
 """
 
@@ -23,6 +24,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
+from homeo_jax.regulators.base import fresh
 
 
 class HyperparamController(NamedTuple):
@@ -48,6 +51,16 @@ def base_values(
   return {k: jnp.asarray(v(count) if callable(v) else v, jnp.float32) for k, v in steered.items()}
 
 
+def _placeholder(value: optax.ScalarOrSchedule) -> Any:
+  """A Python float where the value is concrete (inject_hyperparams then casts it to the
+  params' dtype), else the tracer itself (this wrapper under an outer inject_hyperparams)."""
+  value = value(0) if callable(value) else value
+  try:
+    return float(value)
+  except (jax.errors.ConcretizationTypeError, TypeError):
+    return value
+
+
 def steer_hyperparams(
   inner_factory: Callable[..., optax.GradientTransformation],
   controller: HyperparamController,
@@ -58,17 +71,18 @@ def steer_hyperparams(
 ) -> optax.GradientTransformationExtraArgs:
   """Wrap ``inner_factory(**steered, **other_hyperparams)`` under ``controller``."""
   steered = dict(steered)
-  placeholders = {
-    k: float(base_values({k: v}, jnp.zeros((), jnp.int32))[k]) for k, v in steered.items()
-  }
+  placeholders = {k: _placeholder(v) for k, v in steered.items()}
   inner = optax.inject_hyperparams(inner_factory, static_args=static_args)(
     **placeholders, **other_hyperparams
   )
 
   def init_fn(params):
-    return SteeredState(
+    state = SteeredState(
       count=jnp.zeros((), jnp.int32), inner=inner.init(params), controller=controller.init(params)
     )
+    # inject_hyperparams may hand back the placeholder arrays this closure holds; a
+    # donated state would delete them, so every leaf gets its own buffer.
+    return jax.tree.map(fresh, state)
 
   def update_fn(updates, state, params=None, **extra_args):
     base = base_values(steered, state.count)
@@ -77,7 +91,9 @@ def steer_hyperparams(
     )
     hyperparams = dict(state.inner.hyperparams)
     for name, value in effective.items():
-      hyperparams[name] = jnp.asarray(value, hyperparams[name].dtype)
+      # A copy: the controller keeps the same value in its own state, and two leaves of
+      # a donated state must not share a buffer.
+      hyperparams[name] = jnp.array(value, hyperparams[name].dtype, copy=True)
     inner_state = state.inner._replace(hyperparams=hyperparams)
     new_updates, inner_state = inner.update(updates, inner_state, params, **extra_args)
     return new_updates, SteeredState(

@@ -28,12 +28,21 @@ one ``optax.multi_transform`` inside ``inject_hyperparams``); τ is published as
 control ``quant_temperature`` that ``models.quant.QuantTransformer`` reads.
 
 Weights: ``weights="shipped"`` (default) loads the meta-trained file
-``thyroid_weights/<version>.npz`` from the package (see ``thyroid_meta.meta_train``);
-none is shipped yet — meta-training has not yet beaten the neutral thyroid on held-out
-tasks (README, "Spectral Thyroid: status") — so the default raises a clear error.
-``weights="random"`` is an explicit untrained initialisation whose outputs start at 1.0;
-a path loads another file. A missing, corrupt or mismatched file raises an error naming
-it.
+``thyroid_weights/<version>.npz`` shipped in the package (made by
+``thyroid_meta.meta_train``; the README's Spectral Thyroid section gives how and what it
+measured); ``weights="random"`` is an explicit untrained initialisation whose outputs
+start at 1.0; a path loads another file. A missing, corrupt or mismatched file raises an
+error naming it.
+
+Which hyperparameters: whichever of ``learning_rate`` and ``weight_decay`` (or
+``weight_decay_rate``, as ``optax.adafactor`` names it) the inner factory accepts — α
+scales the first, λ the second; a factory that accepts neither is an error.
+
+Reads ``value`` (the loss) and ``grad_norm`` (v0.3 instead measures each group's norm
+from the updates it receives); offers the control ``quant_temperature`` = τ. ``name``
+(default ``"thyroid"``) keys its metrics and controls. Under ``optax.inject_hyperparams``
+wrap it in a function with named arguments (inject_hyperparams cannot bind the
+``**inner_kwargs`` it forwards).
 
 References: the Spectral Thyroid seed document; Metz et al., learned optimizers
 (google/learned_optimization).
@@ -53,6 +62,7 @@ import numpy as np
 import optax
 
 from homeo_jax.cores import signals
+from homeo_jax.regulators.base import RegulatorSpec, fresh, regulator_spec, static_int
 from homeo_jax.regulators.steering import HyperparamController, steer_hyperparams
 
 VERSIONS = ("alpha", "alpha_lambda_tau", "per_group")
@@ -215,6 +225,7 @@ def save_thyroid_params(params: dict, path: str | os.PathLike) -> None:
 
 
 class ThyroidState(NamedTuple):
+  spec: RegulatorSpec  # static: name, telemetry read, controls offered
   step: jax.Array  # shape=(), int32
   loss_buffer: signals.RingBuffer  # last 16 finite losses
   grad_buffer: signals.RingBuffer  # [G, 16]: last 16 finite grad norms per group
@@ -224,7 +235,6 @@ class ThyroidState(NamedTuple):
   tau: jax.Array  # shape=(), float32: quantization-temperature multiplier in [0.5, 2]
   controls: dict  # {"quant_temperature": tau}
 
-  regulator_name = "thyroid"
   logged_fields = ("alpha", "lam", "tau")
 
 
@@ -235,12 +245,16 @@ def thyroid_controller(
   group_labels: Any = None,
   update_every: int = 10,
   weights: str | os.PathLike = "shipped",
+  name: str | None = None,
 ) -> HyperparamController:
   """The Thyroid as a controller of ``steer_hyperparams``; see the module docstring."""
   if version not in VERSIONS:
-    raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
-  if update_every < 1:
-    raise ValueError(f"update_every must be >= 1, got {update_every}")
+    raise ValueError(f"thyroid: version must be one of {VERSIONS}, got {version!r}")
+  update_every = static_int("thyroid", "update_every", update_every)
+  # v0.3 measures each group's gradient norm from the updates it receives; the global
+  # versions read the step's (pre-clip) grad_norm.
+  reads = ("value",) if version == "per_group" else ("value", "grad_norm")
+  spec = regulator_spec("thyroid", name, reads=reads, offers=("quant_temperature",))
   groups = len(group_names)
   net = load_thyroid_params(version, weights, groups)
   if thyroid_param_count(net) > MAX_PARAMS:
@@ -250,11 +264,12 @@ def thyroid_controller(
   def init_fn(params):
     del params
     return ThyroidState(
+      spec=spec,
       step=jnp.zeros((), jnp.int32),
       loss_buffer=signals.ring_init(WINDOW),
       grad_buffer=jax.vmap(lambda _: signals.ring_init(WINDOW))(jnp.arange(groups)),
       # A copy: a donated state must not delete the arrays this closure keeps for init.
-      weights=jax.tree.map(lambda x: jnp.array(x, copy=True), net),
+      weights=jax.tree.map(fresh, net),
       alpha=jnp.ones((groups,)),
       lam=jnp.ones((groups,)),
       tau=jnp.ones(()),
@@ -268,13 +283,13 @@ def thyroid_controller(
       for leaf, label in zip(jax.tree.leaves(updates), jax.tree.leaves(labels), strict=True):
         sq[label] = sq[label] + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
       return jnp.sqrt(jnp.stack([sq[name] for name in group_names]))
-    norm = extra_args.get("grad_norm")
-    return jnp.reshape(optax.tree.norm(updates) if norm is None else norm, (1,))
+    return jnp.reshape(extra_args["grad_norm"], (1,))
 
   def update_fn(state: ThyroidState, base, updates, params, **extra_args):
     del params
-    if "value" not in extra_args:
-      raise ValueError("the Thyroid reads the loss: pass tx.update(..., value=loss)")
+    for key in spec.reads:
+      if key not in extra_args:
+        raise ValueError(f"thyroid ({spec.name!r}) reads {key!r}: pass tx.update(..., {key}=...)")
     loss_buffer = signals.ring_push(state.loss_buffer, extra_args["value"])
     norms = group_norms(updates, extra_args).astype(jnp.float32)
     grad_buffer = jax.vmap(signals.ring_push)(state.grad_buffer, norms)
@@ -290,12 +305,13 @@ def thyroid_controller(
     lam = jnp.where(regulate, lam, state.lam)
     tau = jnp.where(regulate, tau, state.tau)
     effective = {}
-    for g, name in enumerate(group_names):
-      suffix = f"_{name}" if grouped else ""
-      effective[f"learning_rate{suffix}"] = base[f"learning_rate{suffix}"] * alpha[g]
-      if f"weight_decay{suffix}" in base:
-        effective[f"weight_decay{suffix}"] = base[f"weight_decay{suffix}"] * lam[g]
+    for g, group in enumerate(group_names):
+      suffix = f"_{group}" if grouped else ""
+      for hyperparam, multiplier in (("learning_rate", alpha), ("weight_decay", lam)):
+        if f"{hyperparam}{suffix}" in base:
+          effective[f"{hyperparam}{suffix}"] = base[f"{hyperparam}{suffix}"] * multiplier[g]
     new_state = ThyroidState(
+      spec=spec,
       step=optax.safe_increment(state.step),
       loss_buffer=loss_buffer,
       grad_buffer=grad_buffer,
@@ -310,76 +326,120 @@ def thyroid_controller(
   return HyperparamController(init_fn, update_fn)
 
 
+WEIGHT_DECAY_NAMES = ("weight_decay", "weight_decay_rate")
+
+
+def _steerable(inner_factory: Callable[..., Any]) -> tuple[str | None, str | None]:
+  """(lr argument, weight-decay argument) of ``inner_factory``, None where it has none."""
+  try:
+    accepted = inspect.signature(inner_factory).parameters
+  except (TypeError, ValueError):  # a builtin or C callable: assume the optax names
+    return "learning_rate", "weight_decay"
+  lr = "learning_rate" if "learning_rate" in accepted else None
+  wd = next((n for n in WEIGHT_DECAY_NAMES if n in accepted), None)
+  return lr, wd
+
+
 def thyroid(
   inner_factory: Callable[..., optax.GradientTransformation],
-  learning_rate: optax.ScalarOrSchedule,
-  weight_decay: float = 0.0,
+  learning_rate: optax.ScalarOrSchedule | None = None,
+  weight_decay: optax.ScalarOrSchedule | None = None,
   *,
   version: str = "alpha_lambda_tau",
   group_labels: Any = None,
   group_names: Sequence[str] | None = None,
   update_every: int = 10,
   weights: str | os.PathLike = "shipped",
+  name: str | None = None,
   static_args: tuple[str, ...] = (),
   **inner_kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
-  """``tx = thyroid(optax.adamw, learning_rate=1e-3, weight_decay=0.01, ...)``.
+  """The Spectral Thyroid steering ``inner_factory``'s learning rate and weight decay.
 
-  Then ``tx.update(grads, state, params, value=loss, grad_norm=g)``; without
-  ``grad_norm`` the norm of the incoming updates is used. ``version="per_group"`` needs
-  ``group_labels`` (a tree or callable of labels, as ``optax.multi_transform``) and the
-  ``group_names`` it uses. ``inner_factory`` must take ``learning_rate`` and
-  ``weight_decay``.
+  ``tx = thyroid(optax.adamw, learning_rate=1e-3, weight_decay=0.01)``, then
+  ``tx.update(grads, state, params, value=loss, grad_norm=g)``.
+
+  Args:
+    inner_factory: an optax factory (``optax.adamw``, ``sgd``, ``lion``, ``adafactor``,
+      ``contrib.muon``, ``ord_muon``, ...). α scales its ``learning_rate``; λ its
+      ``weight_decay`` (``weight_decay_rate`` for adafactor) when it has one.
+    learning_rate: base lr, a number or schedule (required when the factory has one).
+    weight_decay: base weight decay (None: the factory's own default, unsteered by the
+      ``"alpha"`` version; an error if given to a factory without weight decay).
+    version: ``"alpha"`` (v0.1), ``"alpha_lambda_tau"`` (v0.2), ``"per_group"`` (v0.3).
+    group_labels, group_names: v0.3's parameter groups (a tree or callable of labels, as
+      ``optax.multi_transform``, and the names it uses).
+    update_every: steps between multiplier updates (10, a Python int).
+    weights: ``"shipped"``, ``"random"`` or a path to an ``.npz``.
+    name: instance name for metrics and controls (default ``"thyroid"``).
+    static_args, inner_kwargs: passed to ``optax.inject_hyperparams`` and the factory.
+
+  State: ``SteeredState(count, inner, controller=ThyroidState(...))`` with the windows,
+  the network's weights and α ``[G]``, λ ``[G]``, τ. References: module docstring.
   """
+  factory_name = getattr(inner_factory, "__name__", repr(inner_factory))
+  lr_arg, wd_arg = _steerable(inner_factory)
+  if lr_arg is None and wd_arg is None:
+    raise ValueError(
+      f"thyroid: inner_factory {factory_name} takes neither learning_rate nor weight_decay, "
+      "so there is nothing to steer"
+    )
+  if lr_arg is None and learning_rate is not None:
+    raise ValueError(f"thyroid: inner_factory {factory_name} takes no learning_rate")
+  if lr_arg is not None and learning_rate is None:
+    raise ValueError(f"thyroid: learning_rate is required to steer {factory_name}")
+  if wd_arg is None and weight_decay is not None:
+    raise ValueError(
+      f"thyroid: inner_factory {factory_name} takes no weight decay, got weight_decay="
+      f"{weight_decay!r}"
+    )
+  controller_args = dict(update_every=update_every, weights=weights, name=name)
   if version == "per_group":
     if group_labels is None or not group_names:
-      raise ValueError("version='per_group' needs group_labels and group_names")
+      raise ValueError("thyroid: version='per_group' needs group_labels and group_names")
     names = tuple(group_names)
     controller = thyroid_controller(
-      version,
-      group_names=names,
-      group_labels=group_labels,
-      update_every=update_every,
-      weights=weights,
+      version, group_names=names, group_labels=group_labels, **controller_args
     )
-
-    def grouped_factory(**hyperparams):
-      return optax.multi_transform(
-        {
-          g: inner_factory(
-            learning_rate=hyperparams[f"learning_rate_{g}"],
-            weight_decay=hyperparams[f"weight_decay_{g}"],
-            **inner_kwargs,
-          )
-          for g in names
-        },
-        group_labels,
-      )
-
     steered = {}
     for g in names:
-      steered[f"learning_rate_{g}"] = learning_rate
-      steered[f"weight_decay_{g}"] = weight_decay
+      if lr_arg:
+        steered[f"learning_rate_{g}"] = learning_rate
+      if wd_arg and weight_decay is not None:
+        steered[f"weight_decay_{g}"] = weight_decay
+
+    def grouped_factory(**hyperparams):
+      def group_factory(g):
+        args = dict(inner_kwargs)
+        if lr_arg:
+          args[lr_arg] = hyperparams[f"learning_rate_{g}"]
+        if f"weight_decay_{g}" in hyperparams:
+          args[wd_arg] = hyperparams[f"weight_decay_{g}"]
+        return inner_factory(**args)
+
+      return optax.multi_transform({g: group_factory(g) for g in names}, group_labels)
+
     # inject_hyperparams binds hyperparameters by signature: name each one.
     grouped_factory.__signature__ = inspect.Signature(
       [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY) for k in steered]
     )
     return steer_hyperparams(grouped_factory, controller, steered)
-  controller = thyroid_controller(version, update_every=update_every, weights=weights)
-  steered = {"learning_rate": learning_rate}
-  if version == "alpha":
-    return steer_hyperparams(
-      inner_factory,
-      controller,
-      steered,
-      static_args=static_args,
-      weight_decay=weight_decay,
-      **inner_kwargs,
-    )
-  return steer_hyperparams(
-    inner_factory,
-    controller,
-    {**steered, "weight_decay": weight_decay},
-    static_args=static_args,
-    **inner_kwargs,
-  )
+  controller = thyroid_controller(version, **controller_args)
+  steered, other = {}, dict(inner_kwargs)
+  if lr_arg:
+    steered["learning_rate"] = learning_rate
+  if weight_decay is not None:
+    # v0.1 has no λ head: its weight decay is passed through unsteered.
+    target = other if version == "alpha" else steered
+    target["weight_decay" if target is steered else wd_arg] = weight_decay
+  if "weight_decay" in steered and wd_arg != "weight_decay":
+    factory = inner_factory
+
+    def renamed(**hyperparams):  # adafactor's weight_decay_rate, steered as weight_decay
+      hyperparams[wd_arg] = hyperparams.pop("weight_decay")
+      return factory(**hyperparams)
+
+    params = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY) for k in (*steered, *other)]
+    renamed.__signature__ = inspect.Signature(params)
+    inner_factory = renamed
+  return steer_hyperparams(inner_factory, controller, steered, static_args=static_args, **other)

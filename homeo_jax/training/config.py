@@ -26,6 +26,9 @@ class ConfigError(ValueError):
   """A configuration value is invalid; the message names the key."""
 
 
+NONFINITE_POLICIES = ("rollback", "skip", "stop")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   corpus: str = corpora.SHAKESPEARE  # a built-in name or a path to a file/folder
@@ -50,6 +53,8 @@ class OptimizerConfig:
   eps: float = 1e-8
   weight_decay: float = 0.1
   grad_clip: float = 1.0  # 0 disables global-norm clipping
+  spike_threshold: float = 0.0  # k > 0 wraps the optimizer in regulators.skip_spikes
+  spike_mode: str = "skip"  # "skip" or "clip" (regulators/spike_guard.py)
   kwargs: dict = dataclasses.field(default_factory=dict)  # optimizer-specific arguments
 
 
@@ -65,6 +70,13 @@ class TrainConfig:
   run_dir: str = "runs/default"
   progress: bool = True
   log_format: str = "default"  # console lines: "default" or "ouro" (training/console.py)
+  # A non-finite loss, gradient or update (training/loop.py): "rollback" to the newest
+  # checkpoint with the update scaled by rollback_lr_scale and the offending data skipped,
+  # "skip" the update, or "stop" with an error. The update never enters the state.
+  on_nonfinite: str = "rollback"
+  rollback_lr_scale: float = 0.5
+  max_rollbacks: int = 3
+  max_consecutive_skips: int = 20  # "skip": a run that only skips stops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +161,7 @@ def _parse_literal(raw: str) -> Any:
 def validate_config(config: Config) -> None:
   """Check every value that can be checked without data or compilation."""
   from homeo_jax.models import MODEL_TYPES
-  from homeo_jax.training.optimizers import OPTIMIZERS
+  from homeo_jax.training.optimizers import OPTIMIZERS, check_kwargs
 
   d, o, t = config.data, config.optimizer, config.train
   if config.model_type not in MODEL_TYPES:
@@ -179,12 +191,16 @@ def validate_config(config: Config) -> None:
     raise ConfigError(str(e)) from None
   if o.name not in OPTIMIZERS:
     raise ConfigError(f"optimizer.name must be one of {sorted(OPTIMIZERS)}, got {o.name!r}")
+  check_kwargs(o)
   _positive(o, "optimizer", "learning_rate")
   _nonnegative(o, "optimizer", "min_learning_rate", "warmup_steps", "weight_decay", "grad_clip")
   _nonnegative(o, "optimizer", "eps")
   for name in ("b1", "b2"):
     if not 0.0 <= getattr(o, name) < 1.0:
       raise ConfigError(f"optimizer.{name} must be in [0, 1), got {getattr(o, name)}")
+  _nonnegative(o, "optimizer", "spike_threshold")
+  if o.spike_mode not in ("skip", "clip"):
+    raise ConfigError(f"optimizer.spike_mode must be 'skip' or 'clip', got {o.spike_mode!r}")
   if o.schedule not in ("cosine", "constant"):
     raise ConfigError(f"optimizer.schedule must be 'cosine' or 'constant', got {o.schedule!r}")
   _positive(
@@ -198,6 +214,14 @@ def validate_config(config: Config) -> None:
     "keep_checkpoints",
   )
   _check_log_format(t)
+  if t.on_nonfinite not in NONFINITE_POLICIES:
+    raise ConfigError(
+      f"train.on_nonfinite must be one of {NONFINITE_POLICIES}, got {t.on_nonfinite!r}"
+    )
+  if not 0.0 < t.rollback_lr_scale <= 1.0:
+    raise ConfigError(f"train.rollback_lr_scale must be in (0, 1], got {t.rollback_lr_scale}")
+  _nonnegative(t, "train", "max_rollbacks")
+  _positive(t, "train", "max_consecutive_skips")
   try:
     config.mesh.validate()
   except ValueError as e:

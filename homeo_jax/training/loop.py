@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -40,11 +39,14 @@ from homeo_jax.training.optimizers import build_optimizer, learning_rate_schedul
 from homeo_jax.training.report import write_report
 from homeo_jax.training.step import (
   LossFn,
+  as_extra_args,
+  check_wiring,
   functional_model,
   init_train_state,
   lm_loss,
   make_eval_step,
   make_train_step,
+  tree_all_finite,
 )
 
 PAUSE_FILE = ".pause"
@@ -68,24 +70,48 @@ def hardware_description() -> str:
   return desc
 
 
+class NonFiniteError(RuntimeError):
+  """The run met non-finite values its ``train.on_nonfinite`` policy could not absorb."""
+
+
 def load_data(config: config_lib.Config) -> TextData:
+  """The config's corpus, tokenized; an empty or unreadable one is a one-line ConfigError."""
   d = config.data
-  return load_text_data(
-    d.corpus,
-    tokenizer=d.tokenizer,
-    val_fraction=d.val_fraction,
-    bpe_vocab_size=d.bpe_vocab_size,
-    max_chars=d.max_chars or None,
-  )
+  try:
+    return load_text_data(
+      d.corpus,
+      tokenizer=d.tokenizer,
+      val_fraction=d.val_fraction,
+      bpe_vocab_size=d.bpe_vocab_size,
+      max_chars=d.max_chars or None,
+    )
+  except (OSError, ValueError, UnicodeError) as e:
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+    raise config_lib.ConfigError(f"data.corpus={d.corpus!r} cannot be used: {reason}") from None
 
 
 def check_data_fits(config: config_lib.Config, data: TextData) -> None:
+  """Each split must hold one window of seq_len + 1 tokens (a batch row)."""
   for split, tokens in (("training", data.train_tokens), ("validation", data.val_tokens)):
     if len(tokens) <= config.data.seq_len:
       raise config_lib.ConfigError(
-        f"data.seq_len={config.data.seq_len} is larger than the {split} split "
-        f"({len(tokens)} tokens)"
+        f"data.corpus={config.data.corpus!r} has {len(tokens)} {split} tokens, fewer than "
+        f"one batch row of data.seq_len + 1 = {config.data.seq_len + 1}"
       )
+
+
+def prepare_run_dir(run_dir: Path) -> RunFiles:
+  """Create the run folder and prove it writable, before any data is loaded or compiled."""
+  try:
+    files = RunFiles(run_dir)
+    probe = run_dir / f".write_test{os.getpid()}"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise config_lib.ConfigError(
+      f"train.run_dir={str(run_dir)!r} cannot be created or written: {e.strerror or e}"
+    ) from None
+  return files
 
 
 def model_config(config: config_lib.Config, vocab_size: int):
@@ -121,33 +147,6 @@ def build_mesh(config: config_lib.Config):
       f"data.batch_size={config.data.batch_size} does not split over mesh data×fsdp={rows}"
     )
   return mesh
-
-
-def distinct_buffers(tree: Any) -> Any:
-  """Copy leaves that share a buffer with an earlier leaf.
-
-  jit returns one buffer for outputs that are the same value (e.g. a regulator that
-  keeps an effective hyperparameter in its own state and in the inner optimizer's), and
-  a donated argument must not hold one buffer twice.
-  """
-  leaves, treedef = jax.tree.flatten(tree)
-  seen: set = set()
-  out = []
-  for leaf in leaves:
-    if seen & _buffers(leaf):
-      leaf = jnp.array(leaf, copy=True)
-    seen |= _buffers(leaf)
-    out.append(leaf)
-  return treedef.unflatten(out)
-
-
-def _buffers(leaf: Any) -> set:
-  """The memory a leaf holds: its per-device buffers (two sharded arrays can be
-  different Python objects sharing some of them), else the object itself."""
-  try:
-    return {s.data.unsafe_buffer_pointer() for s in leaf.addressable_shards}
-  except (AttributeError, RuntimeError, ValueError):
-    return {id(leaf)}
 
 
 class _PauseRequest:
@@ -212,7 +211,10 @@ def setup(
       config.optimizer, t.steps, model=model_config(config, data.vocab_size), mesh=mesh
     )
     lr_schedule = learning_rate_schedule(config.optimizer, t.steps)
-  tx = optax.with_extra_args_support(tx)
+  tx = as_extra_args(tx)
+  check_wiring(
+    model, apply_fn, loss_fn, tx, params, (config.data.batch_size, config.data.seq_len + 1)
+  )
   state = init_train_state(params, tx, t.seed)
   step_fn, eval_fn = make_train_step(apply_fn, tx, loss_fn), make_eval_step(apply_fn, loss_fn)
   if mesh is None:
@@ -262,13 +264,13 @@ def train(
   """
   config_lib.validate_config(config)
   t = config.train
+  run_dir = Path(t.run_dir)
+  files = prepare_run_dir(run_dir)
   data = data if data is not None else load_data(config)
   check_data_fits(config, data)
   run = setup(config, data, tx=tx, model=model, loss_fn=loss_fn)
   state, params, put = run.state, run.state.params, run.put
 
-  run_dir = Path(t.run_dir)
-  files = RunFiles(run_dir)
   atomic_write_text(run_dir / "config.json", config_lib.to_json(config))
   checkpointer = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
   stats: dict[str, Any] = {
@@ -280,6 +282,10 @@ def train(
     "best_val_loss": None,
     "best_val_step": None,
     "tokens_per_second": 0.0,
+    # Wasted compute, measured: updates dropped, steps undone by rollbacks, rollbacks.
+    "skipped_steps": 0,
+    "rolled_back_steps": 0,
+    "rollbacks": 0,
   }
   position = 0
   restored = checkpointer.restore_latest(state)
@@ -318,23 +324,36 @@ def train(
       for name, batches in val_sets.items()
     }
 
+  all_finite = jax.jit(tree_all_finite)
+
   def save(state) -> None:
+    # Guarded steps keep the state finite; this check is what keeps rotation from ever
+    # deleting the last good checkpoint in favour of a non-finite one.
+    if not bool(all_finite(state)):
+      print(
+        f"not saving step {int(state.step)}: the state holds non-finite values", file=sys.stderr
+      )
+      return
     checkpointer.save(
       int(state.step), state, {"data_position": position, "stats": to_python(stats)}
     )
 
   start = int(state.step)
+  # Rollback target before the first checkpoint: the initial state, kept on the host.
+  initial = jax.device_get(state) if t.on_nonfinite == "rollback" and start == 0 else None
   pending: tuple[int, dict] | None = None
   timer = {"tokens": 0, "seconds": 0.0, "last": time.perf_counter(), "measured_from": start + 1}
   bar = tqdm(
     total=t.steps, initial=start, disable=not t.progress, dynamic_ncols=True, file=sys.stdout
   )
   status = "finished"
+  consecutive_skips = 0
 
-  def flush() -> None:
-    nonlocal pending
+  def flush() -> int | None:
+    """Log the pending step's metrics; return that step if its update was non-finite."""
+    nonlocal pending, consecutive_skips
     if pending is None:
-      return
+      return None
     step, metrics = pending
     pending = None
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -345,6 +364,10 @@ def train(
       timer["seconds"] += step_seconds
     timer["last"] = now
     tok_s = timer["tokens"] / timer["seconds"] if timer["seconds"] else 0.0
+    bad = metrics.get("nonfinite", 0.0) > 0
+    consecutive_skips = consecutive_skips + 1 if bad else 0
+    if bad and t.on_nonfinite == "skip":
+      stats["skipped_steps"] += 1
     stats.update(step=step, train_loss=metrics["loss"], tokens_per_second=tok_s)
     headline = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("regulators/")}
     metrics.update(dt=step_seconds, tok_s=tok_s)
@@ -354,47 +377,117 @@ def train(
       **{k: f"{v:.3g}" for k, v in list(headline.items())[:3]},
     )
     bar.update(step - bar.n)
-    if step % t.log_every == 0 or step == t.steps:
+    if step % t.log_every == 0 or step == t.steps or bad:
       if lr_schedule is not None:  # evaluated on the host only for logged steps
         metrics["lr"] = float(lr_schedule(step - 1))
       files.append_metrics({"step": step, **metrics, "tokens_per_second": tok_s})
       stats["last_metrics"] = metrics
       for line in LINE_FORMATS[t.log_format](step, metrics):
         bar.write(line)
+    return step if bad else None
 
-  with _PauseRequest(run_dir) as pause:
-    for step in range(start + 1, t.steps + 1):
-      state, metrics = train_step(distinct_buffers(state), put(train_batches[position]))
-      position += 1
-      flush()
-      pending = (step, metrics)
-      if step % t.eval_every == 0 or step == t.steps:
-        flush()
-        val = evaluate(state)
-        val_loss = val.pop("")
-        stats["val_loss"] = val_loss
-        stats.update({f"val_loss/{name}": v for name, v in val.items()})
-        if stats["best_val_loss"] is None or val_loss < stats["best_val_loss"]:
-          stats.update(best_val_loss=val_loss, best_val_step=step)
-        files.append_metrics(
-          {"step": step, "val/loss": val_loss, **{f"val/{name}/loss": v for name, v in val.items()}}
+  def on_fault(bad_step: int | None) -> bool:
+    """Apply ``train.on_nonfinite`` to a non-finite step; True if the run rolled back."""
+    nonlocal state, pending
+    if bad_step is None:
+      return False
+    newest = checkpointer.steps()[-1] if checkpointer.steps() else None
+    if t.on_nonfinite == "stop":
+      raise NonFiniteError(
+        f"step {bad_step}: non-finite loss or gradient (train.on_nonfinite=stop); nothing "
+        f"non-finite was saved, newest checkpoint: step {newest}"
+      )
+    if t.on_nonfinite == "skip":
+      if consecutive_skips >= t.max_consecutive_skips:
+        raise NonFiniteError(
+          f"step {bad_step}: {consecutive_skips} non-finite steps in a row were skipped "
+          f"(train.max_consecutive_skips); lower the learning rate or use on_nonfinite=rollback"
         )
-        bar.write(f"step {step:6d} | val loss {val_loss:.4f} (best {stats['best_val_loss']:.4f})")
-        timer["last"] = time.perf_counter()
-      paused = pause.requested()
-      if step % t.checkpoint_every == 0 or step == t.steps or paused:
-        flush()
-        stats["status"] = "paused" if paused and step < t.steps else "running"
-        save(state)
-        files.write_stats(stats)
-        timer["last"] = time.perf_counter()
-      if paused and step < t.steps:
-        pause.consume()
-        status = "paused"
-        break
-    flush()
-  bar.close()
-  checkpointer.close()
+      print(f"step {bad_step}: non-finite loss or gradient; update skipped", file=sys.stderr)
+      return False
+    if stats["rollbacks"] >= t.max_rollbacks:
+      raise NonFiniteError(
+        f"step {bad_step}: non-finite again after {stats['rollbacks']} rollbacks "
+        f"(train.max_rollbacks); newest checkpoint: step {newest}"
+      )
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+      target = restored[0]
+    else:
+      target = jax.tree.map(lambda h, d: jax.device_put(h, d.sharding), initial, state)
+    scale = float(target.update_scale) * t.rollback_lr_scale
+    state = target._replace(
+      update_scale=jax.device_put(np.float32(scale), target.update_scale.sharding)
+    )
+    back_to = int(state.step)
+    stats["rollbacks"] += 1
+    stats["rolled_back_steps"] += bad_step - back_to
+    files.truncate_after(back_to)
+    files.append_metrics(
+      {"step": back_to, "event": "rollback", "from_step": bad_step, "update_scale": scale}
+    )
+    print(
+      f"step {bad_step}: non-finite loss or gradient; rolled back to step {back_to} with "
+      f"update scale {scale:g}, skipping the data seen since",
+      file=sys.stderr,
+    )
+    pending = None
+    bar.n = back_to
+    bar.refresh()
+    timer["last"] = time.perf_counter()
+    return True
+
+  step = start
+  try:
+    with _PauseRequest(run_dir) as pause:
+      while step < t.steps:
+        step += 1
+        state, metrics = train_step(state, put(train_batches[position]))
+        position += 1  # a rollback keeps the position: the data that diverged is skipped
+        if on_fault(flush()):
+          step = int(state.step)
+          continue
+        pending = (step, metrics)
+        if step % t.eval_every == 0 or step == t.steps:
+          if on_fault(flush()):
+            step = int(state.step)
+            continue
+          val = evaluate(state)
+          val_loss = val.pop("")
+          stats["val_loss"] = val_loss
+          stats.update({f"val_loss/{name}": v for name, v in val.items()})
+          if stats["best_val_loss"] is None or val_loss < stats["best_val_loss"]:
+            stats.update(best_val_loss=val_loss, best_val_step=step)
+          files.append_metrics(
+            {
+              "step": step,
+              "val/loss": val_loss,
+              **{f"val/{name}/loss": v for name, v in val.items()},
+            }
+          )
+          bar.write(f"step {step:6d} | val loss {val_loss:.4f} (best {stats['best_val_loss']:.4f})")
+          timer["last"] = time.perf_counter()
+        paused = pause.requested()
+        if step % t.checkpoint_every == 0 or step == t.steps or paused:
+          if on_fault(flush()):
+            step = int(state.step)
+            continue
+          stats["status"] = "paused" if paused and step < t.steps else "running"
+          save(state)
+          files.write_stats(stats)
+          timer["last"] = time.perf_counter()
+        if paused and step < t.steps:
+          pause.consume()
+          status = "paused"
+          break
+      flush()
+  except NonFiniteError:
+    stats["status"] = "stopped: non-finite"
+    files.write_stats(stats)
+    raise
+  finally:
+    bar.close()
+    checkpointer.close()
   stats["status"] = status
   files.write_stats(stats)
   if status == "finished":

@@ -31,6 +31,7 @@ def plot_loss(records: Sequence[dict[str, Any]], path: str | os.PathLike, title:
     steps, values = series(records, key)
     if len(steps):
       ax.plot(steps, values, label=label, marker="o" if key == "val/loss" else None, ms=3)
+  _mark_faults(ax, records)
   ax.set_xlabel("step")
   ax.set_ylabel("cross entropy (nats/token)")
   ax.set_title(title)
@@ -39,6 +40,17 @@ def plot_loss(records: Sequence[dict[str, Any]], path: str | os.PathLike, title:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def _mark_faults(ax, records: Sequence[dict[str, Any]]) -> None:
+  """Rollbacks as dashed lines at the step returned to, skipped steps as red crosses."""
+  for i, r in enumerate(r for r in records if r.get("event") == "rollback"):
+    label = "rollback" if i == 0 else None
+    ax.axvline(r["step"], color="tab:red", ls="--", lw=1, label=label)
+  skipped = [r["step"] for r in records if r.get("nonfinite")]
+  if skipped:
+    top = ax.get_ylim()[1]
+    ax.plot(skipped, [top] * len(skipped), "x", color="tab:red", label="non-finite step")
 
 
 def plot_regulators(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> bool:
@@ -76,6 +88,9 @@ def write_report(
     f"- best validation loss: {_fmt(stats.get('best_val_loss'))} at step "
     f"{stats.get('best_val_step')}",
     f"- seed: {stats.get('seed')}",
+    f"- wasted compute: {stats.get('skipped_steps', 0)} skipped steps, "
+    f"{stats.get('rolled_back_steps', 0)} steps undone by {stats.get('rollbacks', 0)} "
+    "rollbacks",
     "",
     "![loss](loss.png)",
   ]

@@ -6,9 +6,9 @@ is data parallel with sharded weights). Every leaf of the train state (parameter
 optimizer's moments — whose tree paths end in the same parameter names — and the
 regulators' state) gets its sharding from one rule on its path and shape:
 
-* logical axes first: a parameter's path and rank name its axes — ``embedding`` [vocab,
-  embed], ``kernel`` [embed, mlp] (any Linear: in, out), MoE ``w_up``/``w_down``
-  [expert, embed, mlp] / [expert, mlp, embed];
+* logical axes first: the one parameter rule (``models/roles.py``) names a parameter's
+  axes from its path and rank — embeddings [vocab, embed], matrices [embed, mlp] (in,
+  out), MoE experts [expert, embed, mlp] / [expert, mlp, embed];
 * ``LOGICAL_RULES`` maps logical axes to mesh axes: expert → ``expert``; the first of
   (vocab, embed, mlp) whose size divides by the ``fsdp`` size → ``fsdp``; the rest are
   replicated;
@@ -37,6 +37,8 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from homeo_jax.models.roles import logical_axes
 
 MESH_AXES = ("data", "fsdp", "expert")
 BATCH_AXES = ("data", "fsdp")
@@ -79,19 +81,6 @@ def make_mesh(config: MeshConfig, devices: list | None = None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   shape = config.shape(len(devices))
   return Mesh(np.asarray(devices[: math.prod(shape)]).reshape(shape), MESH_AXES)
-
-
-def logical_axes(path: str, shape: tuple[int, ...]) -> tuple[str | None, ...]:
-  """The logical axis names of a model parameter (or its optimizer moment) at ``path``."""
-  last = path.rsplit("[", 1)[-1]
-  if "embedding" in last and len(shape) == 2:
-    return ("vocab", "embed")
-  if ("w_up" in last or "w_down" in last) and len(shape) == 3:
-    inner = ("embed", "mlp") if "w_up" in last else ("mlp", "embed")
-    return ("expert", *inner)
-  if "kernel" in last and len(shape) == 2:
-    return ("embed", "mlp")
-  return (None,) * len(shape)
 
 
 def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:

@@ -31,7 +31,19 @@ CFG = AdaptiveConfig(
   max_seq_len=32,
   char_dim=8,
   pos_dim=4,
+  price_from="price",
 )
+
+
+def ctl(compute_price=0.0, force_k=0, gate_clamp=0):
+  """The controls of a regulator named "price", as ``homeo_jax.controls`` nests them."""
+  return {
+    "price": {
+      "compute_price": jnp.float32(compute_price),
+      "force_k": jnp.int32(force_k),
+      "gate_clamp": jnp.int32(gate_clamp),
+    }
+  }
 
 
 def build(cfg=CFG, seed=0):
@@ -60,8 +72,8 @@ TOKENS = jax.random.randint(jax.random.key(1), (3, 24), 0, VOCAB)
 def test_scan_and_while_paths_agree():
   model = build()
   widen_gate(model)
-  logits_w, tel_w = forward(model, TOKENS, {}, path="while")
-  logits_s, tel_s = forward(model, TOKENS, {}, path="scan")
+  logits_w, tel_w = forward(model, TOKENS, ctl(), path="while")
+  logits_s, tel_s = forward(model, TOKENS, ctl(), path="scan")
   np.testing.assert_allclose(logits_w, logits_s, atol=1e-6)
   for key in ("avg_k", "k_exec", "s_fin", "p_mu"):
     np.testing.assert_allclose(tel_w[key], tel_s[key], atol=1e-6, err_msg=key)
@@ -74,8 +86,8 @@ def test_early_exit_condition_is_shared():
   # Enough halting that the 2% rule stops the loop before Kmax in both paths.
   model = build()
   widen_gate(model, bias=-1.5)
-  _, tel_w = forward(model, TOKENS, {}, path="while")
-  _, tel_s = forward(model, TOKENS, {}, path="scan")
+  _, tel_w = forward(model, TOKENS, ctl(), path="while")
+  _, tel_s = forward(model, TOKENS, ctl(), path="scan")
   assert float(tel_w["passes_run"]) < CFG.max_passes
   np.testing.assert_allclose(tel_w["passes_run"], tel_s["passes_run"])
 
@@ -87,8 +99,8 @@ def test_causal_masking_holds_through_all_passes(path):
   model = build(dataclasses.replace(CFG, min_alive_fraction=0.0))
   widen_gate(model, bias=3.0)
   changed = TOKENS.at[:, 15:].set((TOKENS[:, 15:] + 7) % VOCAB)
-  a, tel = forward(model, TOKENS, {}, path=path)
-  b, _ = forward(model, changed, {}, path=path)
+  a, tel = forward(model, TOKENS, ctl(), path=path)
+  b, _ = forward(model, changed, ctl(), path=path)
   np.testing.assert_allclose(a[:, :15], b[:, :15], atol=1e-6)
   assert np.abs(np.asarray(a[:, 15:] - b[:, 15:])).max() > 1e-3
   assert float(tel["k_exec"]) > 1.2 and float(tel["passes_run"]) >= 2  # later passes ran
@@ -130,22 +142,22 @@ def test_gradients_reach_the_continue_head():
     return adaptive_lm_loss(logits, TOKENS[:, 1:], tel, max_passes=CFG.max_passes)[0]
 
   grad = jax.jit(jax.grad(loss))
-  g = grad(params, {"compute_price": jnp.float32(0.05), "force_k": jnp.int32(0)})
+  g = grad(params, ctl(compute_price=0.05))
   gate = g["layers"][0]["gate_out"]["kernel"][...]
   assert np.all(np.isfinite(gate)) and np.abs(gate).max() > 1e-6
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
   # Forced depth overrides survival: the gate gets no gradient.
-  g_forced = grad(params, {"compute_price": jnp.float32(0.05), "force_k": jnp.int32(2)})
+  g_forced = grad(params, ctl(compute_price=0.05, force_k=2))
   np.testing.assert_array_equal(g_forced["layers"][0]["gate_out"]["kernel"][...], 0.0)
 
 
 def test_forcing_and_hard_kill():
   model = build()
   for k in (1, 2, 4):
-    _, tel = forward(model, TOKENS, {"force_k": jnp.int32(k)})
+    _, tel = forward(model, TOKENS, ctl(force_k=k))
     assert float(tel["k_exec"]) == k and float(tel["avg_k"]) == k
   killed = build(dataclasses.replace(CFG, hard_kill=True))
-  _, tel = forward(killed, TOKENS, {"force_k": jnp.int32(3)})  # static config wins
+  _, tel = forward(killed, TOKENS, ctl(force_k=3))  # static config wins
   assert float(tel["k_exec"]) == 1.0 and float(tel["passes_run"]) == 1.0
 
 
@@ -172,7 +184,7 @@ def test_gate_clamp_control():
 
 def test_one_token_sequences_and_degenerate_features_are_finite():
   model = build()
-  logits, tel = forward(model, TOKENS[:, :1], {})
+  logits, tel = forward(model, TOKENS[:, :1], ctl())
   assert np.all(np.isfinite(logits)) and all(np.all(np.isfinite(v)) for v in tel.values())
   probs = jnp.ones((1, 2, 1, 1))
   ent, top, agree = attention_features(probs, jnp.ones((1, 1)), 16)
@@ -218,7 +230,7 @@ def test_loss_prices_depth_and_pays_the_coupon():
 
 def test_generate_keeps_the_prompt_and_samples_in_vocab():
   model = build()
-  out = generate(model, TOKENS[:1, :5], 40, key=jax.random.key(0))
+  out = generate(model, TOKENS[:1, :5], 40, key=jax.random.key(0), controls=ctl())
   assert out.shape == (1, 45)
   np.testing.assert_array_equal(out[:, :5], TOKENS[:1, :5])
   assert int(out.min()) >= 0 and int(out.max()) < VOCAB
@@ -248,6 +260,6 @@ def test_moe_feed_forward_inside_the_recurrence():
 
   cfg = dataclasses.replace(CFG, ffn="moe", moe=MoEConfig(num_experts=4, top_k=2))
   model = build(cfg)
-  _, tel = forward(model, TOKENS, {"force_k": jnp.int32(2)})
+  _, tel = forward(model, TOKENS, ctl(force_k=2))
   # the load sums over passes: two passes route 2 × 72 tokens × top-2 per layer
   np.testing.assert_allclose(np.asarray(tel["moe_load"]).sum(-1), 2 * 72 * 2)

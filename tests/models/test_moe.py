@@ -143,11 +143,14 @@ def test_spechorn_has_no_auxiliary_loss():
 
 
 def test_controls_move_the_routing():
-  moe = layer(router="spechorn", top_k=1, capacity_factor=8.0)
-  _, before = moe(X, deterministic=True, rngs=None)
+  moe = layer(router="spechorn", top_k=1, capacity_factor=8.0, balancer="balancer")
+  zero = {"balancer": {"moe_logit_adjust": jnp.zeros((2, 8))}}
+  _, before = moe(X, deterministic=True, rngs=None, controls=zero)
   busiest = int(jnp.argmax(before["moe_load"]))
   adjust = jnp.zeros((2, 8)).at[0, busiest].set(-50.0)
-  _, after = moe(X, deterministic=True, rngs=None, controls={"moe_logit_adjust": adjust})
+  _, after = moe(
+    X, deterministic=True, rngs=None, controls={"balancer": {"moe_logit_adjust": adjust}}
+  )
   assert int(after["moe_load"][busiest]) < int(before["moe_load"][busiest])
 
 

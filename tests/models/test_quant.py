@@ -44,7 +44,13 @@ def test_straight_through_passes_gradients():
 
 def test_quantized_model_uses_levels_at_eval_and_temperature_control():
   cfg = QuantTransformerConfig(
-    vocab_size=11, num_layers=1, num_heads=2, d_model=16, max_seq_len=8, base_temperature=0.5
+    vocab_size=11,
+    num_layers=1,
+    num_heads=2,
+    d_model=16,
+    max_seq_len=8,
+    base_temperature=0.5,
+    temperature_from="thyroid",
   )
   model = QuantTransformer(cfg, rngs=nnx.Rngs(0))
   tokens = jnp.arange(8)[None] % 11
@@ -63,12 +69,19 @@ def test_quantized_model_uses_levels_at_eval_and_temperature_control():
 
   expected, _ = Transformer.__call__(nnx.merge(graphdef, hard), tokens)
   np.testing.assert_allclose(eval_a, expected, atol=1e-5)
-  soft, _ = model(tokens, deterministic=False, rngs=nnx.Rngs(dropout=0))
+  with pytest.raises(ValueError, match="reads control 'quant_temperature' from regulator"):
+    model(tokens, deterministic=False, rngs=nnx.Rngs(dropout=0))  # no silent default
+  soft, _ = model(
+    tokens,
+    deterministic=False,
+    rngs=nnx.Rngs(dropout=0),
+    controls={"thyroid": {"quant_temperature": jnp.asarray(1.0)}},
+  )
   softer, _ = model(
     tokens,
     deterministic=False,
     rngs=nnx.Rngs(dropout=0),
-    controls={"quant_temperature": jnp.asarray(2.0)},
+    controls={"thyroid": {"quant_temperature": jnp.asarray(2.0)}},
   )
   assert float(jnp.abs(soft - softer).max()) > 1e-4  # τ reaches the forward
 
@@ -82,10 +95,10 @@ def test_level_flip_monitor_counts_changed_levels_of_quantized_leaves():
   from homeo_jax.models.quant import level_flip_monitor
 
   w = jnp.array([[2.0], [-2.0], [0.5], [-0.5]])  # γ = 1.25: levels 1.5, -1.5, 0.5, -0.5
-  params = {"blocks": {"kernel": w}, "embed": {"embedding": jnp.ones((3, 2))}}
+  params = {"mlp": {"up": {"kernel": w}}, "token_embed": {"embedding": jnp.ones((3, 2))}}
   updates = {
-    "blocks": {"kernel": jnp.array([[0.0], [0.0], [-1.0], [0.0]])},
-    "embed": {"embedding": jnp.ones((3, 2))},
+    "mlp": {"up": {"kernel": jnp.array([[0.0], [0.0], [-1.0], [0.0]])}},
+    "token_embed": {"embedding": jnp.ones((3, 2))},
   }
   tx = level_flip_monitor()
   out, state = tx.update(updates, tx.init(params), params)

@@ -139,15 +139,15 @@ def test_schedule_stays_source_of_truth_and_chain_and_apply_if_finite():
 
 def test_missing_telemetry_is_a_clear_error():
   tx = ars_adamw(1e-3)
-  with pytest.raises(ValueError, match="ARS reads 'value'"):
+  with pytest.raises(ValueError, match="ars \\('ars'\\) reads 'value'"):
     tx.update(PARAMS, tx.init(PARAMS), PARAMS)
 
 
 @pytest.mark.parametrize(
   "kwargs, message",
   [
-    ({"window": 2}, "window must be >= 3, got 2"),
-    ({"phi_min": 0.0}, "phi_min must be in \\(0, 1\\], got 0.0"),
+    ({"window": 2}, "ars: window must be an int >= 3, got 2"),
+    ({"phi_min": 0.0}, "ars: phi_min must be in \\(0, 1\\], got 0.0"),
     ({"phi_min": 1.5}, "phi_min must be in"),
     ({"alpha": 0.0}, "alpha must be > 0, got 0.0"),
     ({"surprise": "zscore"}, "surprise must be one of"),

@@ -121,9 +121,9 @@ def test_schedule_controls_and_fixed_price():
 @pytest.mark.parametrize(
   ("kwargs", "message"),
   [
-    ({"target_k": 0.5}, "target_k must be in \\[1, max_passes=4\\], got 0.5"),
-    ({"target_k": 5.0}, "target_k must be in \\[1, max_passes=4\\], got 5.0"),
-    ({"max_passes": 0}, "max_passes must be >= 1, got 0"),
+    ({"target_k": 0.5}, "compute_price: target_k must be in \\[1, 4\\], got 0.5"),
+    ({"target_k": 5.0}, "compute_price: target_k must be in \\[1, 4\\], got 5.0"),
+    ({"max_passes": 0}, "compute_price: max_passes must be an int >= 1, got 0"),
     ({"audit_prob": 2.0}, "audit_prob must be in \\[0, 1\\], got 2.0"),
   ],
 )

@@ -69,7 +69,7 @@ def test_spechorn_against_float64_reference(schedule):
   for t, (load, inputs) in enumerate(zip(loads(steps), mean_inputs(steps), strict=True)):
     _, state = update({}, state, None, moe_load=load, moe_mean_input=inputs)
     np.testing.assert_allclose(
-      controls(state)["moe_logit_adjust"], want[t]["adjust"], rtol=2e-4, atol=2e-4
+      controls(state)["spechorn"]["moe_logit_adjust"], want[t]["adjust"], rtol=2e-4, atol=2e-4
     )
     np.testing.assert_allclose(float(state.cv), want[t]["cv"], rtol=1e-5)
     np.testing.assert_allclose(float(state.cap_penalty_scale), want[t]["cap_scale"], rtol=1e-5)
@@ -81,7 +81,7 @@ def test_bias_pushes_overloaded_experts_down_and_scheduler_stays_in_range():
   skewed = np.array([[40.0, 10, 10, 10]] * L)
   for _ in range(200):  # CV stays high: the cap penalty scale climbs to its ceiling
     _, state = tx.update({}, state, None, moe_load=skewed)
-  adjust = controls(state)["moe_logit_adjust"]
+  adjust = controls(state)["spechorn"]["moe_logit_adjust"]
   assert (adjust[:, 0] < adjust[:, 1:].min(-1)).all()
   assert float(state.cap_penalty_scale) == pytest.approx(30.0)
   assert float(state.bias_scale) == pytest.approx(12.0) and float(state.ortho_scale) == 0.0
@@ -98,17 +98,17 @@ def test_deepseek_bias_against_reference():
   for load in loads(10):
     _, state = tx.update({}, state, None, moe_load=load)
     bias += 1e-3 * np.sign(load.mean(-1, keepdims=True) - load)
-  np.testing.assert_allclose(controls(state)["moe_selection_bias"], bias, atol=1e-7)
+  np.testing.assert_allclose(controls(state)["deepseek"]["moe_selection_bias"], bias, atol=1e-7)
 
 
 def test_bad_telemetry_and_arguments():
   tx = spechorn_balancer(L, E, D)
   state = tx.init({})
   _, state = tx.update({}, state, None, moe_load=np.ones((L, E)) * 5)
-  before = controls(state)["moe_logit_adjust"]
+  before = controls(state)["spechorn"]["moe_logit_adjust"]
   _, state = tx.update({}, state, None, moe_load=np.full((L, E), np.nan))
   assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(state))
-  np.testing.assert_allclose(controls(state)["moe_logit_adjust"], before, atol=1e-6)
+  np.testing.assert_allclose(controls(state)["spechorn"]["moe_logit_adjust"], before, atol=1e-6)
   with pytest.raises(ValueError, match="moe_load"):
     tx.update({}, state, None)
   with pytest.raises(ValueError, match="cv_band"):

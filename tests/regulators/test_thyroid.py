@@ -53,14 +53,12 @@ def test_clamps_hold_for_extreme_histories_and_weights(version, seed, losses, no
     assert np.isfinite(v).all() and (v >= lo).all() and (v <= hi).all()
 
 
-def run(tx, losses, grad_norm=None):
+def run(tx, losses, grad_norm=1.0):
   state = tx.init(PARAMS)
   update = jax.jit(tx.update)
   out = []
   for v in losses:
-    extra = {"value": jnp.asarray(v)}
-    if grad_norm is not None:
-      extra["grad_norm"] = jnp.asarray(grad_norm)
+    extra = {"value": jnp.asarray(v), "grad_norm": jnp.asarray(grad_norm)}
     _, state = update(PARAMS, state, PARAMS, **extra)
     out.append(state)
   return out
@@ -101,7 +99,9 @@ def test_before_window_is_one_then_regulates_every_k(weights_file):
   wd = float(states[25].inner.hyperparams["weight_decay"])
   assert lr == pytest.approx(1e-3 * alphas[25], rel=1e-6)
   assert wd == pytest.approx(0.01 * float(states[25].controller.lam[0]), rel=1e-6)
-  assert float(controls(states[25])["quant_temperature"]) == float(states[25].controller.tau)
+  assert float(controls(states[25])["thyroid"]["quant_temperature"]) == float(
+    states[25].controller.tau
+  )
 
 
 def test_nan_telemetry_never_enters_buffers(weights_file):
@@ -138,7 +138,9 @@ def test_per_group_heads_map_to_their_leaves(tmp_path):
   state = state._replace(controller=state.controller._replace(weights=net))
   grads = {"embed": jnp.ones((4, 4)) * 0.1, "hidden": jnp.ones((4, 4)) * 10.0}
   for i in range(20):
-    _, state = tx.update(grads, state, PARAMS, value=jnp.asarray(3.0 - 0.01 * i))
+    _, state = tx.update(
+      grads, state, PARAMS, value=jnp.asarray(3.0 - 0.01 * i), grad_norm=jnp.float32(1.0)
+    )
   norms = state.controller.grad_buffer.values[:, -1]
   np.testing.assert_allclose(norms, [0.4, 40.0], rtol=1e-5)  # each group sees its own norm
   alpha = np.asarray(state.controller.alpha)
@@ -146,7 +148,7 @@ def test_per_group_heads_map_to_their_leaves(tmp_path):
   hp = state.inner.hyperparams
   assert float(hp["learning_rate_hidden"]) == pytest.approx(1e-3 * alpha[1], rel=1e-6)
   assert float(hp["learning_rate_embed"]) == pytest.approx(1e-3 * alpha[0], rel=1e-6)
-  updates, _ = tx.update(grads, state, PARAMS, value=jnp.asarray(2.0))
+  updates, _ = tx.update(grads, state, PARAMS, value=jnp.asarray(2.0), grad_norm=jnp.float32(1.0))
   ref = optax.adamw(1e-3 * alpha[1], weight_decay=0.01 * float(state.controller.lam[1]))
   assert updates["hidden"].shape == (4, 4)
   del ref
@@ -228,5 +230,45 @@ def test_init_survives_a_donated_state():
   update = jax.jit(tx.update, donate_argnums=1)
   for _ in range(2):  # the second init must not hand out buffers the first donation deleted
     state = tx.init(PARAMS)
-    _, state = update(PARAMS, state, PARAMS, value=jnp.asarray(1.0))
+    _, state = update(PARAMS, state, PARAMS, value=jnp.asarray(1.0), grad_norm=jnp.asarray(1.0))
     assert bool(jnp.isfinite(state.controller.weights["fusion"]["w"]).all())
+
+
+@pytest.mark.parametrize(
+  ("factory", "kwargs", "steered"),
+  [
+    (optax.sgd, {"learning_rate": 0.1}, {"learning_rate"}),
+    (optax.lion, {"learning_rate": 0.1, "weight_decay": 0.01}, {"learning_rate", "weight_decay"}),
+    (
+      optax.adafactor,
+      {"learning_rate": 0.1, "weight_decay": 0.01},
+      {"learning_rate", "weight_decay"},
+    ),
+    (
+      optax.contrib.muon,
+      {"learning_rate": 0.1, "weight_decay": 0.01},
+      {"learning_rate", "weight_decay"},
+    ),
+  ],
+)
+def test_steers_what_the_inner_factory_accepts(factory, kwargs, steered):
+  from homeo_jax.regulators.thyroid import thyroid
+
+  params = {"w": jnp.ones((4, 3)), "b": jnp.zeros((3,))}
+  tx = thyroid(factory, weights="random", update_every=1, **kwargs)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, state = jax.jit(tx.update)(
+    grads, state, params, value=jnp.float32(1.0), grad_norm=jnp.float32(1.0)
+  )
+  assert set(state.inner.hyperparams) >= steered
+  assert all(bool(jnp.isfinite(u).all()) for u in jax.tree.leaves(updates))
+
+
+def test_inner_factory_misuse_is_one_line():
+  from homeo_jax.regulators.thyroid import thyroid
+
+  with pytest.raises(ValueError, match="thyroid: inner_factory sgd takes no weight decay"):
+    thyroid(optax.sgd, learning_rate=0.1, weight_decay=0.1)
+  with pytest.raises(ValueError, match="takes neither learning_rate nor weight_decay"):
+    thyroid(optax.identity)

@@ -5,7 +5,7 @@ import dataclasses, jax, numpy as np
 from homeo_jax.data import load_text_data
 from homeo_jax.models import AdaptiveConfig, MoEConfig, MoETransformerConfig
 from homeo_jax.training.config import OptimizerConfig
-from homeo_jax.training.loop import distinct_buffers, setup
+from homeo_jax.training.loop import setup
 from homeo_jax.training.sharding import MeshConfig
 from homeo_jax.data import window_batches
 from tests.conftest import tiny_config
@@ -15,25 +15,29 @@ data = load_text_data("shakespeare", tokenizer="char", max_chars=200_000)
 base = tiny_config("/tmp/unused", model={"dropout": 0.0}, data={"batch_size": 8})
 MESHES = [MeshConfig(1, 8, 1), MeshConfig(2, 4, 1), MeshConfig(8, 1, 1)]
 
-def model(kind):
+def model(kind, optimizer):
   m = base.model
   fields = {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}
   if kind == "moe_transformer":
-    return MoETransformerConfig(**fields, moe=MoEConfig(num_experts=8, top_k=2, router="spechorn"))
+    router = {"adamw_deepseek": "deepseek"}.get(optimizer, "spechorn")
+    balancer = {"adamw_spechorn": "spechorn", "adamw_deepseek": "deepseek"}.get(optimizer, "")
+    moe = MoEConfig(num_experts=8, top_k=2, router=router, balancer=balancer)
+    return MoETransformerConfig(**fields, moe=moe)
   if kind == "adaptive_transformer":
-    return AdaptiveConfig(**fields, char_dim=8, pos_dim=4)
+    price = "compute_price" if optimizer == "adamw_compute_price" else ""
+    return AdaptiveConfig(**fields, char_dim=8, pos_dim=4, price_from=price)
   return m
 
 def trajectory(kind, optimizer, kwargs, mesh, steps=2):
   cfg = dataclasses.replace(
-    base, model_type=kind, model=model(kind), mesh=mesh,
+    base, model_type=kind, model=model(kind, optimizer), mesh=mesh,
     optimizer=OptimizerConfig(name=optimizer, learning_rate=3e-3, warmup_steps=1, kwargs=kwargs),
   )
   run = setup(cfg, data)
   batches = window_batches(data.train_tokens, seq_len=32, batch_size=8, seed=0)
   state, losses = run.state, []
   for i in range(steps):
-    state, metrics = run.train_step(distinct_buffers(state), run.put(batches[i]))
+    state, metrics = run.train_step(state, run.put(batches[i]))
     losses.append(float(metrics["loss"]))
   return np.array(losses), state, run
 

@@ -210,7 +210,14 @@ def adaptive_config(run_dir):
     },
   )
   model = AdaptiveConfig(
-    vocab_size=0, num_layers=2, num_heads=2, d_model=32, max_seq_len=32, char_dim=8, pos_dim=4
+    vocab_size=0,
+    num_layers=2,
+    num_heads=2,
+    d_model=32,
+    max_seq_len=32,
+    char_dim=8,
+    pos_dim=4,
+    price_from="compute_price",
   )
   return dataclasses.replace(cfg, model_type="adaptive_transformer", model=model)
 
