@@ -24,24 +24,18 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 
-def sinkhorn(
+def sinkhorn_potentials(
   logits: jax.Array,
   *,
   n_iter: int = 4,
   eps: float = 0.05,
   row_marginal: jax.Array | None = None,
   col_marginal: jax.Array | None = None,
-  return_log: bool = False,
-) -> jax.Array:
-  """Entropic plan ``[..., T, E]`` (or its log with ``return_log=True``).
+) -> tuple[jax.Array, jax.Array]:
+  """The log-domain potentials (f ``[..., T]``, g ``[..., E]``) after ``n_iter`` iterations.
 
-  Args:
-    logits: scores, higher is more preferred; leading axes are batch axes.
-    n_iter: Sinkhorn iterations (row update then column update), static.
-    eps: entropic temperature (> 0); smaller is closer to a hard assignment.
-    row_marginal: ``[..., T]`` token masses (default uniform 1/T).
-    col_marginal: ``[..., E]`` expert masses (default uniform 1/E).
-    return_log: return log P instead of P.
+  log P = logits/eps + f + g. A router that must stay per token uses eps·g as a per-expert
+  bias: it is the shift of the scores that balances the columns.
   """
   if n_iter < 1:
     raise ValueError(f"n_iter must be >= 1, got {n_iter}")
@@ -66,5 +60,30 @@ def sinkhorn(
 
   init = (jnp.zeros(logits.shape[:-1], jnp.float32), jnp.zeros(log_b.shape, jnp.float32))
   (f, g), _ = jax.lax.scan(iteration, init, None, length=n_iter)
-  log_plan = scores + f[..., :, None] + g[..., None, :]
+  return f, g
+
+
+def sinkhorn(
+  logits: jax.Array,
+  *,
+  n_iter: int = 4,
+  eps: float = 0.05,
+  row_marginal: jax.Array | None = None,
+  col_marginal: jax.Array | None = None,
+  return_log: bool = False,
+) -> jax.Array:
+  """Entropic plan ``[..., T, E]`` (or its log with ``return_log=True``).
+
+  Args:
+    logits: scores, higher is more preferred; leading axes are batch axes.
+    n_iter: Sinkhorn iterations (row update then column update), static.
+    eps: entropic temperature (> 0); smaller is closer to a hard assignment.
+    row_marginal: ``[..., T]`` token masses (default uniform 1/T).
+    col_marginal: ``[..., E]`` expert masses (default uniform 1/E).
+    return_log: return log P instead of P.
+  """
+  f, g = sinkhorn_potentials(
+    logits, n_iter=n_iter, eps=eps, row_marginal=row_marginal, col_marginal=col_marginal
+  )
+  log_plan = logits.astype(jnp.float32) / eps + f[..., :, None] + g[..., None, :]
   return log_plan if return_log else jnp.exp(log_plan)

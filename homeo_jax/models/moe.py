@@ -16,25 +16,40 @@ one of three routers (``MoEConfig.router``):
   linear gate of the other routers (an ablation: the GRU carries sequence context into
   the gate weights, which is extra model capacity, not only routing); (2–4) the
   ``moe_logit_adjust`` control of the balancer named by ``balancer`` (EMA load bias −
-  capacity penalty − orthogonality penalty, see ``regulators/load_balance.py``) is added;
-  (5) Sinkhorn (eps ``sinkhorn_eps``, ``sinkhorn_iter`` iterations) over the adjusted
-  logits of all tokens of the batch, then top-k on its plan. With ``use_sinkhorn=False``
-  the plan is a softmax. Loss-free.
+  capacity penalty − orthogonality penalty + the Sinkhorn bias, see
+  ``regulators/load_balance.py``) is added, and each token takes its top-k; (5) Sinkhorn
+  (eps ``sinkhorn_eps``, ``sinkhorn_iter`` iterations) runs over the adjusted logits of
+  the whole batch under ``stop_gradient`` and reports its expert (column) potentials as
+  telemetry ``moe_sinkhorn_dual`` — the per-expert shift that would balance this batch —
+  which the balancer accumulates into the bias for the next step. Loss-free.
+
+  **Causal by design.** Routing Sinkhorn's *plan* (the seed's "direct Sinkhorn routing")
+  makes token t's expert depend on every other token of the batch, later ones included:
+  the model would not be causal and single-token decoding could not reproduce training.
+  Here Sinkhorn balances the batch through its duals while the routing itself stays per
+  token, so training, evaluation and decoding route identically (tested).
 
 Gate weights are always the softmax of the router's own (unadjusted) logits at the
 selected experts, renormalised over the k: the controllers change *which* experts a
 token uses, the gradient trains the router through the weights.
 
-Dispatch: with capacity C = max(1, ⌈capacity_factor·k·N/E⌉) per expert (N tokens in the
-batch), assignments are ranked first choices before second choices, then by token
-order (one-hot cumsum); those past C are dropped (their share of the output is zero).
+Dispatch (causal capacity): each sequence's assignments are ranked in token order (a
+token's k choices at its position; one-hot cumsum), and the assignment of the token at
+position t is kept when its rank is below the budget accrued so far,
+C(t) = max(1, ⌈capacity_factor·k·(t+1)/E⌉); the expert buffers hold C(T−1) slots per
+sequence. Dropped assignments contribute nothing. Whether token t keeps its slot depends
+only on tokens ≤ t of its own row — not on later tokens, other rows or the sequence
+length — so a prefix evaluated alone routes and drops exactly as inside the full batch.
+GShard's batch-wide capacity (all first choices before any second choice) would let later
+tokens and other rows take a token's slot.
 ``dropless=True`` sorts the N·k assignments by expert and runs the experts with
 ``jax.lax.ragged_dot`` on the ragged groups: nothing is dropped. Both paths give the
 same output when nothing is dropped (tested).
 
 Telemetry per layer (stacked over layers by the model): ``moe_load`` [E] assignments
 per expert (before drops), ``moe_mean_input`` [E, d] the mean routed input of each
-expert, ``moe_drop_rate``, ``moe_router_entropy``, and the scalar summaries the loop logs
+expert, ``moe_drop_rate``, ``moe_router_entropy``, ``moe_sinkhorn_dual`` [E] (spechorn with
+Sinkhorn), and the scalar summaries the loop logs
 (``moe_load_cv`` = std/mean of the load, ``moe_max_vio`` = max/mean − 1).
 """
 
@@ -47,7 +62,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from homeo_jax.cores.sinkhorn import sinkhorn
+from homeo_jax.cores.sinkhorn import sinkhorn_potentials
 from homeo_jax.models.layers import TransformerConfig, read_control
 from homeo_jax.models.transformer import Transformer
 
@@ -119,23 +134,32 @@ def control_read(cfg: MoEConfig) -> tuple[str, str] | None:
   return cfg.balancer, BALANCER_CONTROLS[cfg.router]
 
 
-def capacity(cfg: MoEConfig, num_tokens: int) -> int:
-  """Tokens per expert: max(1, ⌈capacity_factor·k·N/E⌉)."""
-  return max(1, math.ceil(cfg.capacity_factor * cfg.top_k * num_tokens / cfg.num_experts))
+def capacity(cfg: MoEConfig, seq_len: int) -> int:
+  """Slots per expert and sequence: max(1, ⌈capacity_factor·k·T/E⌉)."""
+  return max(1, math.ceil(cfg.capacity_factor * cfg.top_k * seq_len / cfg.num_experts))
 
 
-def capacity_slots(choice: jax.Array, cap: int) -> tuple[jax.Array, jax.Array]:
-  """Slot of each assignment in its expert's buffer, and whether it fits.
+def capacity_budget(cfg: MoEConfig, seq_len: int) -> jax.Array:
+  """``[T]``: slots per expert accrued by each position, C(t) = capacity(t + 1)."""
+  t = jnp.arange(1, seq_len + 1, dtype=jnp.float32)
+  return jnp.maximum(1.0, jnp.ceil(cfg.capacity_factor * cfg.top_k * t / cfg.num_experts))
 
-  ``choice`` is the one-hot ``[N, k, E]`` of each token's k experts. Assignments are
-  ranked all first choices (in token order), then all second choices, and so on; the
-  first ``cap`` of each expert are kept. Returns (position ``[N, k]``, kept ``[N, k]``).
+
+def capacity_slots(choice: jax.Array, budget: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+  """Slot of each assignment in its expert's per-sequence buffer, and whether it fits.
+
+  ``choice`` is the one-hot ``[..., T, k, E]`` of each token's k experts (leading axes are
+  independent sequences). Assignments are ranked in token order, a token's k choices at
+  its own position; one at position t is kept while its rank is below ``budget`` (a
+  number, or ``[T]`` slots accrued by each position): a token's slot depends on earlier
+  tokens of its sequence only. Returns (position ``[..., T, k]``, kept ``[..., T, k]``).
   """
-  n, k, e = choice.shape
-  ranked = jnp.swapaxes(choice, 0, 1).reshape(k * n, e)
-  position = (jnp.cumsum(ranked, axis=0) - 1.0) * ranked
-  position = jnp.swapaxes(position.reshape(k, n, e), 0, 1).sum(-1)
-  return position, (position < cap).astype(jnp.float32)
+  *lead, t, k, e = choice.shape
+  ranked = choice.reshape(*lead, t * k, e)
+  position = ((jnp.cumsum(ranked, axis=-2) - 1.0) * ranked).sum(-1)
+  position = position.reshape(*lead, t, k)
+  limit = jnp.reshape(jnp.asarray(budget, jnp.float32), (-1, 1))  # [T or 1, 1]
+  return position, (position < limit).astype(jnp.float32)
 
 
 class GRUGate(nnx.Module):
@@ -197,48 +221,58 @@ class MoEFeedForward(nnx.Module):
     return logits
 
   def select(self, logits: jax.Array, controls) -> jax.Array:
-    """Scores whose top-k picks the experts, ``[N, E]``."""
+    """Per-token scores whose top-k picks the experts, ``[..., E]``: the router logits plus
+    the balancer's control (nothing that couples tokens)."""
+    read = control_read(self.moe)
+    if read is None:
+      return logits
+    return logits + read_control(controls, *read)[self.layer]
+
+  def sinkhorn_dual(self, scores: jax.Array) -> jax.Array:
+    """``[E]``: eps·g, Sinkhorn's column potential on the batch's scores, centred — the
+    per-expert logit shift that would balance this batch (telemetry, no gradient)."""
     m = self.moe
-    read = control_read(m)
-    if read is not None:
-      logits = logits + read_control(controls, *read)[self.layer]
-    if m.router == "spechorn" and m.use_sinkhorn:
-      return sinkhorn(logits, n_iter=m.sinkhorn_iter, eps=m.sinkhorn_eps, return_log=True)
-    return logits
+    _, g = sinkhorn_potentials(
+      jax.lax.stop_gradient(scores), n_iter=m.sinkhorn_iter, eps=m.sinkhorn_eps
+    )
+    return m.sinkhorn_eps * (g - jnp.mean(g))
 
   def __call__(
     self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None, controls=None
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     m = self.moe
     b, t, d = x.shape
-    n, e, k = b * t, m.num_experts, m.top_k
-    logits = self.router_logits(x).reshape(n, e)
-    # A token with non-finite logits routes uniformly instead of poisoning the batch
-    # (Sinkhorn and the capacity cumsum couple all tokens).
+    e, k = m.num_experts, m.top_k
+    logits = self.router_logits(x)  # [B, T, E]
+    # A token with non-finite logits routes uniformly instead of poisoning its neighbours.
     logits = jnp.where(jnp.isfinite(logits).all(-1, keepdims=True), logits, 0.0)
     probs = jax.nn.softmax(logits, axis=-1)
-    _, expert_idx = jax.lax.top_k(self.select(logits, controls), k)  # [N, k], distinct
+    scores = self.select(logits, controls)
+    _, expert_idx = jax.lax.top_k(scores, k)  # [B, T, k], distinct
     gate = jnp.take_along_axis(probs, expert_idx, axis=-1)
     gate = gate / jnp.sum(gate, axis=-1, keepdims=True)
-    choice = jax.nn.one_hot(expert_idx, e, dtype=jnp.float32)  # [N, k, E]
-    tokens = x.reshape(n, d)
+    choice = jax.nn.one_hot(expert_idx, e, dtype=jnp.float32)  # [B, T, k, E]
     if m.dropless:
-      y, kept = self._dropless(tokens, expert_idx, gate), jnp.ones((n, k), jnp.float32)
+      y, kept = self._dropless(x, expert_idx, gate), jnp.ones((b, t, k), jnp.float32)
     else:
-      y, kept = self._with_capacity(tokens, choice, gate)
-    load = jnp.sum(choice, axis=(0, 1))
-    routed = jnp.sum(choice, axis=1)  # [N, E]: 1 where the token chose the expert
-    mean_input = (routed.T @ tokens.astype(jnp.float32)) / jnp.maximum(load, 1.0)[:, None]
+      y, kept = self._with_capacity(x, choice, gate)
+    load = jnp.sum(choice, axis=(0, 1, 2))
+    routed = jnp.sum(choice, axis=2).reshape(b * t, e)  # 1 where the token chose the expert
+    tokens = x.reshape(b * t, d).astype(jnp.float32)
+    mean_input = (routed.T @ tokens) / jnp.maximum(load, 1.0)[:, None]
     telemetry = {
       "moe_load": load,
       "moe_mean_input": mean_input,
       "moe_drop_rate": 1.0 - jnp.mean(kept),
       "moe_router_entropy": -jnp.mean(jnp.sum(probs * jnp.log(probs + 1e-9), axis=-1)),
     }
+    if m.router == "spechorn" and m.use_sinkhorn:
+      telemetry["moe_sinkhorn_dual"] = self.sinkhorn_dual(scores.reshape(b * t, e))
     if m.router == "softmax_aux":
-      fraction = load / (n * k)
-      telemetry["aux_loss"] = m.aux_loss_weight * e * jnp.sum(fraction * jnp.mean(probs, 0))
-    y = self.dropout(y.reshape(b, t, d).astype(x.dtype), deterministic=deterministic, rngs=rngs)
+      fraction = load / (b * t * k)
+      mean_probs = jnp.mean(probs.reshape(b * t, e), 0)
+      telemetry["aux_loss"] = m.aux_loss_weight * e * jnp.sum(fraction * mean_probs)
+    y = self.dropout(y.astype(x.dtype), deterministic=deterministic, rngs=rngs)
     return y, telemetry
 
   def _experts(self, h: jax.Array) -> jax.Array:
@@ -247,28 +281,31 @@ class MoEFeedForward(nnx.Module):
     hidden = jax.nn.gelu(jnp.einsum("ecd,edf->ecf", h.astype(self.dtype), w_up))
     return jnp.einsum("ecf,efd->ecd", hidden, w_down)
 
-  def _with_capacity(self, tokens, choice, gate):
-    n, k, e = choice.shape
-    cap = capacity(self.moe, n)
-    position, kept = capacity_slots(choice, cap)
-    slot = jax.nn.one_hot(position.astype(jnp.int32), cap, dtype=jnp.float32)  # [N, k, C]
-    combine = jnp.einsum("nke,nkc->nec", choice * (kept * gate)[..., None], slot)
-    dispatch = jnp.einsum("nke,nkc->nec", choice * kept[..., None], slot)
-    expert_in = jnp.einsum("nec,nd->ecd", dispatch, tokens.astype(jnp.float32))
-    expert_out = self._experts(expert_in).astype(jnp.float32)
-    return jnp.einsum("nec,ecd->nd", combine, expert_out), kept
+  def _with_capacity(self, x, choice, gate):
+    """Per-sequence slots: ``[B, T, d]`` -> (output ``[B, T, d]``, kept ``[B, T, k]``)."""
+    b, t, k, e = choice.shape
+    cap = capacity(self.moe, t)
+    position, kept = capacity_slots(choice, capacity_budget(self.moe, t))
+    slot = jax.nn.one_hot(position.astype(jnp.int32), cap, dtype=jnp.float32)  # [B,T,k,C]
+    combine = jnp.einsum("btke,btkc->btec", choice * (kept * gate)[..., None], slot)
+    dispatch = jnp.einsum("btke,btkc->btec", choice * kept[..., None], slot)
+    expert_in = jnp.einsum("btec,btd->ebcd", dispatch, x.astype(jnp.float32))
+    expert_out = self._experts(expert_in.reshape(e, b * cap, -1)).astype(jnp.float32)
+    y = jnp.einsum("btec,ebcd->btd", combine, expert_out.reshape(e, b, cap, -1))
+    return y, kept
 
-  def _dropless(self, tokens, expert_idx, gate):
-    n, k = expert_idx.shape
+  def _dropless(self, x, expert_idx, gate):
+    b, t, k = expert_idx.shape
+    n = b * t
     flat = expert_idx.reshape(-1)
     order = jnp.argsort(flat, stable=True)
     group_sizes = jnp.bincount(flat, length=self.moe.num_experts).astype(jnp.int32)
-    x = tokens[order // k].astype(self.dtype)
+    tokens = x.reshape(n, -1)[order // k].astype(self.dtype)
     w_up, w_down = self.w_up[...].astype(self.dtype), self.w_down[...].astype(self.dtype)
-    hidden = jax.nn.gelu(jax.lax.ragged_dot(x, w_up, group_sizes))
+    hidden = jax.nn.gelu(jax.lax.ragged_dot(tokens, w_up, group_sizes))
     out = jax.lax.ragged_dot(hidden, w_down, group_sizes).astype(jnp.float32)
     out = jnp.zeros_like(out).at[order].set(out).reshape(n, k, -1)
-    return jnp.sum(out * gate[..., None], axis=1)
+    return jnp.sum(out * gate.reshape(n, k)[..., None], axis=1).reshape(b, t, -1)
 
 
 class MoETransformer(Transformer):

@@ -10,14 +10,21 @@ r = load / mean(load) (1 = balanced):
 
 * load EMA           L̄ ← EMA(r)                       (decay ``load_decay``, 0.9)
 * EMA load bias      bias = −bias_scale·(L̄ − 1)          overloaded experts are pushed down
-* capacity-use EMA   Ū ← EMA(load / target), target = routed_scaling_factor·k·N/E
-                     (the k·N assignments spread evenly; the seed writes tokens/E for k=1)
-* capacity penalty   cap = cap_penalty_scale·relu(Ū − 1)²
+* capacity use       U = load / target of *this* batch ("real-time", as the seed's stage
+                     4), target = routed_scaling_factor·k·N/E (the k·N assignments spread
+                     evenly; the seed writes tokens/E for k=1), i.e. U = r / rsf
+* capacity penalty   cap = cap_penalty_scale·relu(U − 1)² (published for the next step:
+                     a batch's own routing cannot depend on its load and stay causal)
 * spectral vectors   s_e ← EMA(P·mean routed input of e), P a fixed random projection
                      d → ``spec_dim`` (128) from ``seed``, refreshed every
                      ``spec_update_every`` (16) steps
 * orthogonality      ortho_e = mean_{j≠e} relu(cos(s_e, s_j))
-* published control  moe_logit_adjust = bias − cap − ortho_scale·ortho
+* Sinkhorn bias      sb ← sb + ``sinkhorn_rate``·d, d = the router's telemetry
+                     ``moe_sinkhorn_dual`` [L, E]: eps × Sinkhorn's column potentials on
+                     this batch's adjusted scores (centred), the shift that would have
+                     balanced it. Sinkhorn balances through this bias; routing stays per
+                     token and causal (``models/moe.py``). ``sinkhorn=False`` drops it.
+* published control  moe_logit_adjust = bias − cap − ortho_scale·ortho + sb
 
 The scheduler (``schedule=True``) moves cap_penalty_scale multiplicatively by
 ``scheduler_rate`` (5%) per step, up when the load CV = std/mean of the load (mean over
@@ -89,8 +96,8 @@ class SpecHornState(NamedTuple):
   spec: RegulatorSpec  # static: name, telemetry read, controls published
   step: jax.Array  # shape=(), int32
   load_ema: signals.EMA  # [L, E]: relative load
-  capacity_ema: signals.EMA  # [L, E]: load / target
   spec_ema: signals.EMA  # [L, E, spec_dim]: spectral vectors
+  sinkhorn_bias: jax.Array  # [L, E], float32: accumulated Sinkhorn duals
   bias_scale: jax.Array  # shape=(), float32
   cap_penalty_scale: jax.Array  # shape=(), float32
   ortho_scale: jax.Array  # shape=(), float32
@@ -130,6 +137,8 @@ def spechorn_balancer(
   spec_dim: int = 128,
   spec_update_every: int = 16,
   routed_scaling_factor: float = 1.0,
+  sinkhorn: bool = True,
+  sinkhorn_rate: float = 0.5,
   seed: int = 0,
   name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -146,6 +155,8 @@ def spechorn_balancer(
     load_decay, spec_decay: EMA decays (0.9, in [0, 1)).
     spec_dim, spec_update_every: spectral vector size (128) and refresh period (16).
     routed_scaling_factor: capacity target scale (1.0, > 0).
+    sinkhorn, sinkhorn_rate: accumulate the router's Sinkhorn duals into the bias, at this
+      rate (True, 0.5, in (0, 1]).
     seed: seed of the random projection; name: instance name (``"spechorn"``).
 
   State: ``SpecHornState`` (fields commented in the class).
@@ -168,7 +179,8 @@ def spechorn_balancer(
   check(kind, "spec_update_every", spec_update_every, lambda v: v >= 1, ">= 1")
   check(kind, "total_steps", total_steps, lambda v: v >= 1, ">= 1")
   check(kind, "routed_scaling_factor", routed_scaling_factor, lambda v: v > 0, "> 0")
-  reads = ("moe_load", "moe_mean_input") if orthogonality else ("moe_load",)
+  check(kind, "sinkhorn_rate", sinkhorn_rate, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+  reads = ("moe_load",) + ("moe_mean_input",) * orthogonality + ("moe_sinkhorn_dual",) * sinkhorn
   spec = regulator_spec(kind, name, reads=reads, publishes=("moe_logit_adjust",))
 
   def projection(d: int, dim: int) -> jax.Array:
@@ -186,8 +198,8 @@ def spechorn_balancer(
       spec=spec,
       step=jnp.zeros((), jnp.int32),
       load_ema=signals.ema_init(shape),
-      capacity_ema=signals.ema_init(shape),
       spec_ema=signals.ema_init((*shape, dim)),
+      sinkhorn_bias=jnp.zeros(shape, jnp.float32),
       bias_scale=f(bias_scale_range[0] if schedule else bias_scale),
       cap_penalty_scale=f(cap_penalty_scale),
       ortho_scale=f((ortho_scale_range[0] if schedule else ortho_scale) * orthogonality),
@@ -203,9 +215,6 @@ def spechorn_balancer(
     ok = jnp.all(jnp.isfinite(load))
     rel, cv, max_vio = load_stats(jnp.where(ok, load, 1.0))
     load_ema = signals.ema_update(state.load_ema, rel, load_decay, ok)
-    capacity_ema = signals.ema_update(
-      state.capacity_ema, rel / routed_scaling_factor, load_decay, ok
-    )
     spec_ema = state.spec_ema
     if orthogonality and "moe_mean_input" in extra_args:
       mean_input = jnp.asarray(extra_args["moe_mean_input"], jnp.float32)
@@ -224,14 +233,25 @@ def spechorn_balancer(
     else:
       cap_scale, b_scale, o_scale = state.cap_penalty_scale, state.bias_scale, state.ortho_scale
     bias = -b_scale * (signals.ema_debiased(load_ema, load_decay) - 1.0)
-    cap = cap_scale * jnp.square(jax.nn.relu(signals.ema_debiased(capacity_ema, load_decay) - 1))
-    adjust = bias - cap - o_scale * ortho
+    cap = cap_scale * jnp.square(jax.nn.relu(rel / routed_scaling_factor - 1))
+    sinkhorn_bias = state.sinkhorn_bias
+    if sinkhorn:
+      if "moe_sinkhorn_dual" not in extra_args:
+        raise ValueError(
+          f"spechorn ({spec.name!r}) reads 'moe_sinkhorn_dual' (router spechorn with "
+          "use_sinkhorn); pass sinkhorn=False to balance without it"
+        )
+      dual = jnp.asarray(extra_args["moe_sinkhorn_dual"], jnp.float32)
+      good = jnp.logical_and(ok, jnp.all(jnp.isfinite(dual)))
+      sinkhorn_bias = sinkhorn_bias + jnp.where(good, sinkhorn_rate * dual, 0.0)
+    adjust = bias - cap - o_scale * ortho + sinkhorn_bias
+    adjust = jnp.where(ok, adjust, state.controls["moe_logit_adjust"])  # bad load: hold
     return updates, SpecHornState(
       spec=spec,
       step=optax.safe_increment(state.step),
       load_ema=load_ema,
-      capacity_ema=capacity_ema,
       spec_ema=spec_ema,
+      sinkhorn_bias=sinkhorn_bias,
       bias_scale=jnp.asarray(b_scale, jnp.float32),
       cap_penalty_scale=jnp.asarray(cap_scale, jnp.float32),
       ortho_scale=jnp.asarray(o_scale, jnp.float32),

@@ -18,8 +18,8 @@ LOAD_B = jnp.array([[4.0, 4.0, 4.0, 52.0]])
 def test_two_named_balancers_coexist_with_their_own_controls_and_metrics():
   """Two MoE stacks, one balancer each: each reads its own telemetry key."""
   tx = optax.chain(
-    spechorn_balancer(1, 4, 8, name="encoder", orthogonality=False),
-    spechorn_balancer(1, 4, 8, name="decoder", orthogonality=False),
+    spechorn_balancer(1, 4, 8, name="encoder", orthogonality=False, sinkhorn=False),
+    spechorn_balancer(1, 4, 8, name="decoder", orthogonality=False, sinkhorn=False),
   )
   state = tx.init({})
   # Each instance reads moe_load; a user with two stacks passes each its own by chaining
@@ -52,9 +52,9 @@ def test_specs_declare_reads_and_publications():
   assert price.reads == ("avg_k",)
   assert price.publishes == ("compute_price", "force_k", "gate_clamp")
   (horn,) = regulator_specs(spechorn_balancer(1, 4, 8).init({}))
-  assert horn.reads == ("moe_load", "moe_mean_input")
+  assert horn.reads == ("moe_load", "moe_mean_input", "moe_sinkhorn_dual")
   (no_ortho,) = regulator_specs(spechorn_balancer(1, 4, 8, orthogonality=False).init({}))
-  assert no_ortho.reads == ("moe_load",)
+  assert no_ortho.reads == ("moe_load", "moe_sinkhorn_dual")
 
 
 def test_deployment_controls_drop_training_overrides():

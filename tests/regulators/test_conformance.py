@@ -25,6 +25,7 @@ from homeo_jax.regulators.thyroid import thyroid
 
 MOE_LOAD = jnp.array([[10.0, 30.0, 20.0, 4.0]])
 MOE_INPUT = jnp.ones((1, 4, 8))
+MOE_DUAL = jnp.array([[0.1, -0.2, 0.05, 0.05]])
 
 REGULATORS = {
   "ars_adamw": lambda lr: ars_adamw(lr),
@@ -50,6 +51,7 @@ def telemetry(bad=None):
     "grad_norm": value,
     "moe_load": load,
     "moe_mean_input": MOE_INPUT,
+    "moe_sinkhorn_dual": MOE_DUAL if bad is None else MOE_DUAL * bad,
     "avg_k": value,
     "delta_ce": value,
   }

@@ -47,7 +47,7 @@ def test_seq_len_larger_than_data(tmp_path):
   small = tmp_path / "small.txt"
   small.write_text("tiny corpus " * 4)
   cfg = apply_overrides(tiny_config(tmp_path / "run"), [f"data.corpus={small}"])
-  with pytest.raises(ConfigError, match=r"data.seq_len=32 is larger than the validation split"):
+  with pytest.raises(ConfigError, match=r"validation tokens, fewer than one batch row of data"):
     train(cfg)
 
 
