@@ -2,10 +2,12 @@
 
     python experiments/spechorn_ablation.py [--scale cpu|gpu] [--seeds 0 1 2]
 
-Arms: (a) softmax top-k + Switch auxiliary loss (weight 0.01); (b) DeepSeek loss-free
-selection bias (u = 0.001); (c) SpecHorn; (d) SpecHorn without the CV scheduler;
-(e) SpecHorn without orthogonality; and (f) SpecHorn with the linear gate of (a) and (b)
-instead of its GRU, to separate balancing from the GRU's extra sequence context.
+Arms: (a) softmax top-k + Switch auxiliary loss (weight 0.01, and 0.001 / 0.1); (b)
+DeepSeek loss-free selection bias (u = 0.001, and 0.01 / 0.03); (c) SpecHorn; (d) SpecHorn
+without the CV scheduler; (e) SpecHorn without orthogonality; (f) SpecHorn with the linear
+gate of (a) and (b) instead of its GRU; (g) SpecHorn with the Sinkhorn duals alone; and
+the GRU gate given to (a) and to (b) at u = 0.01, to separate balancing from the GRU's
+extra sequence context.
 Training uses capacity factor 1.25.
 
 Reported per arm: load CV over the second half of training (mean, and the fraction of
@@ -70,6 +72,35 @@ ARMS = {
   "spechorn_no_ortho": [*SPECHORN, "optimizer.kwargs.orthogonality=False"],
   # Separates SpecHorn's balancing from its GRU gate (which adds sequence context).
   "spechorn_linear_gate": [*SPECHORN, "model.moe.gating=linear"],
+  # Sinkhorn duals alone (stages 2-4 off): what balances once routing is causal.
+  "spechorn_duals_only": [
+    *SPECHORN,
+    "optimizer.kwargs.schedule=False",
+    "optimizer.kwargs.orthogonality=False",
+    "optimizer.kwargs.bias_scale=0.0",
+    "optimizer.kwargs.cap_penalty_scale=0.0",
+  ],
+  # Fair baselines: the aux-loss weight and DeepSeek's u swept over the run length, and
+  # the GRU gate given to them (its sequence context is capacity, not balancing).
+  "softmax_aux_w0.001": ["model.moe.router=softmax_aux", "model.moe.aux_loss_weight=0.001"],
+  "softmax_aux_w0.1": ["model.moe.router=softmax_aux", "model.moe.aux_loss_weight=0.1"],
+  **{
+    f"deepseek_u{u}": [
+      "model.moe.router=deepseek",
+      "model.moe.balancer=deepseek",
+      "optimizer.name=adamw_deepseek",
+      f"optimizer.kwargs.update_rate={u}",
+    ]
+    for u in (0.01, 0.03)
+  },
+  "gru_softmax_aux": ["model.moe.router=softmax_aux", "model.moe.gating=gru"],
+  "gru_deepseek_u0.01": [
+    "model.moe.router=deepseek",
+    "model.moe.gating=gru",
+    "model.moe.balancer=deepseek",
+    "optimizer.name=adamw_deepseek",
+    "optimizer.kwargs.update_rate=0.01",
+  ],
 }
 BAND = (0.03, 0.08)
 

@@ -33,15 +33,14 @@ Gate weights are always the softmax of the router's own (unadjusted) logits at t
 selected experts, renormalised over the k: the controllers change *which* experts a
 token uses, the gradient trains the router through the weights.
 
-Dispatch (causal capacity): each sequence's assignments are ranked in token order (a
-token's k choices at its position; one-hot cumsum), and the assignment of the token at
-position t is kept when its rank is below the budget accrued so far,
-C(t) = max(1, ⌈capacity_factor·k·(t+1)/E⌉); the expert buffers hold C(T−1) slots per
-sequence. Dropped assignments contribute nothing. Whether token t keeps its slot depends
-only on tokens ≤ t of its own row — not on later tokens, other rows or the sequence
-length — so a prefix evaluated alone routes and drops exactly as inside the full batch.
-GShard's batch-wide capacity (all first choices before any second choice) would let later
-tokens and other rows take a token's slot.
+Dispatch (causal capacity): each expert has C = max(1, ⌈capacity_factor·k·T_max/E⌉) slots
+per sequence, T_max = ``max_seq_len`` (the model's context, not the input's length); each
+sequence's assignments are ranked in token order (a token's k choices at its position;
+one-hot cumsum) and those ranked C or later are dropped (they contribute nothing). Whether
+token t keeps its slot depends only on tokens ≤ t of its own row — not on later tokens,
+other rows or the input length — so a prefix evaluated alone routes and drops exactly as
+inside the full batch. GShard's batch-wide capacity (all first choices before any second
+choice) would let later tokens and other rows take a token's slot.
 ``dropless=True`` sorts the N·k assignments by expert and runs the experts with
 ``jax.lax.ragged_dot`` on the ragged groups: nothing is dropped. Both paths give the
 same output when nothing is dropped (tested).
@@ -139,27 +138,19 @@ def capacity(cfg: MoEConfig, seq_len: int) -> int:
   return max(1, math.ceil(cfg.capacity_factor * cfg.top_k * seq_len / cfg.num_experts))
 
 
-def capacity_budget(cfg: MoEConfig, seq_len: int) -> jax.Array:
-  """``[T]``: slots per expert accrued by each position, C(t) = capacity(t + 1)."""
-  t = jnp.arange(1, seq_len + 1, dtype=jnp.float32)
-  return jnp.maximum(1.0, jnp.ceil(cfg.capacity_factor * cfg.top_k * t / cfg.num_experts))
-
-
-def capacity_slots(choice: jax.Array, budget: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+def capacity_slots(choice: jax.Array, cap: int) -> tuple[jax.Array, jax.Array]:
   """Slot of each assignment in its expert's per-sequence buffer, and whether it fits.
 
   ``choice`` is the one-hot ``[..., T, k, E]`` of each token's k experts (leading axes are
   independent sequences). Assignments are ranked in token order, a token's k choices at
-  its own position; one at position t is kept while its rank is below ``budget`` (a
-  number, or ``[T]`` slots accrued by each position): a token's slot depends on earlier
-  tokens of its sequence only. Returns (position ``[..., T, k]``, kept ``[..., T, k]``).
+  its own position, and the first ``cap`` of each expert are kept: a token's slot depends
+  on earlier tokens of its sequence only. Returns (position ``[..., T, k]``, kept).
   """
   *lead, t, k, e = choice.shape
   ranked = choice.reshape(*lead, t * k, e)
   position = ((jnp.cumsum(ranked, axis=-2) - 1.0) * ranked).sum(-1)
   position = position.reshape(*lead, t, k)
-  limit = jnp.reshape(jnp.asarray(budget, jnp.float32), (-1, 1))  # [T or 1, 1]
-  return position, (position < limit).astype(jnp.float32)
+  return position, (position < cap).astype(jnp.float32)
 
 
 class GRUGate(nnx.Module):
@@ -197,6 +188,7 @@ class MoEFeedForward(nnx.Module):
   def __init__(self, cfg: MoETransformerConfig, layer: int, *, rngs: nnx.Rngs):
     m = cfg.moe
     self.moe, self.layer, self.dtype = m, layer, cfg.compute_dtype
+    self.max_seq_len = cfg.max_seq_len  # capacity is per sequence of the model's context
     e, d, ff = m.num_experts, cfg.d_model, cfg.ff_dim
     self.w_up = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (e, d, ff)))
     down_std = 0.02 * (2 * cfg.num_layers) ** -0.5
@@ -284,8 +276,8 @@ class MoEFeedForward(nnx.Module):
   def _with_capacity(self, x, choice, gate):
     """Per-sequence slots: ``[B, T, d]`` -> (output ``[B, T, d]``, kept ``[B, T, k]``)."""
     b, t, k, e = choice.shape
-    cap = capacity(self.moe, t)
-    position, kept = capacity_slots(choice, capacity_budget(self.moe, t))
+    cap = capacity(self.moe, self.max_seq_len)  # the context's, so a prefix drops alike
+    position, kept = capacity_slots(choice, cap)
     slot = jax.nn.one_hot(position.astype(jnp.int32), cap, dtype=jnp.float32)  # [B,T,k,C]
     combine = jnp.einsum("btke,btkc->btec", choice * (kept * gate)[..., None], slot)
     dispatch = jnp.einsum("btke,btkc->btec", choice * kept[..., None], slot)

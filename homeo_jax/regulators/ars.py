@@ -59,6 +59,7 @@ from homeo_jax.regulators.base import (
   RegulatorSpec,
   check,
   fresh,
+  read_telemetry,
   regulator_spec,
   shape_int,
   static_int,
@@ -135,12 +136,7 @@ def ars_controller(
 
   def update_fn(state: ARSState, base, updates, params, **extra_args):
     del updates, params
-    if surprise_key not in extra_args:
-      raise ValueError(
-        f"ars ({spec.name!r}) reads {surprise_key!r} from the extra args; pass "
-        f"tx.update(..., {surprise_key}=...)"
-      )
-    raw = jnp.asarray(extra_args[surprise_key], jnp.float32)
+    raw = read_telemetry(spec, extra_args)[surprise_key]
     ok = jnp.isfinite(raw)
     if surprise == "relative":
       baseline = signals.ema_debiased(state.baseline, baseline_decay)

@@ -65,6 +65,21 @@ def _is_regulator_state(node: Any) -> bool:
   return isinstance(node, tuple) and isinstance(getattr(node, "spec", None), RegulatorSpec)
 
 
+def read_telemetry(spec: RegulatorSpec, extra_args: dict[str, Any]) -> dict[str, jax.Array]:
+  """The float32 telemetry ``spec`` declares it reads, from ``tx.update``'s extra args.
+
+  A missing key is a one-line error naming the regulator and the key (``train()`` checks
+  the same at setup, before anything compiles).
+  """
+  for key in spec.reads:
+    if key not in extra_args:
+      raise ValueError(
+        f"{spec.kind} ({spec.name!r}) reads {key!r} from the extra args: pass "
+        f"tx.update(..., {key}=...)"
+      )
+  return {key: jnp.asarray(extra_args[key], jnp.float32) for key in spec.reads}
+
+
 def regulator_states(opt_state: Any) -> list[Any]:
   """Every regulator state in ``opt_state``, in tree order.
 

@@ -45,7 +45,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from homeo_jax.regulators.base import RegulatorSpec, check, fresh, regulator_spec, static_int
+from homeo_jax.regulators.base import (
+  RegulatorSpec,
+  check,
+  fresh,
+  read_telemetry,
+  regulator_spec,
+  static_int,
+)
 
 PUBLISHED = ("compute_price", "force_k", "gate_clamp")
 
@@ -169,11 +176,7 @@ def compute_price(
 
   def update_fn(updates, state: ComputePriceState, params=None, **extra_args):
     del params
-    if "avg_k" not in extra_args:
-      raise ValueError(
-        f"compute_price ({spec.name!r}) reads 'avg_k' from the extra args (the adaptive LM's)"
-      )
-    avg_k = jnp.asarray(extra_args["avg_k"], jnp.float32)
+    avg_k = read_telemetry(spec, extra_args)["avg_k"]
     delta_ce = jnp.asarray(extra_args.get("delta_ce", jnp.nan), jnp.float32)
     was_audit = state.audit > 0
     finite = jnp.isfinite(avg_k)

@@ -39,6 +39,7 @@ from homeo_jax.regulators.base import (
   RegulatorSpec,
   check,
   fresh,
+  read_telemetry,
   regulator_spec,
   shape_int,
   static_int,
@@ -114,11 +115,8 @@ def skip_spikes(
     )
 
   def update_fn(updates, state: SpikeGuardState, params=None, **extra_args):
-    for key in spec.reads:
-      if key not in extra_args:
-        raise ValueError(f"{kind} ({spec.name!r}) reads {key!r}: pass tx.update(..., {key}=...)")
-    loss = jnp.asarray(extra_args["value"], jnp.float32)
-    norm = jnp.asarray(extra_args["grad_norm"], jnp.float32)
+    telemetry = read_telemetry(spec, extra_args)
+    loss, norm = telemetry["value"], telemetry["grad_norm"]
     finite = jnp.isfinite(loss) & jnp.isfinite(norm)
     judged = jnp.minimum(
       signals.ring_size(state.losses), signals.ring_size(state.grad_norms)

@@ -62,7 +62,13 @@ import numpy as np
 import optax
 
 from homeo_jax.cores import signals
-from homeo_jax.regulators.base import RegulatorSpec, fresh, regulator_spec, static_int
+from homeo_jax.regulators.base import (
+  RegulatorSpec,
+  fresh,
+  read_telemetry,
+  regulator_spec,
+  static_int,
+)
 from homeo_jax.regulators.steering import HyperparamController, steer_hyperparams
 
 VERSIONS = ("alpha", "alpha_lambda_tau", "per_group")
@@ -287,9 +293,7 @@ def thyroid_controller(
 
   def update_fn(state: ThyroidState, base, updates, params, **extra_args):
     del params
-    for key in spec.reads:
-      if key not in extra_args:
-        raise ValueError(f"thyroid ({spec.name!r}) reads {key!r}: pass tx.update(..., {key}=...)")
+    read_telemetry(spec, extra_args)
     loss_buffer = signals.ring_push(state.loss_buffer, extra_args["value"])
     norms = group_norms(updates, extra_args).astype(jnp.float32)
     grad_buffer = jax.vmap(signals.ring_push)(state.grad_buffer, norms)

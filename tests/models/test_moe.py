@@ -94,12 +94,11 @@ def test_every_token_prefers_one_expert():
   moe.gate.kernel[...] = jnp.zeros_like(moe.gate.kernel[...]).at[:, 3].set(100.0)
   x = jnp.abs(X) + 1.0  # positive inputs: expert 3 wins for every token
   y, tel = moe(x, deterministic=True, rngs=None)
-  # budget C(t) = ceil((t + 1) / 8): the first token of each row takes expert 3's slot,
-  # and no later token has accrued a second one while the rank stays ahead of it
+  # ceil(1.0 * 1 * 16 / 8) = 2 slots per sequence: the first two tokens of each row
   assert capacity(moe.moe, 16) == 2 and int(tel["moe_load"][3]) == 32
-  np.testing.assert_allclose(float(tel["moe_drop_rate"]), 1 - 2 / 32)
+  np.testing.assert_allclose(float(tel["moe_drop_rate"]), 1 - 4 / 32)
   kept_rows = np.abs(np.asarray(y).reshape(32, 16)).sum(-1) > 0
-  np.testing.assert_array_equal(np.flatnonzero(kept_rows), [0, 16])
+  np.testing.assert_array_equal(np.flatnonzero(kept_rows), [0, 1, 16, 17])
 
 
 def test_tiny_capacity_clamps_to_one_slot():
