@@ -58,7 +58,6 @@ from homeo_jax.cores import signals
 from homeo_jax.regulators.base import (
   RegulatorSpec,
   check,
-  fresh,
   read_telemetry,
   regulator_spec,
   shape_int,
@@ -119,19 +118,20 @@ def ars_controller(
 
   def init_fn(params):
     del params
+    zero, one = jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
     return ARSState(
       spec=spec,
       surprise_buffer=signals.ring_init(shape_int("ars", "window", window)),
       baseline=signals.ema_init(),
       key=jax.random.key_data(jax.random.key(seed)),
-      rho1=fresh(0.0, jnp.float32),
-      psi=fresh(1.0, jnp.float32),
-      surprise_eff=fresh(0.0, jnp.float32),
-      phi=fresh(1.0, jnp.float32),
-      jitter=fresh(0.0, jnp.float32),
-      b1=fresh(0.0, jnp.float32),
-      b2=fresh(0.0, jnp.float32),
-      learning_rate=fresh(0.0, jnp.float32),
+      rho1=zero,
+      psi=one,
+      surprise_eff=zero,
+      phi=one,
+      jitter=zero,
+      b1=zero,
+      b2=zero,
+      learning_rate=zero,
     )
 
   def update_fn(state: ARSState, base, updates, params, **extra_args):

@@ -77,12 +77,18 @@ def steer_hyperparams(
   )
 
   def init_fn(params):
-    state = SteeredState(
-      count=jnp.zeros((), jnp.int32), inner=inner.init(params), controller=controller.init(params)
+    # A jitted step donates the state, so no two leaves may share a buffer, nor a leaf an
+    # array a closure keeps: a controller may reuse one array for several fields or hand
+    # out its own (the Thyroid's weights), and inject_hyperparams may return a traced
+    # placeholder. Those get their own buffers here, once for every controller; the inner
+    # optimizer's moments are fresh already and are not copied.
+    inner_state = inner.init(params)
+    hyperparams = jax.tree.map(fresh, inner_state.hyperparams)
+    return SteeredState(
+      count=jnp.zeros((), jnp.int32),
+      inner=inner_state._replace(hyperparams=hyperparams),
+      controller=jax.tree.map(fresh, controller.init(params)),
     )
-    # inject_hyperparams may hand back the placeholder arrays this closure holds; a
-    # donated state would delete them, so every leaf gets its own buffer.
-    return jax.tree.map(fresh, state)
 
   def update_fn(updates, state, params=None, **extra_args):
     base = base_values(steered, state.count)

@@ -64,7 +64,6 @@ import optax
 from homeo_jax.cores import signals
 from homeo_jax.regulators.base import (
   RegulatorSpec,
-  fresh,
   read_telemetry,
   regulator_spec,
   static_int,
@@ -274,8 +273,7 @@ def thyroid_controller(
       step=jnp.zeros((), jnp.int32),
       loss_buffer=signals.ring_init(WINDOW),
       grad_buffer=jax.vmap(lambda _: signals.ring_init(WINDOW))(jnp.arange(groups)),
-      # A copy: a donated state must not delete the arrays this closure keeps for init.
-      weights=jax.tree.map(fresh, net),
+      weights=net,  # steer_hyperparams copies it: a donated state must not delete it
       alpha=jnp.ones((groups,)),
       lam=jnp.ones((groups,)),
       tau=jnp.ones(()),

@@ -387,11 +387,13 @@ def train(
     return step if bad else None
 
   def on_fault(bad_step: int | None) -> bool:
-    """Apply ``train.on_nonfinite`` to a non-finite step; True if the run rolled back."""
-    nonlocal state, pending
+    """Apply ``train.on_nonfinite`` to a non-finite step; True if the run rolled back
+    (``state`` and ``step`` then stand at the restored step)."""
+    nonlocal state, pending, step
     if bad_step is None:
       return False
-    newest = checkpointer.steps()[-1] if checkpointer.steps() else None
+    saved = checkpointer.steps()
+    newest = saved[-1] if saved else None
     if t.on_nonfinite == "stop":
       raise NonFiniteError(
         f"step {bad_step}: non-finite loss or gradient (train.on_nonfinite=stop); nothing "
@@ -419,7 +421,7 @@ def train(
     state = target._replace(
       update_scale=jax.device_put(np.float32(scale), target.update_scale.sharding)
     )
-    back_to = int(state.step)
+    back_to = step = int(state.step)
     stats["rollbacks"] += 1
     stats["rolled_back_steps"] += bad_step - back_to
     files.truncate_after(back_to)
@@ -445,12 +447,10 @@ def train(
         state, metrics = train_step(state, put(train_batches[position]))
         position += 1  # a rollback keeps the position: the data that diverged is skipped
         if on_fault(flush()):
-          step = int(state.step)
           continue
         pending = (step, metrics)
         if step % t.eval_every == 0 or step == t.steps:
           if on_fault(flush()):
-            step = int(state.step)
             continue
           val = evaluate(state)
           val_loss = val.pop("")
@@ -470,7 +470,6 @@ def train(
         paused = pause.requested()
         if step % t.checkpoint_every == 0 or step == t.steps or paused:
           if on_fault(flush()):
-            step = int(state.step)
             continue
           stats["status"] = "paused" if paused and step < t.steps else "running"
           save(state)
