@@ -50,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         config, train=dataclasses.replace(config.train, run_dir=args.run_dir)
       )
     config_lib.validate_config(config)
+    from homeo_jax.training.cpu import split_cpu_cores
     from homeo_jax.training.loop import train
     from homeo_jax.training.sharding import initialize_distributed
 
+    split_cpu_cores(config.mesh, config.data.batch_size)  # CPU: one device per core
     initialize_distributed()  # multi-host: from JAX_COORDINATOR_ADDRESS etc. when set
 
     result = train(config)
@@ -67,4 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
+
+  # On a CPU: tcmalloc or huge pages, before JAX starts (training/cpu.py); a no-op elsewhere.
+  reexec_with_page_keeping_allocator(["-m", "homeo_jax.train", *sys.argv[1:]])
   sys.exit(main())

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from homeo_jax.models.layers import Block, Controls, TransformerConfig, layer_norm
+from homeo_jax.models.layers import Block, Controls, TransformerConfig, dense, layer_norm
 
 
 class Transformer(nnx.Module):
@@ -31,14 +31,7 @@ class Transformer(nnx.Module):
     self.final_norm = layer_norm(cfg, rngs)
     self.head = None
     if not cfg.tie_embeddings:
-      self.head = nnx.Linear(
-        cfg.d_model,
-        cfg.vocab_size,
-        use_bias=False,
-        kernel_init=init,
-        dtype=cfg.compute_dtype,
-        rngs=rngs,
-      )
+      self.head = dense(cfg.d_model, cfg.vocab_size, cfg, rngs)
 
   def control_reads(self) -> tuple[tuple[str, str], ...]:
     """The (regulator name, control) pairs this model reads; checked at setup."""
@@ -53,13 +46,15 @@ class Transformer(nnx.Module):
     t = tokens.shape[-1]
     if t > self.cfg.max_seq_len:
       raise ValueError(f"sequence length {t} exceeds model.max_seq_len={self.cfg.max_seq_len}")
-    x = self.token_embed(tokens) + self.pos_embed(jnp.arange(t))
+    # A slice, not a gather: its gradient is a pad rather than a scatter-add.
+    x = self.token_embed(tokens) + self.pos_embed.embedding[...][:t]
     return x.astype(self.cfg.compute_dtype)
 
   def logits(self, x: jax.Array) -> jax.Array:
     x = self.final_norm(x)
-    if self.head is None:
-      return self.token_embed.attend(x).astype(jnp.float32)
+    if self.head is None:  # over flattened rows, as ``layers.Dense`` (a 2-D weight gradient)
+      flat = self.token_embed.attend(x.reshape(-1, x.shape[-1]))
+      return flat.reshape(*x.shape[:-1], -1).astype(jnp.float32)
     return self.head(x).astype(jnp.float32)
 
   def __call__(
@@ -71,14 +66,16 @@ class Transformer(nnx.Module):
     rngs: nnx.Rngs | None = None,
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``tokens`` int ``[batch, seq]`` -> float32 logits ``[batch, seq, vocab]``, telemetry."""
-    x = self.embed_dropout(self.embed(tokens), deterministic=deterministic, rngs=rngs)
+    with jax.named_scope("embed"):
+      x = self.embed_dropout(self.embed(tokens), deterministic=deterministic, rngs=rngs)
     per_layer = []
     for block in self.blocks:
       x, layer_telemetry = block(x, deterministic=deterministic, rngs=rngs, controls=controls)
       per_layer.append(layer_telemetry)
     telemetry = {"hidden_rms": jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))}
     telemetry.update(self.merge_layer_telemetry(per_layer))
-    return self.logits(x), telemetry
+    with jax.named_scope("head"):
+      return self.logits(x), telemetry
 
   @staticmethod
   def merge_layer_telemetry(per_layer: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from homeo_jax.training.config import Config, apply_overrides, load_config
+from homeo_jax.training.cpu import reexec_with_page_keeping_allocator, split_cpu_cores
 from homeo_jax.training.loop import load_data, train
 from homeo_jax.training.report import series
 
@@ -65,12 +67,14 @@ def experiment_setup(
   and ``--seeds`` (default 0 1 2). Returns (args, base config, output folder)."""
   import argparse
 
+  reexec_with_page_keeping_allocator(sys.argv)  # CPU: before JAX starts (training/cpu.py)
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--scale", default=scales[0], choices=list(scales))
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   args = parser.parse_args()
   root = Path(__file__).resolve().parents[2]
   base = load_config(f"{root}/configs/{config_file}:{args.scale}")
+  split_cpu_cores(base.mesh, base.data.batch_size)  # CPU: one data-parallel device per core
   return args, base, Path(f"runs/{out_prefix}_{args.scale}")
 
 

@@ -53,9 +53,14 @@ class MeshConfig:
   data: int = -1
   fsdp: int = 1
   expert: int = 1
+  # On the CPU backend: how many devices the host's cores are split into (data
+  # parallel); 0 = one per core, as many as divide the batch (``split_cpu_cores``).
+  cpu_devices: int = 0
 
   def validate(self) -> None:
     """Device-independent checks (config validation runs them before JAX starts)."""
+    if self.cpu_devices < 0:
+      raise ValueError(f"mesh.cpu_devices must be >= 0 (0 = one per core), got {self.cpu_devices}")
     sizes = [self.data, self.fsdp, self.expert]
     for name, s in zip(MESH_AXES, sizes, strict=True):
       if s == 0 or s < -1:

@@ -56,7 +56,8 @@ def functional_model(model: nnx.Module) -> tuple[ApplyFn, Any]:
 
 def lm_loss(logits, targets, telemetry):
   """Next-token cross entropy (+ ``telemetry["aux_loss"]`` when a model adds one)."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+  with jax.named_scope("loss"):
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
   loss = ce + telemetry.get("aux_loss", 0.0)
   return loss, {**telemetry, "ce_loss": ce}
 
@@ -115,18 +116,20 @@ def make_train_step(
       return loss_fn(logits, targets, telemetry)
 
     (loss, telemetry), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(
-      grads, state.opt_state, state.params, value=loss, grad_norm=grad_norm, **telemetry
-    )
-    updates = jax.tree.map(lambda u: (u * state.update_scale).astype(u.dtype), updates)
-    params = optax.apply_updates(state.params, updates)
-    param_norm = optax.tree.norm(params)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
-    if guard_nonfinite:
-      keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-      params = jax.tree.map(keep, params, state.params)
-      opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    with jax.named_scope("optimizer"):
+      grad_norm = optax.tree.norm(grads)
+      updates, opt_state = tx.update(
+        grads, state.opt_state, state.params, value=loss, grad_norm=grad_norm, **telemetry
+      )
+      updates = jax.tree.map(lambda u: (u * state.update_scale).astype(u.dtype), updates)
+      params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("nonfinite_guard"):
+      param_norm = optax.tree.norm(params)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+      if guard_nonfinite:
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        params = jax.tree.map(keep, params, state.params)
+        opt_state = jax.tree.map(keep, opt_state, state.opt_state)
     metrics = {
       "loss": loss,
       "grads/norm": grad_norm,
