@@ -19,3 +19,11 @@ MODEL_TYPES: dict[str, type[nnx.Module]] = {
   "quant_transformer": QuantTransformer,
   "adaptive_transformer": AdaptiveTransformer,
 }
+
+# model_type -> its config dataclass (what a run folder's config.json is read back into).
+MODEL_CONFIGS: dict[str, type[TransformerConfig]] = {
+  "transformer": TransformerConfig,
+  "moe_transformer": MoETransformerConfig,
+  "quant_transformer": QuantTransformerConfig,
+  "adaptive_transformer": AdaptiveConfig,
+}

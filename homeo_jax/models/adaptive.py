@@ -22,9 +22,12 @@ Control flow (static shapes throughout):
 * training (``deterministic=False``): ``lax.scan`` over the passes, each wrapped in
   ``lax.cond`` that skips it when fewer than ``min_alive_fraction`` (2%) of the batch's
   tokens are alive; reverse-mode AD goes through both.
-* inference (``deterministic=True``, eval and ``generate``): ``lax.while_loop`` that
-  stops at that same condition. s only decreases, so once a pass is skipped every later
-  pass is too: the two paths compute the same function (tested).
+* inference (``deterministic=True``, evaluation): ``lax.while_loop`` that stops at that
+  same condition. s only decreases, so once a pass is skipped every later pass is too:
+  the two paths compute the same function (tested).
+* decoding (``decode_step``, one new token against cached static keys/values): the
+  token's own ``lax.while_loop`` stops when it halts — the forward's result when
+  ``min_alive_fraction`` is 0, whose batch-level exit couples tokens otherwise (tested).
 * ``gather_capacity`` c > 0: from the second pass on, each sequence's top-⌈c·T⌉ tokens
   by survival are gathered into a ``[B, C, d]`` block; queries, attention, output
   projection, FFN and gate run on the block only, so a pass costs c of a full one.
@@ -214,13 +217,24 @@ class AdaptiveDecoderLayer(nnx.Module):
   def _capacity(self, t: int) -> int:
     return max(1, math.ceil(self.cfg.gather_capacity * t)) if self.cfg.gather_capacity else 0
 
-  def _pass(self, carry: Carry, kv, force, clamp, controls, gather: bool) -> Carry:
+  def _pass(
+    self, carry: Carry, kv, force, clamp, controls, gather: bool, decode=None
+  ) -> tuple[Carry, object]:
+    """One pass. ``decode`` = (position ``[B, 1]``, FFN decode state) runs it for one new
+    token against cached keys (``decode_step``); returns (carry, new FFN decode state)."""
     cfg = self.cfg
     b, t, d = carry.h.shape
     heads = cfg.num_heads
     keys, values = kv
+    n_keys = keys.shape[1]
     alive_all = carry.s >= cfg.halt_threshold
-    if gather:
+    if decode is not None:
+
+      def take(x):
+        return x
+
+      positions = decode[0]
+    elif gather:
       cap = self._capacity(t)
       _, idx = jax.lax.top_k(carry.s, cap)
       idx = jnp.sort(idx, axis=-1)  # keep sequence order (the GRU router reads it)
@@ -240,14 +254,19 @@ class AdaptiveDecoderLayer(nnx.Module):
 
     q = self.query(self.attn_norm(h)).reshape(b, -1, heads, d // heads)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, keys).astype(jnp.float32) / math.sqrt(d // heads)
-    causal = jnp.arange(t)[None, None, :] <= positions[:, :, None]  # [B, Q, T]
+    causal = jnp.arange(n_keys)[None, None, :] <= positions[:, :, None]  # [B, Q, keys]
     scores = jnp.where(causal[:, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
     attn = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(values.dtype), values)
     a = self.out(attn.reshape(b, -1, d))
-    f, ffn_telemetry = self.mlp(
-      self.mlp_norm(h + a), deterministic=True, rngs=None, controls=controls
-    )
+    ffn_state = None
+    if decode is None:
+      f, ffn_telemetry = self.mlp(
+        self.mlp_norm(h + a), deterministic=True, rngs=None, controls=controls
+      )
+    else:
+      f, ffn_state = self.mlp.decode(self.mlp_norm(h + a), decode[1], controls=controls)
+      ffn_telemetry = carry.ffn_telemetry
     dh = (jnp.asarray(self.damping)[carry.k] * (a + f)).astype(jnp.float32)
 
     entropy, top_mass, agreement = attention_features(
@@ -304,9 +323,9 @@ class AdaptiveDecoderLayer(nnx.Module):
       executed=executed,
       stats=carry.stats.at[carry.k].set(row),
       ffn_telemetry=ffn_telemetry
-      if carry.ffn_telemetry is None
+      if carry.ffn_telemetry is None or decode is not None
       else jax.tree.map(jnp.add, carry.ffn_telemetry, ffn_telemetry),
-    )
+    ), ffn_state
 
   def __call__(
     self,
@@ -343,7 +362,7 @@ class AdaptiveDecoderLayer(nnx.Module):
     )
     # Pass 1 runs for every token, outside the loop: it fixes the FFN telemetry's
     # structure (the loop carry needs it) and is the one-pass state of the coupon.
-    first = self._pass(carry, kv, force, clamp, controls, gather=False)
+    first, _ = self._pass(carry, kv, force, clamp, controls, gather=False)
     carry = first
     gather = self._capacity(t) > 0
 
@@ -352,7 +371,7 @@ class AdaptiveDecoderLayer(nnx.Module):
       return jnp.logical_and(frac > 0, frac >= cfg.min_alive_fraction)
 
     def run(c: Carry) -> Carry:
-      return self._pass(c, kv, force, clamp, controls, gather)
+      return self._pass(c, kv, force, clamp, controls, gather)[0]
 
     def skip(c: Carry) -> Carry:
       return c._replace(k=c.k + 1)
@@ -371,6 +390,55 @@ class AdaptiveDecoderLayer(nnx.Module):
       else:
         raise ValueError(f"path must be 'scan' or 'while', got {path!r}")
     return carry.h.astype(x.dtype), self._telemetry(x, first, carry)
+
+  def init_cache(self, batch: int, length: int, dtype) -> dict:
+    """Static keys/values of ``length`` positions, and the FFN's decode state per pass."""
+    cfg = self.cfg
+    shape = (batch, length, cfg.num_heads, cfg.d_model // cfg.num_heads)
+    ffn = [self.mlp.init_decode_state(batch) for _ in range(cfg.max_passes)]
+    return {"keys": jnp.zeros(shape, dtype), "values": jnp.zeros(shape, dtype), "ffn": ffn}
+
+  def decode(self, x, cache, pos, *, force, clamp, num_passes, controls=None):
+    """One new token ``x [B, 1, d]`` at position ``pos``: (output, cache, passes executed
+    ``[B]``). The same passes as the inference forward gives that position when
+    ``min_alive_fraction`` is 0 (tested): a halted token stops here. A feed-forward that
+    carries state from token to token (the MoE's GRU gate, its capacity slots) sees, in
+    the full forward, every earlier token at every pass that runs, halted or not — so
+    then all ``num_passes`` passes run and a halted token's state stays frozen."""
+    cfg = self.cfg
+    b, _, d = x.shape
+    kv = self.key_value(self.attn_norm(x)).reshape(b, 1, 2, cfg.num_heads, d // cfg.num_heads)
+    keys = jax.lax.dynamic_update_slice_in_dim(cache["keys"], kv[:, :, 0], pos, 1)
+    values = jax.lax.dynamic_update_slice_in_dim(cache["values"], kv[:, :, 1], pos, 1)
+    position = jnp.broadcast_to(pos, (b, 1))
+    zeros = jnp.zeros((b, 1), jnp.float32)
+    carry = Carry(
+      k=jnp.int32(0),
+      h=x,
+      s=forced_survival(jnp.ones((b, 1), jnp.float32), jnp.int32(0), force),
+      dh_prev=jnp.zeros((b, 1, d), jnp.float32),
+      p_prev=zeros,
+      expected=zeros,
+      executed=zeros,
+      stats=jnp.zeros((cfg.max_passes, len(STAT_FIELDS)), jnp.float32),
+      ffn_telemetry=None,
+    )
+    states = list(cache["ffn"])
+
+    def run(c: Carry, state):
+      return self._pass(c, (keys, values), force, clamp, controls, False, (position, state))
+
+    if jax.tree.leaves(states):  # stateful FFN: every pass, as the full forward
+      for k in range(num_passes):
+        carry, states[k] = run(carry, states[k])
+    else:
+      carry = jax.lax.while_loop(
+        lambda c: (c.k < num_passes) & jnp.any(c.s >= cfg.halt_threshold),
+        lambda c: run(c, states[0])[0],
+        carry,
+      )
+    cache = {"keys": keys, "values": values, "ffn": states}
+    return carry.h.astype(x.dtype), cache, carry.executed[:, 0]
 
   def _telemetry(self, x: jax.Array, first: Carry, last: Carry) -> dict[str, jax.Array]:
     stats = dict(zip(STAT_FIELDS, last.stats.T, strict=True))
@@ -420,6 +488,10 @@ class BatonInjection(nnx.Module):
       jnp.linalg.norm(x.astype(jnp.float32)) + 1e-6
     )
     return x + injection, {"baton_rat": ratio, "lam_mu": jnp.mean(gate.astype(jnp.float32))}
+
+  def decode(self, x: jax.Array, previous: jax.Array) -> jax.Array:
+    """One position: ``x [B, 1, d]`` plus the gated embedding of the one before it."""
+    return x + jax.nn.sigmoid(self.lam[...]).astype(x.dtype) * previous
 
 
 class AdaptiveTransformer(nnx.Module):
@@ -537,6 +609,43 @@ class AdaptiveTransformer(nnx.Module):
       telemetry["pass1_logits"] = jax.lax.stop_gradient(self.logits(one_pass))
     return self.logits(h), telemetry
 
+  def decoder(self) -> AdaptiveTransformer:
+    return self
+
+  def init_cache(self, batch: int) -> dict:
+    dtype = self.cfg.compute_dtype
+    return {
+      "layers": [layer.init_cache(batch, self.cfg.max_seq_len, dtype) for layer in self.layers],
+      "previous": jnp.zeros((batch, 1, self.cfg.d_model), dtype),  # baton: x[t - 1]
+    }
+
+  def decode_step(self, tokens, cache, pos, *, controls=None):
+    """``tokens [B, 1]`` at ``pos`` -> (logits ``[B, V]``, cache, {"passes": ``[B]``, the
+    passes executed per layer, averaged over layers}); see ``AdaptiveDecoderLayer.decode``."""
+    cfg = self.cfg
+
+    def control(key, neutral):
+      return read_control(controls, cfg.price_from, key) if cfg.price_from else neutral
+
+    x = Transformer.embed_at(self, tokens, pos)
+    previous = x
+    if self.baton is not None:
+      x = self.baton.decode(x, cache["previous"])
+    if cfg.static_passes:
+      force, num_passes = jnp.int32(cfg.static_passes), cfg.static_passes
+    else:
+      force, num_passes = jnp.asarray(control("force_k", 0), jnp.int32), cfg.max_passes
+    clamp = jnp.asarray(control("gate_clamp", 0), jnp.int32)
+    layers, passes = [], []
+    for layer, layer_cache in zip(self.layers, cache["layers"], strict=True):
+      x, layer_cache, executed = layer.decode(
+        x, layer_cache, pos, force=force, clamp=clamp, num_passes=num_passes, controls=controls
+      )
+      layers.append(layer_cache)
+      passes.append(executed)
+    cache = {"layers": layers, "previous": previous}
+    return self.logits(x)[:, 0], cache, {"passes": jnp.mean(jnp.stack(passes), axis=0)}
+
   def _merge(self, per_layer: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
     ffn_keys = [k for k in per_layer[0] if k.startswith("moe_") or k == "aux_loss"]
     if ffn_keys:
@@ -610,43 +719,6 @@ def adaptive_lm_loss(
     ponder=ponder,
   )
   return loss, telemetry
-
-
-def generate(
-  model: AdaptiveTransformer,
-  prompt: jax.Array,
-  num_new: int,
-  *,
-  key: jax.Array,
-  temperature: float = 1.0,
-  controls: Mapping[str, jax.Array] | None = None,
-) -> jax.Array:
-  """Sample ``num_new`` tokens after ``prompt [B, P]`` (early-exit recurrence, no KV cache).
-
-  ``controls``: the deployment controls, ``homeo_jax.controls(opt_state, deployment=True)``
-  (no forced depth, no gate clamp).
-
-  The window is the last ``max_seq_len`` tokens; a fixed-size buffer keeps shapes static.
-  """
-  b, p = prompt.shape
-  window = model.cfg.max_seq_len
-  total = p + num_new
-  buffer = jnp.zeros((b, max(total, window)), jnp.int32).at[:, :p].set(prompt)
-
-  def step(i, carry):
-    buffer, key = carry
-    start = jnp.maximum(i - window, 0)
-    context = jax.lax.dynamic_slice_in_dim(buffer, start, window, axis=1)
-    logits, _ = model(context, controls=controls, deterministic=True)
-    last = jnp.take_along_axis(
-      logits, jnp.broadcast_to(jnp.minimum(i, window) - 1, (b, 1, 1)), axis=1
-    )[:, 0]
-    key, sub = jax.random.split(key)
-    token = jax.random.categorical(sub, last / max(temperature, 1e-6))
-    return buffer.at[:, i].set(token), key
-
-  buffer, _ = jax.lax.fori_loop(p, total, step, (buffer, key))
-  return buffer[:, :total]
 
 
 def forward_flops_per_token(

@@ -164,22 +164,31 @@ class GRUGate(nnx.Module):
     )
     self.hidden = hidden
 
+  def cell(self, h: jax.Array, x_proj: jax.Array) -> jax.Array:
+    """One step: state ``h [B, hidden]``, projected input ``x_proj [B, 3·hidden]``."""
+    r_x, z_x, n_x = jnp.split(x_proj, 3, axis=-1)
+    r_h, z_h, n_h = jnp.split(h @ self.hidden_proj.kernel[...], 3, axis=-1)
+    r = jax.nn.sigmoid(r_x + r_h)
+    z = jax.nn.sigmoid(z_x + z_h)
+    n = jnp.tanh(n_x + r * n_h)
+    return (1.0 - z) * n + z * h
+
+  def initial_state(self, batch: int) -> jax.Array:
+    return jnp.zeros((batch, self.hidden), jnp.float32)
+
   def __call__(self, x: jax.Array) -> jax.Array:
     xs = jnp.swapaxes(self.input_proj(x.astype(jnp.float32)), 0, 1)  # [T, B, 3h]
-    w_h = self.hidden_proj.kernel[...]
 
     def step(h, x_t):
-      r_x, z_x, n_x = jnp.split(x_t, 3, axis=-1)
-      r_h, z_h, n_h = jnp.split(h @ w_h, 3, axis=-1)
-      r = jax.nn.sigmoid(r_x + r_h)
-      z = jax.nn.sigmoid(z_x + z_h)
-      n = jnp.tanh(n_x + r * n_h)
-      h = (1.0 - z) * n + z * h
+      h = self.cell(h, x_t)
       return h, h
 
-    h0 = jnp.zeros((x.shape[0], self.hidden), jnp.float32)
-    _, hs = jax.lax.scan(step, h0, xs)
+    _, hs = jax.lax.scan(step, self.initial_state(x.shape[0]), xs)
     return jnp.swapaxes(hs, 0, 1)
+
+  def decode(self, h: jax.Array, x: jax.Array) -> jax.Array:
+    """The next state after ``x [B, d]``."""
+    return self.cell(h, self.input_proj(x.astype(jnp.float32)))
 
 
 class MoEFeedForward(nnx.Module):
@@ -206,11 +215,24 @@ class MoEFeedForward(nnx.Module):
 
   def router_logits(self, x: jax.Array) -> jax.Array:
     """float32 ``[B, T, E]`` router logits."""
-    h = self.gru(x) if self.gru is not None else x.astype(jnp.float32)
-    logits = self.gate(h).astype(jnp.float32)
+    return self.gate_logits(self.gru(x) if self.gru is not None else x)
+
+  def gate_logits(self, h: jax.Array) -> jax.Array:
+    """The logits from the gate's input (the GRU state, or the token itself)."""
+    logits = self.gate(h.astype(jnp.float32)).astype(jnp.float32)
     if self.logit_norm is not None:
       logits = self.logit_norm(logits)
     return logits
+
+  def route(self, logits: jax.Array, controls) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(finite logits, the k experts ``[..., k]``, their renormalised gates ``[..., k]``):
+    top-k of ``select``, gates from the router's own softmax."""
+    # A token with non-finite logits routes uniformly instead of poisoning its neighbours.
+    logits = jnp.where(jnp.isfinite(logits).all(-1, keepdims=True), logits, 0.0)
+    probs = jax.nn.softmax(logits, axis=-1)
+    _, expert_idx = jax.lax.top_k(self.select(logits, controls), self.moe.top_k)
+    gate = jnp.take_along_axis(probs, expert_idx, axis=-1)
+    return logits, expert_idx, gate / jnp.sum(gate, axis=-1, keepdims=True)
 
   def select(self, logits: jax.Array, controls) -> jax.Array:
     """Per-token scores whose top-k picks the experts, ``[..., E]``: the router logits plus
@@ -235,14 +257,8 @@ class MoEFeedForward(nnx.Module):
     m = self.moe
     b, t, d = x.shape
     e, k = m.num_experts, m.top_k
-    logits = self.router_logits(x)  # [B, T, E]
-    # A token with non-finite logits routes uniformly instead of poisoning its neighbours.
-    logits = jnp.where(jnp.isfinite(logits).all(-1, keepdims=True), logits, 0.0)
+    logits, expert_idx, gate = self.route(self.router_logits(x), controls)  # [B, T, k]
     probs = jax.nn.softmax(logits, axis=-1)
-    scores = self.select(logits, controls)
-    _, expert_idx = jax.lax.top_k(scores, k)  # [B, T, k], distinct
-    gate = jnp.take_along_axis(probs, expert_idx, axis=-1)
-    gate = gate / jnp.sum(gate, axis=-1, keepdims=True)
     choice = jax.nn.one_hot(expert_idx, e, dtype=jnp.float32)  # [B, T, k, E]
     if m.dropless:
       y, kept = self._dropless(x, expert_idx, gate), jnp.ones((b, t, k), jnp.float32)
@@ -259,13 +275,44 @@ class MoEFeedForward(nnx.Module):
       "moe_router_entropy": -jnp.mean(jnp.sum(probs * jnp.log(probs + 1e-9), axis=-1)),
     }
     if m.router == "spechorn" and m.use_sinkhorn:
-      telemetry["moe_sinkhorn_dual"] = self.sinkhorn_dual(scores.reshape(b * t, e))
+      scores = self.select(logits, controls).reshape(b * t, e)
+      telemetry["moe_sinkhorn_dual"] = self.sinkhorn_dual(scores)
     if m.router == "softmax_aux":
       fraction = load / (b * t * k)
       mean_probs = jnp.mean(probs.reshape(b * t, e), 0)
       telemetry["aux_loss"] = m.aux_loss_weight * e * jnp.sum(fraction * mean_probs)
     y = self.dropout(y.astype(x.dtype), deterministic=deterministic, rngs=rngs)
     return y, telemetry
+
+  def init_decode_state(self, batch: int) -> dict[str, jax.Array]:
+    """What routing carries from token to token: the GRU state and, per row, the
+    capacity slots each expert has handed out so far."""
+    state = {"slots": jnp.zeros((batch, self.moe.num_experts), jnp.float32)}
+    if self.gru is not None:
+      state["gru"] = self.gru.initial_state(batch)
+    return state
+
+  def decode(self, x: jax.Array, state: dict[str, jax.Array], controls=None):
+    """One token, ``x [B, 1, d]``: the same routing, slots and expert MLPs as a full
+    evaluation forward gives that position (``tests/models/test_decode.py``)."""
+    m, state = self.moe, dict(state)
+    token = x[:, 0]
+    if self.gru is not None:
+      state["gru"] = self.gru.decode(state["gru"], token)
+    _, expert_idx, gate = self.route(self.gate_logits(state.get("gru", token)), controls)
+    choice = jax.nn.one_hot(expert_idx, m.num_experts, dtype=jnp.float32)  # [B, k, E]
+    if m.dropless:
+      kept = jnp.ones_like(gate)
+    else:  # the slot = the assignments this expert took earlier in the sequence
+      position = jnp.take_along_axis(state["slots"], expert_idx, axis=-1)
+      kept = (position < capacity(m, self.max_seq_len)).astype(jnp.float32)
+    state["slots"] = state["slots"] + jnp.sum(choice, axis=1)
+    w_up = self.w_up[...].astype(self.dtype)[expert_idx]  # [B, k, d, ff]
+    w_down = self.w_down[...].astype(self.dtype)[expert_idx]
+    hidden = jax.nn.gelu(jnp.einsum("bd,bkdf->bkf", token.astype(self.dtype), w_up))
+    out = jnp.einsum("bkf,bkfd->bkd", hidden, w_down).astype(jnp.float32)
+    y = jnp.sum(out * (gate * kept)[..., None], axis=1)[:, None]
+    return y.astype(x.dtype), state
 
   def _experts(self, h: jax.Array) -> jax.Array:
     """``[E, C, d] -> [E, C, d]``: each expert's MLP on its slots."""

@@ -106,6 +106,18 @@ class QuantTransformer(Transformer):
     source = self.cfg.temperature_from
     return ((source, "quant_temperature"),) if source else ()
 
+  def decoder(self) -> QuantTransformer:
+    """A copy holding the hard-quantized weights (what evaluation runs), quantized once
+    rather than at every generated token; its ``decode_step`` uses them as they are."""
+    return self._quantized(temperature=None)
+
+  def _quantized(self, temperature) -> QuantTransformer:
+    graphdef, state = nnx.split(self)
+    quantized = jax.tree_util.tree_map_with_path(
+      lambda p, w: quantize(w, temperature, self.cfg.levels) if is_quantized(p, w) else w, state
+    )
+    return nnx.merge(graphdef, quantized)
+
   def __call__(self, tokens, *, controls=None, deterministic=True, rngs=None):
     cfg = self.cfg
     temperature = None
@@ -115,11 +127,7 @@ class QuantTransformer(Transformer):
         temperature = temperature * read_control(
           controls, cfg.temperature_from, "quant_temperature"
         )
-    graphdef, state = nnx.split(self)
-    quantized = jax.tree_util.tree_map_with_path(
-      lambda p, w: quantize(w, temperature, cfg.levels) if is_quantized(p, w) else w, state
-    )
-    model = nnx.merge(graphdef, quantized)
+    model = self._quantized(temperature)
     return Transformer.__call__(
       model, tokens, controls=controls, deterministic=deterministic, rngs=rngs
     )

@@ -50,6 +50,11 @@ class Transformer(nnx.Module):
     x = self.token_embed(tokens) + self.pos_embed.embedding[...][:t]
     return x.astype(self.cfg.compute_dtype)
 
+  def embed_at(self, tokens: jax.Array, pos: jax.Array) -> jax.Array:
+    """``tokens [batch, 1]`` at position ``pos`` (a traced scalar), as ``embed``."""
+    x = self.token_embed(tokens) + self.pos_embed.embedding[...][pos]
+    return x.astype(self.cfg.compute_dtype)
+
   def logits(self, x: jax.Array) -> jax.Array:
     x = self.final_norm(x)
     if self.head is None:  # over flattened rows, as ``layers.Dense`` (a 2-D weight gradient)
@@ -76,6 +81,29 @@ class Transformer(nnx.Module):
     telemetry.update(self.merge_layer_telemetry(per_layer))
     with jax.named_scope("head"):
       return self.logits(x), telemetry
+
+  def decoder(self) -> Transformer:
+    """The model as generation runs it (evaluation mode); subclasses may transform it
+    once here (the 2-bit model quantizes its weights)."""
+    return self
+
+  def init_cache(self, batch: int) -> list[dict]:
+    """An empty decode cache of ``max_seq_len`` positions for ``batch`` rows."""
+    dtype = self.cfg.compute_dtype
+    return [block.init_cache(batch, self.cfg.max_seq_len, dtype) for block in self.blocks]
+
+  def decode_step(
+    self, tokens: jax.Array, cache: list[dict], pos: jax.Array, *, controls: Controls | None = None
+  ) -> tuple[jax.Array, list[dict], dict[str, jax.Array]]:
+    """``tokens [batch, 1]`` at position ``pos`` -> (float32 logits ``[batch, vocab]``,
+    the updated cache, per-token decode telemetry — none here): the evaluation forward's
+    logits at ``pos`` of the sequence the cache holds (``tests/models/test_decode.py``)."""
+    x = self.embed_at(tokens, pos)
+    new_cache = []
+    for block, layer_cache in zip(self.blocks, cache, strict=True):
+      x, layer_cache = block.decode(x, layer_cache, pos, controls=controls)
+      new_cache.append(layer_cache)
+    return self.logits(x)[:, 0], new_cache, {}
 
   @staticmethod
   def merge_layer_telemetry(per_layer: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:

@@ -49,10 +49,14 @@ class Checkpointer:
     )
     self._manager.wait_until_finished()
 
-  def restore_latest(self, like: Any) -> tuple[Any, dict[str, Any]] | None:
+  def restore_latest(
+    self, like: Any, *, quarantine: bool = True
+  ) -> tuple[Any, dict[str, Any]] | None:
     """Restore the newest readable checkpoint into the structure of ``like``.
 
-    Returns ``None`` when the folder holds no checkpoint at all.
+    Returns ``None`` when the folder holds no checkpoint at all. ``quarantine=False``
+    leaves unreadable newer checkpoints where they are (a reader such as
+    ``homeo_jax.sample`` must not change the run folder).
     """
     steps = self.steps()
     if not steps:
@@ -67,7 +71,8 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()
           ),
         )
-        self._quarantine([path for path, _ in failures])
+        if quarantine:
+          self._quarantine([path for path, _ in failures])
         return restored.state, dict(restored.metadata)
       except Exception as e:  # orbax raises many types for unreadable data
         path = self.directory / str(step)

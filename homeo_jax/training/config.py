@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import importlib.util
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,14 @@ class TrainConfig:
   rollback_lr_scale: float = 0.5
   max_rollbacks: int = 3
   max_consecutive_skips: int = 20  # "skip": a run that only skips stops
+  tensorboard: bool = True  # event files in <run_dir>/tensorboard beside metrics.jsonl
+  # Text generated with the current parameters every sample_every steps (0: never), into
+  # metrics.jsonl, TensorBoard, the console and the report (models/decode.py).
+  sample_every: int = 0
+  sample_tokens: int = 200
+  sample_prompt: str = "\n"
+  sample_temperature: float = 0.8
+  sample_top_k: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +231,9 @@ def validate_config(config: Config) -> None:
     raise ConfigError(f"train.rollback_lr_scale must be in (0, 1], got {t.rollback_lr_scale}")
   _nonnegative(t, "train", "max_rollbacks")
   _positive(t, "train", "max_consecutive_skips")
+  _nonnegative(t, "train", "sample_every", "sample_tokens", "sample_temperature", "sample_top_k")
+  if t.sample_every and not t.sample_prompt:
+    raise ConfigError("train.sample_prompt is empty: sampling needs at least one character")
   try:
     config.mesh.validate()
   except ValueError as e:
@@ -253,3 +265,33 @@ def _nonnegative(section: Any, prefix: str, *names: str) -> None:
 
 def to_json(config: Config) -> str:
   return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> Config:
+  """The ``Config`` that ``to_json`` wrote (a run folder's ``config.json``); an unknown key
+  or model type — a file from another version or another program — is a ConfigError."""
+  from homeo_jax.models import MODEL_CONFIGS
+
+  raw = json.loads(text)
+  model_type = raw.get("model_type", Config.model_type)
+  if model_type not in MODEL_CONFIGS:
+    raise ConfigError(f"model_type {model_type!r} is not one of {sorted(MODEL_CONFIGS)}")
+  sections = {"model": MODEL_CONFIGS[model_type]}
+  return _dataclass_from_dict(Config, raw, "", sections)
+
+
+def _dataclass_from_dict(cls: type, raw: dict, prefix: str, override: dict | None = None) -> Any:
+  hints = typing.get_type_hints(cls)
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(raw) - fields)
+  if unknown:
+    raise ConfigError(f"unknown config key {prefix}{unknown[0]} (not a field of {cls.__name__})")
+  kwargs = {}
+  for name, value in raw.items():
+    kind = (override or {}).get(name, hints[name])
+    if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+      value = _dataclass_from_dict(kind, value, f"{prefix}{name}.")
+    elif isinstance(value, list):  # JSON has no tuples; frozen configs hold tuples
+      value = tuple(value)
+    kwargs[name] = value
+  return cls(**kwargs)

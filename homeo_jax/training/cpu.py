@@ -4,11 +4,16 @@ Two process-level settings, both measured on nanoGPT's CPU recipe and the ``cpu`
 preset by ``experiments/bench_cpu_step.py`` (README, Benchmarks), both applied by the
 command-line entry points (``homeo_jax.train``, the experiments) before JAX starts:
 
-* ``split_cpu_cores``: XLA:CPU runs one op at a time and splits each over the cores; at
-  the shapes a CPU trains, the split's synchronisation eats most of its gain. One JAX
-  device per core runs each core's share of the batch on its own, with one gradient
-  all-reduce per step (the mesh's ``data`` axis takes the devices; the loss is the global
-  batch mean, so the math is the same).
+* ``split_cpu_cores`` (opt-in, ``--set mesh.cpu_devices=0``): XLA:CPU runs one op at a
+  time and splits each over the cores; at the shapes a CPU trains, the split's
+  synchronisation eats part of its gain. One JAX device per core runs each core's share
+  of the batch on its own, with one gradient all-reduce per step (the mesh's ``data``
+  axis takes the devices; the loss is the global batch mean, so the math is the same).
+  Measured: 15% faster on the ``cpu`` preset's old 128-token shape, no gain at nanoGPT's
+  64-token shape. Not the default: XLA:CPU aborts the process when one device reaches an
+  all-reduce more than 40 s after another, which happened once here at a checkpoint while
+  another JAX process shared the two cores; when it splits, the library raises that
+  limit to 10 minutes.
 * ``reexec_with_page_keeping_allocator``: XLA:CPU allocates each step's temporaries as
   one block far above glibc's mmap threshold, so every step maps fresh pages and faults
   each 4 KiB of them in (1.6 M faults in 30 steps of the ``cpu`` preset). tcmalloc keeps
@@ -52,6 +57,9 @@ def cpu_device_count(requested: int, cores: int, batch_size: int) -> int:
   return max(d for d in range(1, max(cores, 1) + 1) if batch_size % d == 0)
 
 
+COLLECTIVE_TIMEOUT_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds=600"
+
+
 def split_cpu_cores(mesh: MeshConfig, batch_size: int) -> int | None:
   """Expose this host's CPU cores as ``mesh.cpu_devices`` data-parallel JAX devices
   (see the module docstring); returns the device count it set.
@@ -59,7 +67,8 @@ def split_cpu_cores(mesh: MeshConfig, batch_size: int) -> int | None:
   Call it before JAX starts (the CLI and the experiments do). It changes nothing, and
   returns None, when JAX's backends are already up, the device count is set already
   (``XLA_FLAGS`` or ``JAX_NUM_CPU_DEVICES``), an accelerator or another platform is
-  selected, several processes run, or a user-set mesh is in force with ``cpu_devices=0``.
+  selected, several processes run, ``cpu_devices`` is 1 (the default), or a user-set mesh
+  is in force with ``cpu_devices=0``.
   """
   import jax
   from jax._src import xla_bridge
@@ -71,11 +80,14 @@ def split_cpu_cores(mesh: MeshConfig, batch_size: int) -> int | None:
     or "JAX_NUM_CPU_DEVICES" in os.environ
     or not cpu_is_the_platform()
     or "JAX_COORDINATOR_ADDRESS" in os.environ
+    or mesh.cpu_devices == 1
     or (mesh.cpu_devices == 0 and not default_mesh)
   ):
     return None
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   count = cpu_device_count(mesh.cpu_devices, cores or 1, batch_size)
+  if count > 1 and "collective_call_terminate" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {COLLECTIVE_TIMEOUT_FLAG}".strip()
   jax.config.update("jax_num_cpu_devices", count)
   return count
 

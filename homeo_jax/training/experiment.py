@@ -128,22 +128,11 @@ def mean_curve(run_dirs: Sequence[Path], key: str) -> tuple[np.ndarray, np.ndarr
 
 def restore_final_state(config: Config, data: Any):
   """The last checkpoint of ``config``'s run folder: (apply_fn, TrainState)."""
-  from homeo_jax.training.checkpoint import Checkpointer
-  from homeo_jax.training.loop import build_model, model_config
-  from homeo_jax.training.optimizers import build_optimizer
-  from homeo_jax.training.step import functional_model, init_train_state
+  from homeo_jax.training.step import functional_model
+  from homeo_jax.training.trained import restore_state
 
-  apply_fn, params = functional_model(
-    build_model(config, data.vocab_size, data.tokenizer.token_strings)
-  )
-  tx = build_optimizer(
-    config.optimizer, config.train.steps, model=model_config(config, data.vocab_size)
-  )
-  like = init_train_state(params, tx, config.train.seed)
-  restored = Checkpointer(Path(config.train.run_dir) / "checkpoints").restore_latest(like)
-  if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {config.train.run_dir}")
-  return apply_fn, restored[0]
+  model, state = restore_state(config, data)
+  return functional_model(model)[0], state
 
 
 def write_experiment_report(

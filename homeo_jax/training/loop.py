@@ -28,8 +28,10 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from homeo_jax import regulators
 from homeo_jax.data import TextData, load_text_data, window_batches
 from homeo_jax.models import MODEL_TYPES
+from homeo_jax.models.decode import can_generate, generate
 from homeo_jax.training import config as config_lib
 from homeo_jax.training import sharding as sharding_lib
 from homeo_jax.training.checkpoint import Checkpointer
@@ -100,10 +102,10 @@ def check_data_fits(config: config_lib.Config, data: TextData) -> None:
       )
 
 
-def prepare_run_dir(run_dir: Path) -> RunFiles:
+def prepare_run_dir(run_dir: Path, *, tensorboard: bool = True) -> RunFiles:
   """Create the run folder and prove it writable, before any data is loaded or compiled."""
   try:
-    files = RunFiles(run_dir)
+    files = RunFiles(run_dir, tensorboard=tensorboard)
     probe = run_dir / f".write_test{os.getpid()}"
     probe.write_text("")
     probe.unlink()
@@ -187,6 +189,7 @@ class Setup:
   eval_step: Any  # jitted (params, opt_state, batch) -> mean cross entropy
   put: Any  # host batch -> device batch (sharded over data × fsdp on a mesh)
   lr_schedule: Any  # the config's learning-rate schedule, None for a user's tx
+  model: Any = None  # the NNX module whose parameters the state holds
 
 
 def setup(
@@ -224,6 +227,7 @@ def setup(
       eval_step=jax.jit(eval_fn),
       put=lambda batch: batch,
       lr_schedule=lr_schedule,
+      model=model,
     )
   # Every leaf is laid out by the one rule; a restore into this state reshards onto it.
   shardings = sharding_lib.state_shardings(state, mesh)
@@ -236,7 +240,47 @@ def setup(
     eval_step=jax.jit(eval_fn, in_shardings=(shardings.params, shardings.opt_state, batch)),
     put=lambda b: sharding_lib.global_batch(b, mesh),
     lr_schedule=lr_schedule,
+    model=model,
   )
+
+
+def make_sampler(model: nnx.Module, tokenizer: Any, t: config_lib.TrainConfig):
+  """``sample(state, step) -> text``: ``t.sample_tokens`` tokens after ``t.sample_prompt``
+  from the state's parameters, with the regulators' deployment controls (seeded by step)."""
+  if not can_generate(model):
+    raise config_lib.ConfigError(
+      f"train.sample_every={t.sample_every} but {type(model).__name__} has no decode_step"
+    )
+  prompt = np.asarray(tokenizer.encode(t.sample_prompt), np.int32)[None]
+  graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+
+  def sample(state, step: int) -> str:
+    params, opt_state = jax.device_get((state.params, state.opt_state))
+    tokens = generate(
+      nnx.merge(graphdef, params, rest),
+      prompt,
+      t.sample_tokens,
+      key=jax.random.key(t.seed + step),
+      temperature=t.sample_temperature,
+      top_k=t.sample_top_k,
+      controls=regulators.controls(opt_state, deployment=True),
+    )
+    return tokenizer.decode(np.asarray(tokens)[0])
+
+  return sample
+
+
+def check_sample_prompt(config: config_lib.Config, data: TextData) -> None:
+  if not config.train.sample_every:
+    return
+  try:
+    ids = data.tokenizer.encode(config.train.sample_prompt)
+  except (KeyError, ValueError) as e:
+    raise config_lib.ConfigError(f"train.sample_prompt cannot be encoded: {e}") from None
+  if len(ids) == 0:
+    raise config_lib.ConfigError(
+      f"train.sample_prompt={config.train.sample_prompt!r} encodes to no tokens"
+    )
 
 
 def train(
@@ -265,9 +309,10 @@ def train(
   config_lib.validate_config(config)
   t = config.train
   run_dir = Path(t.run_dir)
-  files = prepare_run_dir(run_dir)
+  files = prepare_run_dir(run_dir, tensorboard=t.tensorboard)
   data = data if data is not None else load_data(config)
   check_data_fits(config, data)
+  check_sample_prompt(config, data)
   run = setup(config, data, tx=tx, model=model, loss_fn=loss_fn)
   state, params, put = run.state, run.state.params, run.put
 
@@ -314,6 +359,7 @@ def train(
   val_sets = {"": fixed_batches(data.val_tokens)}
   val_sets.update({name: fixed_batches(tokens) for name, tokens in (eval_sets or {}).items()})
   train_step, eval_step, lr_schedule = run.train_step, run.eval_step, run.lr_schedule
+  sample = make_sampler(run.model, data.tokenizer, t) if t.sample_every else None
   tokens_per_step = d.batch_size * d.seq_len
 
   def evaluate(state) -> dict[str, float]:
@@ -467,6 +513,14 @@ def train(
           )
           bar.write(f"step {step:6d} | val loss {val_loss:.4f} (best {stats['best_val_loss']:.4f})")
           timer["last"] = time.perf_counter()
+        if t.sample_every and step % t.sample_every == 0:
+          if on_fault(flush()):
+            continue
+          text = sample(state, step)
+          stats["last_sample"] = {"step": step, "text": text}
+          files.append_metrics({"step": step, "sample": text})
+          bar.write(f"step {step:6d} | sample:\n{text}")
+          timer["last"] = time.perf_counter()
         paused = pause.requested()
         if step % t.checkpoint_every == 0 or step == t.steps or paused:
           if on_fault(flush()):
@@ -487,6 +541,7 @@ def train(
   finally:
     bar.close()
     checkpointer.close()
+    files.close()
   stats["status"] = status
   files.write_stats(stats)
   if status == "finished":

@@ -1,4 +1,4 @@
-"""Run-folder files: atomic writes, ``metrics.jsonl`` and the ``stats.json`` dashboard."""
+"""Run-folder files: atomic writes, ``metrics.jsonl``, TensorBoard events and ``stats.json``."""
 
 from __future__ import annotations
 
@@ -34,20 +34,50 @@ def to_python(value: Any) -> Any:
 
 
 class RunFiles:
-  """The metrics log and dashboard of one run folder."""
+  """The metrics log, TensorBoard events and dashboard of one run folder.
 
-  def __init__(self, run_dir: str | os.PathLike):
+  Every record appended to ``metrics.jsonl`` also goes to TensorBoard (tensorboardX) under
+  ``<run_dir>/tensorboard``: each finite number as a scalar, each string (a sample) as text.
+  When a resume or rollback drops records past a step, the next writer opens with
+  ``purge_step`` so TensorBoard drops the same steps from its curves.
+  """
+
+  def __init__(self, run_dir: str | os.PathLike, *, tensorboard: bool = True):
     self.run_dir = Path(run_dir)
     self.run_dir.mkdir(parents=True, exist_ok=True)
     self.metrics_path = self.run_dir / "metrics.jsonl"
     self.stats_path = self.run_dir / "stats.json"
+    self.tensorboard_dir = self.run_dir / "tensorboard" if tensorboard else None
+    self._writer = None
+    self._purge_step: int | None = None
 
   def append_metrics(self, record: dict[str, Any]) -> None:
     with self.metrics_path.open("a") as f:
       f.write(json.dumps(to_python(record)) + "\n")
+    if self.tensorboard_dir is not None and "step" in record:
+      self._write_events(record)
+
+  def _write_events(self, record: dict[str, Any]) -> None:
+    if self._writer is None:
+      from tensorboardX import SummaryWriter
+
+      self._writer = SummaryWriter(
+        str(self.tensorboard_dir), purge_step=self._purge_step, flush_secs=10
+      )
+      self._purge_step = None
+    step = int(record["step"])
+    for key, value in to_python(record).items():
+      if key == "step":
+        continue
+      if isinstance(value, str):
+        self._writer.add_text(key, value, step)
+      elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        self._writer.add_scalar(key, value, step)
 
   def truncate_after(self, step: int) -> None:
     """Drop records past ``step``: after a resume they are re-written by the same steps."""
+    self.close()
+    self._purge_step = step + 1
     if not self.metrics_path.exists():
       return
     kept = [
@@ -56,6 +86,12 @@ class RunFiles:
       if line and json.loads(line).get("step", 0) <= step
     ]
     atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+
+  def close(self) -> None:
+    """Flush and close the TensorBoard writer (a later record opens a new one)."""
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
 
   def read_metrics(self) -> list[dict[str, Any]]:
     if not self.metrics_path.exists():

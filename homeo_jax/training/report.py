@@ -96,6 +96,9 @@ def write_report(
   ]
   if has_regulators:
     lines += ["", "![regulators](regulators.png)"]
+  if stats.get("last_sample"):
+    sample = stats["last_sample"]
+    lines += ["", f"## Sample at step {sample['step']}", "", "```text", sample["text"], "```"]
   path = run_dir / "report.md"
   atomic_write_text(path, "\n".join(lines) + "\n")
   return path

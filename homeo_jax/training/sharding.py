@@ -55,7 +55,9 @@ class MeshConfig:
   expert: int = 1
   # On the CPU backend: how many devices the host's cores are split into (data
   # parallel); 0 = one per core, as many as divide the batch (``split_cpu_cores``).
-  cpu_devices: int = 0
+  # Default 1: XLA:CPU's collectives abort a process whose devices drift > 40 s apart,
+  # which a machine shared with other work can cause (README, Benchmarks).
+  cpu_devices: int = 1
 
   def validate(self) -> None:
     """Device-independent checks (config validation runs them before JAX starts)."""

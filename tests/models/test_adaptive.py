@@ -16,9 +16,9 @@ from homeo_jax.models.adaptive import (
   AdaptiveTransformer,
   adaptive_lm_loss,
   attention_features,
-  generate,
   safe_cosine,
 )
+from homeo_jax.models.decode import generate
 
 VOCAB = 30
 STRINGS = [chr(97 + i % 26) * (1 + i // 26) for i in range(VOCAB)]
