@@ -3,7 +3,9 @@
     python experiments/ord_muon_ablation.py [--scale cpu|gpu] [--seeds 0 1 2]
 
 Arms (identical except for the optimizer): AdamW; Muon = Polar(G) (spectral_lr 0);
-Polar(G⊥) (geometric only); Polar(G⊥) + s·G∥ for the sweep s ∈ {0.5, 1, 2, 5}.
+Polar(G⊥) (geometric only); Polar(G⊥) + s·G∥ for the sweep s ∈ {0.5, 1, 2, 5}; weight
+decay 0 for Muon and the geometric arm; Muon and ORD (s = 1) with Polar Express as the
+polar step instead of the standard quintic.
 Writes runs/ord_muon_<scale>/report.md with the table, the verdict per arm against
 Muon, validation curves and the ρ / spectral_frac traces.
 """
@@ -43,7 +45,12 @@ ARMS = {
   # arms lose because nothing in Polar(G⊥) counters the decay any more.
   "muon_wd0": [ORD, "optimizer.weight_decay=0.0"],
   "geometric_wd0": [ORD, "optimizer.kwargs.project_radial=True", "optimizer.weight_decay=0.0"],
-}
+  # The seed names Polar Express (Amsel et al. 2025) as its polar step.
+  "muon_polar_express": [ORD, "optimizer.kwargs.ns_coeffs=polar_express"],
+  "ord_1_polar_express": [
+    ORD, "optimizer.kwargs.spectral_lr=1.0", "optimizer.kwargs.ns_coeffs=polar_express"
+  ],
+}  # fmt: skip
 
 
 def main() -> None:

@@ -16,7 +16,9 @@ def default_lines(step: int, m: Metrics) -> list[str]:
   regs = " | ".join(f"{k} {v:.4g}" for k, v in headline.items())
   return [
     f"step {step:6d} | loss {m['loss']:.4f} | grad {m['grads/norm']:.3f}"
-    f" | tok/s {m['tok_s']:,.0f}" + (f" | {regs}" if regs else "")
+    f" | tok/s {m['tok_s']:,.0f}"
+    + (f" | mfu {100 * m['mfu']:.1f}%" if "mfu" in m else "")
+    + (f" | {regs}" if regs else "")
   ]
 
 

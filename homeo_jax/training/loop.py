@@ -33,6 +33,7 @@ from homeo_jax.data import TextData, load_text_data, window_batches
 from homeo_jax.models import MODEL_TYPES
 from homeo_jax.models.decode import can_generate, generate
 from homeo_jax.training import config as config_lib
+from homeo_jax.training import flops as flops_lib
 from homeo_jax.training import sharding as sharding_lib
 from homeo_jax.training.checkpoint import Checkpointer
 from homeo_jax.training.console import LINE_FORMATS
@@ -359,6 +360,11 @@ def train(
   val_sets = {"": fixed_batches(data.val_tokens)}
   val_sets.update({name: fixed_batches(tokens) for name, tokens in (eval_sets or {}).items()})
   train_step, eval_step, lr_schedule = run.train_step, run.eval_step, run.lr_schedule
+  # MFU: the step's FLOPs from XLA's cost analysis of the lowered program (no compile)
+  # over the device peak (a table, or a measured matmul probe on the CPU).
+  step_flops = flops_lib.step_cost(train_step.lower(state, put(train_batches[0])))["flops"]
+  peak, peak_source = flops_lib.device_peak()
+  stats.update(flops_per_step=step_flops, peak_flops=peak, peak_source=peak_source)
   sample = make_sampler(run.model, data.tokenizer, t) if t.sample_every else None
   tokens_per_step = d.batch_size * d.seq_len
 
@@ -415,6 +421,8 @@ def train(
     if bad and t.on_nonfinite == "skip":
       stats["skipped_steps"] += 1
     stats.update(step=step, train_loss=metrics["loss"], tokens_per_second=tok_s)
+    if peak and tok_s:
+      stats["mfu"] = metrics["mfu"] = tok_s / tokens_per_step * step_flops / peak
     headline = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("regulators/")}
     metrics.update(dt=step_seconds, tok_s=tok_s)
     bar.set_postfix(

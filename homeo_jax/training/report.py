@@ -83,6 +83,9 @@ def write_report(
     f"- parameters: {stats.get('num_params'):,}",
     f"- steps: {stats.get('step')} of {stats.get('total_steps')} ({stats.get('status')})",
     f"- tokens/s (mean over logged intervals): {stats.get('tokens_per_second', 0):,.0f}",
+    f"- model FLOPs utilization: {_percent(stats.get('mfu'))} ({stats.get('flops_per_step', 0):.3g}"
+    f" FLOPs per step from XLA's cost analysis; peak {stats.get('peak_flops') or 0:.3g} FLOP/s,"
+    f" {stats.get('peak_source', 'unknown')})",
     f"- final train loss: {_fmt(stats.get('train_loss'))}",
     f"- final validation loss: {_fmt(stats.get('val_loss'))}",
     f"- best validation loss: {_fmt(stats.get('best_val_loss'))} at step "
@@ -102,6 +105,10 @@ def write_report(
   path = run_dir / "report.md"
   atomic_write_text(path, "\n".join(lines) + "\n")
   return path
+
+
+def _percent(value: Any) -> str:
+  return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _fmt(value: Any) -> str:

@@ -1,9 +1,9 @@
 """Every model type with its optimizer families lowers for GPU and TPU from this CPU.
 
-``jax.export`` lowers the jitted, donated train step and the eval step for ``cuda`` and
-``tpu`` in bfloat16 compute without either device present: a user's first accelerator
-run does not discover a lowering error. (Compilation and numerics on the device itself
-are not covered here.)
+``jax.export`` lowers the jitted, donated train step, the eval step and KV-cached
+generation (with the deployment controls) for ``cuda`` and ``tpu`` in bfloat16 compute
+without either device present: a user's first accelerator run does not discover a
+lowering error. (Compilation and numerics on the device itself are not covered here.)
 """
 
 import dataclasses
@@ -11,14 +11,17 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 from jax import export
 
+from homeo_jax import regulators
 from homeo_jax.models import (
   AdaptiveConfig,
   MoEConfig,
   MoETransformerConfig,
   QuantTransformerConfig,
 )
+from homeo_jax.models.decode import generate
 from homeo_jax.training.config import OptimizerConfig
 from homeo_jax.training.loop import setup
 from tests.conftest import tiny_config
@@ -82,6 +85,19 @@ def test_train_and_eval_steps_lower_for_gpu_and_tpu(case, tiny_data, tmp_path):
   batch = jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.seq_len + 1), jnp.int32)
   train = export.export(run.train_step, platforms=PLATFORMS)(state, batch)
   evaluate = export.export(run.eval_step, platforms=PLATFORMS)(state.params, state.opt_state, batch)
-  for exported in (train, evaluate):
+  graphdef, _, rest = nnx.split(run.model, nnx.Param, ...)
+
+  def sample(params, opt_state, prompt, key):
+    controls = regulators.controls(opt_state, deployment=True)
+    model = nnx.merge(graphdef, params, rest)
+    return generate(model, prompt, 4, key=key, temperature=0.8, top_k=5, controls=controls)
+
+  prompt = jax.ShapeDtypeStruct((2, 3), jnp.int32)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  sampler = export.export(jax.jit(sample), platforms=PLATFORMS)(
+    state.params, state.opt_state, prompt, key
+  )
+  assert sampler.out_avals[0].shape == (2, 7)
+  for exported in (train, evaluate, sampler):
     assert exported.platforms == PLATFORMS
     assert "bf16" in exported.mlir_module()  # the compute really runs in bfloat16

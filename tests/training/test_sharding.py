@@ -94,3 +94,24 @@ def test_logical_axes_of_parameters_and_moments():
     "embed",
   )
   assert logical_axes(".controller.loss_buffer.values", (16,)) == (None,)
+
+
+def test_sharded_train_step_exports_for_tpu():
+  """The train step on a 2 × 4 (data × fsdp) mesh lowers for TPU with its shardings."""
+  script = (
+    PRELUDE
+    + """
+from jax import export
+cfg = dataclasses.replace(base, mesh=MeshConfig(2, 4, 1))
+run = setup(cfg, data)
+spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+state = jax.tree.map(spec, run.state)
+batch = spec(run.put(np.zeros((8, 33), np.int32)))
+exported = export.export(run.train_step, platforms=("tpu",))(state, batch)
+assert exported.nr_devices == 8, exported.nr_devices
+module = exported.mlir_module()  # sharding annotations (Shardy, or GSPMD's), partitioned on TPU
+assert "sdy.sharding" in module or "mhlo.sharding" in module
+print('ok')
+"""
+  )
+  assert_script_passes_on_fake_devices(script, devices=8)
