@@ -1,6 +1,7 @@
 """SpecHorn routing ablation: an MoE variant of the baseline LM (experiments/spechorn_ablation.py).
 
     python experiments/spechorn_ablation.py                 # CPU size, minutes
+    python experiments/spechorn_ablation.py --scale cpu_long --arms spechorn deepseek_u0.01
     python experiments/spechorn_ablation.py --scale gpu
 
 8 experts, top-2, capacity factor 1.25 in training, char-level Shakespeare. The arms set
@@ -50,6 +51,15 @@ def get_config(arg: str | None = None) -> Config:
   )
   if arg in (None, "cpu"):
     return cpu
+  if arg == "cpu_long":  # long enough to judge balance (issue 13): 2,000 steps
+    return dataclasses.replace(
+      cpu,
+      name="spechorn_cpu_long",
+      optimizer=dataclasses.replace(cpu.optimizer, warmup_steps=100),
+      train=dataclasses.replace(
+        cpu.train, steps=2000, eval_every=250, log_every=10, checkpoint_every=1000
+      ),
+    )
   if arg == "gpu":
     return dataclasses.replace(
       cpu,
@@ -67,4 +77,4 @@ def get_config(arg: str | None = None) -> Config:
         cpu.train, steps=3000, eval_every=250, eval_batches=50, log_every=10, checkpoint_every=1000
       ),
     )
-  raise ValueError(f"unknown preset {arg!r} for spechorn (cpu, gpu)")
+  raise ValueError(f"unknown preset {arg!r} for spechorn (cpu, cpu_long, gpu)")

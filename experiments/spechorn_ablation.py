@@ -49,6 +49,7 @@ from homeo_jax.training.experiment import (  # noqa: E402
   read_run,
   restore_final_state,
   run_arms,
+  select_arms,
   write_experiment_report,
 )
 from homeo_jax.training.loop import build_model, load_data  # noqa: E402
@@ -100,6 +101,15 @@ ARMS = {
     "model.moe.balancer=deepseek",
     "optimizer.name=adamw_deepseek",
     "optimizer.kwargs.update_rate=0.01",
+  ],
+  # ST-MoE's router z-loss (1e-3) on the best-balancing baseline.
+  "gru_deepseek_u0.01_z": [
+    "model.moe.router=deepseek",
+    "model.moe.gating=gru",
+    "model.moe.balancer=deepseek",
+    "optimizer.name=adamw_deepseek",
+    "optimizer.kwargs.update_rate=0.01",
+    "model.moe.router_z_loss_weight=1e-3",
   ],
 }
 BAND = (0.03, 0.08)
@@ -178,10 +188,10 @@ def router_share(config, repeats=20):
 
 def main() -> None:
   args, base, out = experiment_setup(
-    __doc__.splitlines()[0], "spechorn.py", ("cpu", "gpu"), "spechorn"
+    __doc__.splitlines()[0], "spechorn.py", ("cpu", "cpu_long", "gpu"), "spechorn"
   )
   data = load_data(base)
-  runs = run_arms(base, ARMS, args.seeds, out, data=data)
+  runs = run_arms(base, select_arms(ARMS, args.arms), args.seeds, out, data=data)
   half = base.train.steps // 2
 
   rows = []

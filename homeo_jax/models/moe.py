@@ -83,6 +83,9 @@ class MoEConfig:
   sinkhorn_eps: float = 0.05
   sinkhorn_iter: int = 4
   aux_loss_weight: float = 0.01  # softmax_aux only
+  # ST-MoE's router z-loss, weight · mean over tokens of logsumexp(router logits)², any
+  # router (0: off; ST-MoE uses 1e-3): keeps the logits small, a stability aid.
+  router_z_loss_weight: float = 0.0
   balancer: str = ""  # regulator whose control the deepseek/spechorn router reads ("": none)
 
   def validate(self, prefix: str = "model.moe") -> None:
@@ -110,8 +113,9 @@ class MoEConfig:
         f"{prefix}.sinkhorn_eps must be > 0 and sinkhorn_iter >= 1, got "
         f"{self.sinkhorn_eps}, {self.sinkhorn_iter}"
       )
-    if self.aux_loss_weight < 0:
-      raise ValueError(f"{prefix}.aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
+    for name in ("aux_loss_weight", "router_z_loss_weight"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{prefix}.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,6 +285,10 @@ class MoEFeedForward(nnx.Module):
       fraction = load / (b * t * k)
       mean_probs = jnp.mean(probs.reshape(b * t, e), 0)
       telemetry["aux_loss"] = m.aux_loss_weight * e * jnp.sum(fraction * mean_probs)
+    if m.router_z_loss_weight > 0:
+      z_loss = jnp.mean(jnp.square(jax.nn.logsumexp(logits, axis=-1)))
+      telemetry["moe_router_z_loss"] = z_loss
+      telemetry["aux_loss"] = telemetry.get("aux_loss", 0.0) + m.router_z_loss_weight * z_loss
     y = self.dropout(y.astype(x.dtype), deterministic=deterministic, rngs=rngs)
     return y, telemetry
 
@@ -366,6 +374,8 @@ class MoETransformer(Transformer):
     merged["moe_max_vio"] = jnp.mean(jnp.max(load, axis=-1) / mean - 1.0)
     merged["moe_drop_rate"] = jnp.mean(merged["moe_drop_rate"])
     merged["moe_router_entropy"] = jnp.mean(merged["moe_router_entropy"])
+    if "moe_router_z_loss" in merged:
+      merged["moe_router_z_loss"] = jnp.mean(merged["moe_router_z_loss"])
     share = jnp.mean(load / jnp.sum(load, axis=-1, keepdims=True), axis=0)
     merged.update({f"moe_load_share/{e}": share[e] for e in range(load.shape[-1])})
     return merged

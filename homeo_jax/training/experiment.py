@@ -63,19 +63,33 @@ def run_arms(
 def experiment_setup(
   description: str, config_file: str, scales: Sequence[str], out_prefix: str
 ) -> tuple[Any, Config, Path]:
-  """The experiments' shared command line: ``--scale`` (a preset of ``configs/<file>``)
-  and ``--seeds`` (default 0 1 2). Returns (args, base config, output folder)."""
+  """The experiments' shared command line: ``--scale`` (a preset of ``configs/<file>``),
+  ``--seeds`` (default 0 1 2) and ``--arms`` (a subset, for ``select_arms``). Returns
+  (args, base config, output folder)."""
   import argparse
 
   reexec_with_page_keeping_allocator(sys.argv)  # CPU: before JAX starts (training/cpu.py)
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--scale", default=scales[0], choices=list(scales))
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--arms", nargs="+", default=None, help="run only these arms")
   args = parser.parse_args()
   root = Path(__file__).resolve().parents[2]
   base = load_config(f"{root}/configs/{config_file}:{args.scale}")
   split_cpu_cores(base.mesh, base.data.batch_size)  # CPU: one data-parallel device per core
   return args, base, Path(f"runs/{out_prefix}_{args.scale}")
+
+
+def select_arms(
+  arms: Mapping[str, Sequence[str]], names: Sequence[str] | None
+) -> dict[str, Sequence[str]]:
+  """``arms`` restricted to ``names`` (all when None), in ``names``' order."""
+  if names is None:
+    return dict(arms)
+  unknown = [n for n in names if n not in arms]
+  if unknown:
+    raise SystemExit(f"unknown arm {unknown[0]!r}; arms: {', '.join(arms)}")
+  return {n: arms[n] for n in names}
 
 
 def read_run(run_dir: str | os.PathLike) -> tuple[list[dict], dict]:

@@ -89,6 +89,20 @@ def test_telemetry_against_numpy():
       np.testing.assert_allclose(tel["moe_mean_input"][e], tokens[rows].mean(0), atol=1e-5)
 
 
+@pytest.mark.parametrize("router", ["softmax_aux", "deepseek"])
+def test_router_z_loss_against_numpy(router):
+  """ST-MoE's z-loss, weight · mean logsumexp², added to any router's auxiliary loss."""
+  _, plain = layer(router=router, capacity_factor=8.0)(X, deterministic=True, rngs=None)
+  moe = layer(router=router, capacity_factor=8.0, router_z_loss_weight=1e-3)
+  _, tel = moe(X, deterministic=True, rngs=None)
+  logits = np.asarray(moe.router_logits(X), np.float64).reshape(32, 8)
+  top = logits.max(-1, keepdims=True)
+  z = np.mean((top[:, 0] + np.log(np.exp(logits - top).sum(-1))) ** 2)
+  np.testing.assert_allclose(float(tel["moe_router_z_loss"]), z, rtol=1e-5)
+  aux = float(plain.get("aux_loss", 0.0))
+  np.testing.assert_allclose(float(tel["aux_loss"]), aux + 1e-3 * z, rtol=1e-5)
+
+
 def test_every_token_prefers_one_expert():
   moe = layer(router="softmax_aux", capacity_factor=1.0, top_k=1)
   moe.gate.kernel[...] = jnp.zeros_like(moe.gate.kernel[...]).at[:, 3].set(100.0)
