@@ -18,6 +18,7 @@ import sys
 import jax
 import numpy as np
 
+from homeo_jax.data.tokenizers import encode_prompt
 from homeo_jax.training.config import ConfigError
 from homeo_jax.training.trained import RunFolderError, TrainedRun, load_run
 
@@ -38,18 +39,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def encode_prompt(run: TrainedRun, prompt: str) -> np.ndarray:
-  if not prompt:
-    raise ValueError("--prompt is empty: give at least one character to continue")
-  try:
-    ids = run.data.tokenizer.encode(prompt)
-  except (KeyError, ValueError) as e:
-    raise ValueError(f"--prompt cannot be encoded by the run's tokenizer: {e}") from None
-  if len(ids) == 0:
-    raise ValueError(f"--prompt {prompt!r} encodes to no tokens")
-  return np.asarray(ids, np.int32)
-
-
 def sample(
   run: TrainedRun,
   prompt: str,
@@ -66,7 +55,7 @@ def sample(
 
   if num_samples < 1:
     raise ValueError(f"--num_samples must be >= 1, got {num_samples}")
-  ids = encode_prompt(run, prompt)
+  ids = encode_prompt(run.data.tokenizer, prompt, "--prompt")
   tokens, info = generate(
     run.model,
     np.broadcast_to(ids, (num_samples, len(ids))),

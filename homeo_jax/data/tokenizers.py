@@ -115,6 +115,20 @@ class BPETokenizer:
     return self._strings
 
 
+def encode_prompt(tokenizer: Tokenizer, text: str, name: str) -> np.ndarray:
+  """``text`` as int32 token ids to generate from; a ValueError naming ``name`` (the
+  option or config key it came from) when it is empty or cannot be encoded."""
+  if not text:
+    raise ValueError(f"{name} is empty: give at least one character to continue")
+  try:
+    ids = tokenizer.encode(text)
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"{name} cannot be encoded by the run's tokenizer: {e}") from None
+  if len(ids) == 0:
+    raise ValueError(f"{name} {text!r} encodes to no tokens")
+  return np.asarray(ids, np.int32)
+
+
 def cache_dir() -> Path:
   """Where trained tokenizers and encoded corpora are cached (``$HOMEO_JAX_CACHE``)."""
   default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "homeo_jax"

@@ -214,6 +214,29 @@ class AdaptiveDecoderLayer(nnx.Module):
     z = jnp.concatenate([features, embed.astype(features.dtype)], axis=-1)
     return jax.nn.sigmoid(self.gate_out(jax.nn.gelu(self.gate_hidden(z)))[..., 0])
 
+  def _static_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Keys and values ``[B, T, heads, head_dim]`` of the layer input, fixed for all passes."""
+    b, t, d = x.shape
+    heads = self.cfg.num_heads
+    kv = self.key_value(self.attn_norm(x)).reshape(b, t, 2, heads, d // heads)
+    return kv[:, :, 0], kv[:, :, 1]
+
+  def _initial_carry(self, x: jax.Array, force: jax.Array) -> Carry:
+    """The recurrence state before pass 1 for ``x [B, T, d]`` (h = x, survival 1)."""
+    b, t, d = x.shape
+    zeros = jnp.zeros((b, t), jnp.float32)
+    return Carry(
+      k=jnp.int32(0),
+      h=x,
+      s=forced_survival(jnp.ones((b, t), jnp.float32), jnp.int32(0), force),
+      dh_prev=jnp.zeros((b, t, d), jnp.float32),
+      p_prev=zeros,
+      expected=zeros,
+      executed=zeros,
+      stats=jnp.zeros((self.cfg.max_passes, len(STAT_FIELDS)), jnp.float32),
+      ffn_telemetry=None,
+    )
+
   def _capacity(self, t: int) -> int:
     return max(1, math.ceil(self.cfg.gather_capacity * t)) if self.cfg.gather_capacity else 0
 
@@ -343,23 +366,9 @@ class AdaptiveDecoderLayer(nnx.Module):
     pass limit; ``path`` "scan" (differentiable) or "while" (early exit).
     """
     cfg = self.cfg
-    b, t, d = x.shape
-    heads = cfg.num_heads
-    kv = self.key_value(self.attn_norm(x)).reshape(b, t, 2, heads, d // heads)
-    kv = (kv[:, :, 0], kv[:, :, 1])
-    s0 = forced_survival(jnp.ones((b, t), jnp.float32), jnp.int32(0), force)
-    zeros = jnp.zeros((b, t), jnp.float32)
-    carry = Carry(
-      k=jnp.int32(0),
-      h=x,
-      s=s0,
-      dh_prev=jnp.zeros((b, t, d), jnp.float32),
-      p_prev=zeros,
-      expected=zeros,
-      executed=zeros,
-      stats=jnp.zeros((cfg.max_passes, len(STAT_FIELDS)), jnp.float32),
-      ffn_telemetry=None,
-    )
+    t = x.shape[1]
+    kv = self._static_kv(x)
+    carry = self._initial_carry(x, force)
     # Pass 1 runs for every token, outside the loop: it fixes the FFN telemetry's
     # structure (the loop carry needs it) and is the one-pass state of the coupon.
     first, _ = self._pass(carry, kv, force, clamp, controls, gather=False)
@@ -406,23 +415,11 @@ class AdaptiveDecoderLayer(nnx.Module):
     the full forward, every earlier token at every pass that runs, halted or not — so
     then all ``num_passes`` passes run and a halted token's state stays frozen."""
     cfg = self.cfg
-    b, _, d = x.shape
-    kv = self.key_value(self.attn_norm(x)).reshape(b, 1, 2, cfg.num_heads, d // cfg.num_heads)
-    keys = jax.lax.dynamic_update_slice_in_dim(cache["keys"], kv[:, :, 0], pos, 1)
-    values = jax.lax.dynamic_update_slice_in_dim(cache["values"], kv[:, :, 1], pos, 1)
-    position = jnp.broadcast_to(pos, (b, 1))
-    zeros = jnp.zeros((b, 1), jnp.float32)
-    carry = Carry(
-      k=jnp.int32(0),
-      h=x,
-      s=forced_survival(jnp.ones((b, 1), jnp.float32), jnp.int32(0), force),
-      dh_prev=jnp.zeros((b, 1, d), jnp.float32),
-      p_prev=zeros,
-      expected=zeros,
-      executed=zeros,
-      stats=jnp.zeros((cfg.max_passes, len(STAT_FIELDS)), jnp.float32),
-      ffn_telemetry=None,
-    )
+    new_keys, new_values = self._static_kv(x)
+    keys = jax.lax.dynamic_update_slice_in_dim(cache["keys"], new_keys, pos, 1)
+    values = jax.lax.dynamic_update_slice_in_dim(cache["values"], new_values, pos, 1)
+    position = jnp.broadcast_to(pos, (x.shape[0], 1))
+    carry = self._initial_carry(x, force)
     states = list(cache["ffn"])
 
     def run(c: Carry, state):
@@ -558,6 +555,22 @@ class AdaptiveTransformer(nnx.Module):
   def logits(self, x: jax.Array) -> jax.Array:
     return self.token_embed.attend(self.final_norm(x)).astype(jnp.float32)
 
+  def _control(self, controls, key: str, neutral):
+    """A compute-price control, or its neutral value when the model reads none."""
+    if not self.cfg.price_from:
+      return neutral
+    return read_control(controls, self.cfg.price_from, key)
+
+  def _depth_controls(self, controls) -> tuple[jax.Array, int, jax.Array]:
+    """(forced passes, static pass limit, gate clamp) from the config and the controls."""
+    cfg = self.cfg
+    if cfg.static_passes:
+      force, num_passes = jnp.int32(cfg.static_passes), cfg.static_passes
+    else:
+      force = jnp.asarray(self._control(controls, "force_k", 0), jnp.int32)
+      num_passes = cfg.max_passes
+    return force, num_passes, jnp.asarray(self._control(controls, "gate_clamp", 0), jnp.int32)
+
   def _depth(self, x, force, clamp, num_passes, path, controls):
     per_layer = []
     for layer in self.layers:
@@ -582,27 +595,19 @@ class AdaptiveTransformer(nnx.Module):
     """
     cfg = self.cfg
 
-    def control(key, neutral):
-      if not cfg.price_from:
-        return neutral
-      return read_control(controls, cfg.price_from, key)
-
     x = Transformer.embed(self, tokens)  # same token + position embedding and length check
     x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
     telemetry: dict[str, jax.Array] = {}
     if self.baton is not None:
       x, baton_telemetry = self.baton(x)
       telemetry.update(baton_telemetry)
-    if cfg.static_passes:
-      force, num_passes = jnp.int32(cfg.static_passes), cfg.static_passes
-    else:
-      force = jnp.asarray(control("force_k", 0), jnp.int32)
-      num_passes = cfg.max_passes
-    clamp = jnp.asarray(control("gate_clamp", 0), jnp.int32)
+    force, num_passes, clamp = self._depth_controls(controls)
     path = path or ("while" if deterministic else "scan")
     h, per_layer = self._depth(x, force, clamp, num_passes, path, controls)
     telemetry.update(self._merge(per_layer))
-    telemetry["compute_price"] = jnp.asarray(control("compute_price", 0.0), jnp.float32)
+    telemetry["compute_price"] = jnp.asarray(
+      self._control(controls, "compute_price", 0.0), jnp.float32
+    )
     telemetry["forced_k"] = force.astype(jnp.float32)
     if not deterministic and cfg.coupon:
       one_pass, _ = self._depth(x, jnp.int32(1), clamp, 1, path, controls)
@@ -622,20 +627,11 @@ class AdaptiveTransformer(nnx.Module):
   def decode_step(self, tokens, cache, pos, *, controls=None):
     """``tokens [B, 1]`` at ``pos`` -> (logits ``[B, V]``, cache, {"passes": ``[B]``, the
     passes executed per layer, averaged over layers}); see ``AdaptiveDecoderLayer.decode``."""
-    cfg = self.cfg
-
-    def control(key, neutral):
-      return read_control(controls, cfg.price_from, key) if cfg.price_from else neutral
-
     x = Transformer.embed_at(self, tokens, pos)
     previous = x
     if self.baton is not None:
       x = self.baton.decode(x, cache["previous"])
-    if cfg.static_passes:
-      force, num_passes = jnp.int32(cfg.static_passes), cfg.static_passes
-    else:
-      force, num_passes = jnp.asarray(control("force_k", 0), jnp.int32), cfg.max_passes
-    clamp = jnp.asarray(control("gate_clamp", 0), jnp.int32)
+    force, num_passes, clamp = self._depth_controls(controls)
     layers, passes = [], []
     for layer, layer_cache in zip(self.layers, cache["layers"], strict=True):
       x, layer_cache, executed = layer.decode(

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from homeo_jax import regulators
 from homeo_jax.data import TextData, load_text_data, window_batches
+from homeo_jax.data.tokenizers import encode_prompt
 from homeo_jax.models import MODEL_TYPES
 from homeo_jax.models.decode import can_generate, generate
 from homeo_jax.training import config as config_lib
@@ -245,21 +246,21 @@ def setup(
   )
 
 
-def make_sampler(model: nnx.Module, tokenizer: Any, t: config_lib.TrainConfig):
-  """``sample(state, step) -> text``: ``t.sample_tokens`` tokens after ``t.sample_prompt``
-  from the state's parameters, with the regulators' deployment controls (seeded by step)."""
+def make_sampler(model: nnx.Module, prompt: np.ndarray, t: config_lib.TrainConfig, tokenizer):
+  """``sample(state, step) -> text``: ``t.sample_tokens`` tokens after the encoded
+  ``prompt`` from the state's parameters, with the regulators' deployment controls
+  (seeded by step)."""
   if not can_generate(model):
     raise config_lib.ConfigError(
       f"train.sample_every={t.sample_every} but {type(model).__name__} has no decode_step"
     )
-  prompt = np.asarray(tokenizer.encode(t.sample_prompt), np.int32)[None]
   graphdef, _, rest = nnx.split(model, nnx.Param, ...)
 
   def sample(state, step: int) -> str:
     params, opt_state = jax.device_get((state.params, state.opt_state))
     tokens = generate(
       nnx.merge(graphdef, params, rest),
-      prompt,
+      prompt[None],
       t.sample_tokens,
       key=jax.random.key(t.seed + step),
       temperature=t.sample_temperature,
@@ -269,19 +270,6 @@ def make_sampler(model: nnx.Module, tokenizer: Any, t: config_lib.TrainConfig):
     return tokenizer.decode(np.asarray(tokens)[0])
 
   return sample
-
-
-def check_sample_prompt(config: config_lib.Config, data: TextData) -> None:
-  if not config.train.sample_every:
-    return
-  try:
-    ids = data.tokenizer.encode(config.train.sample_prompt)
-  except (KeyError, ValueError) as e:
-    raise config_lib.ConfigError(f"train.sample_prompt cannot be encoded: {e}") from None
-  if len(ids) == 0:
-    raise config_lib.ConfigError(
-      f"train.sample_prompt={config.train.sample_prompt!r} encodes to no tokens"
-    )
 
 
 def train(
@@ -313,7 +301,12 @@ def train(
   files = prepare_run_dir(run_dir, tensorboard=t.tensorboard)
   data = data if data is not None else load_data(config)
   check_data_fits(config, data)
-  check_sample_prompt(config, data)
+  prompt = None
+  if t.sample_every:  # checked before anything compiles
+    try:
+      prompt = encode_prompt(data.tokenizer, t.sample_prompt, "train.sample_prompt")
+    except ValueError as e:
+      raise config_lib.ConfigError(str(e)) from None
   run = setup(config, data, tx=tx, model=model, loss_fn=loss_fn)
   state, params, put = run.state, run.state.params, run.put
 
@@ -365,7 +358,7 @@ def train(
   step_flops = flops_lib.step_cost(train_step.lower(state, put(train_batches[0])))["flops"]
   peak, peak_source = flops_lib.device_peak()
   stats.update(flops_per_step=step_flops, peak_flops=peak, peak_source=peak_source)
-  sample = make_sampler(run.model, data.tokenizer, t) if t.sample_every else None
+  sample = make_sampler(run.model, prompt, t, data.tokenizer) if t.sample_every else None
   tokens_per_step = d.batch_size * d.seq_len
 
   def evaluate(state) -> dict[str, float]:
