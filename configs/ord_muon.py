@@ -2,6 +2,16 @@
 
     python experiments/ord_muon_ablation.py                 # CPU size, minutes
     python experiments/ord_muon_ablation.py --scale gpu     # the nanoGPT-sized recipe
+    python experiments/ord_muon_ablation.py --scale seed    # the seed's schedule, GPU
+
+The ``seed`` preset runs the seed's (modded-nanogpt's) schedule: three equal stages of
+1,560 scheduled steps at 131,072 / 262,144 / 393,216 tokens per step (batch multipliers
+1, 2, 3) and lr multipliers 1, 1.52, 1.73, a linear cooldown over the last 55% to 0.15×,
+then 40 extension steps; validation every 50 steps; ORD-Muon with Polar Express as its
+polar step. The model is GPT-2-small shaped (12 × 768, 6 heads of 128) over 1,024-token
+windows. The seed trained on FineWeb; the shipped corpus is Shakespeare (byte-level BPE,
+about 1.49M training tokens), which this schedule reads ~286 times over: point
+``data.corpus`` at a larger local text file for the seed's regime.
 
 The base is the char-level Shakespeare LM; arms differ only in the optimizer (AdamW at
 ``learning_rate`` for everything, or ORD-Muon at ``muon_learning_rate`` for hidden
@@ -64,4 +74,41 @@ def get_config(arg: str | None = None) -> Config:
         run_dir="runs/ord_muon_gpu",
       ),
     )
-  raise ValueError(f"unknown preset {arg!r} for ord_muon (cpu, gpu)")
+  if arg == "seed":
+    base = get_config("cpu")
+    return dataclasses.replace(
+      base,
+      name="ord_muon_seed",
+      model=TransformerConfig(
+        vocab_size=0, num_layers=12, num_heads=6, d_model=768, max_seq_len=1024, dropout=0.0
+      ),
+      data=DataConfig(
+        corpus="shakespeare",
+        tokenizer="bpe",
+        bpe_vocab_size=4096,
+        seq_len=1024,
+        batch_size=128,  # 131,072 tokens per step in the first stage
+        batch_multipliers=(1, 2, 3),
+      ),
+      optimizer=dataclasses.replace(
+        base.optimizer,
+        name="ord_muon",
+        schedule="stages",
+        stage_lr_multipliers=(1.0, 1.52, 1.73),
+        cooldown_fraction=0.55,
+        extension_steps=40,
+        learning_rate=3e-3,  # AdamW on embeddings, head and gains
+        min_learning_rate=4.5e-4,  # the cooldown's floor: 0.15 × learning_rate
+        warmup_steps=0,
+        kwargs={"ns_coeffs": "polar_express"},
+      ),
+      train=TrainConfig(
+        steps=1600,
+        eval_every=50,
+        eval_batches=20,
+        log_every=10,
+        checkpoint_every=200,
+        run_dir="runs/ord_muon_seed",
+      ),
+    )
+  raise ValueError(f"unknown preset {arg!r} for ord_muon (cpu, gpu, seed)")

@@ -1,6 +1,6 @@
 """Does spectral learning help? AdamW vs Muon vs ORD-Muon arms, >= 3 seeds each.
 
-    python experiments/ord_muon_ablation.py [--scale cpu|gpu] [--seeds 0 1 2]
+    python experiments/ord_muon_ablation.py [--scale cpu|gpu|seed] [--seeds 0 1 2]
 
 Arms (identical except for the optimizer): AdamW; Muon = Polar(G) (spectral_lr 0);
 Polar(G⊥) (geometric only); Polar(G⊥) + s·G∥ for the sweep s ∈ {0.5, 1, 2, 5}; weight
@@ -30,6 +30,7 @@ from homeo_jax.training.experiment import (  # noqa: E402
   mean_std,
   read_run,
   run_arms,
+  select_arms,
   verdict,
   write_experiment_report,
 )
@@ -37,7 +38,7 @@ from homeo_jax.training.report import series  # noqa: E402
 
 ORD = "optimizer.name=ord_muon"
 ARMS = {
-  "adamw": ["optimizer.name=adamw"],
+  "adamw": ["optimizer.name=adamw", "optimizer.kwargs={}"],
   "muon": [ORD],
   "geometric": [ORD, "optimizer.kwargs.project_radial=True"],
   **{f"ord_{s:g}": [ORD, f"optimizer.kwargs.spectral_lr={s}"] for s in (0.5, 1.0, 2.0, 5.0)},
@@ -51,23 +52,26 @@ ARMS = {
     ORD, "optimizer.kwargs.spectral_lr=1.0", "optimizer.kwargs.ns_coeffs=polar_express"
   ],
 }  # fmt: skip
+SEED_ARMS = ("adamw", "muon", "ord_0.5", "ord_1", "geometric")
 
 
 def main() -> None:
   args, base, out = experiment_setup(
-    __doc__.splitlines()[0], "ord_muon.py", ("cpu", "gpu"), "ord_muon"
+    __doc__.splitlines()[0], "ord_muon.py", ("cpu", "gpu", "seed"), "ord_muon"
   )
-  runs = run_arms(base, ARMS, args.seeds, out)
+  # The seed preset already uses Polar Express; its default arms are the headline ones.
+  names = args.arms or (SEED_ARMS if args.scale == "seed" else None)
+  runs = run_arms(base, select_arms(ARMS, names), args.seeds, out)
 
   results = {arm: [read_run(d) for d in dirs] for arm, dirs in runs.items()}
   final = {arm: [s["val_loss"] for _, s in rs] for arm, rs in results.items()}
   best = {arm: [s["best_val_loss"] for _, s in rs] for arm, rs in results.items()}
   target = float(np.mean(final["adamw"]))  # "as good as AdamW ends"
-  tokens_per_step = base.data.batch_size * base.data.seq_len
+  tokens_per_step = base.data.batch_size * base.data.seq_len  # the first stage's, if staged
   rows = []
   for arm, rs in results.items():
     steps_to = [first_step_at_or_below(r, "val/loss", target) for r, _ in rs]
-    ms = [1e3 * tokens_per_step / s["tokens_per_second"] for _, s in rs]
+    ms = [1e3 * s.get("seconds_per_step", tokens_per_step / s["tokens_per_second"]) for _, s in rs]
     frac = [
       np.mean(
         [

@@ -3,6 +3,7 @@
     python experiments/reproduce.py --scale cpu                     # all five, 2-core CPU sizes
     python experiments/reproduce.py --scale gpu --only spechorn ord_muon
     python experiments/reproduce.py --scale gpu --plan              # cost estimate, runs nothing
+    python experiments/reproduce.py --scale seed                    # ORD, Ouro-Spec: seed settings
 
 Runs each ablation script (``experiments/<script>.py --scale S --seeds ...``) in its own
 process, one after another; each arm of each writes its own run folder under
@@ -41,8 +42,8 @@ def _module(script: str):
 # name: (script, config file, {reproduce scale: the script's scale}, runs(module, base, seeds))
 ABLATIONS = {
   "ord_muon": (
-    "ord_muon_ablation", "ord_muon.py", {"cpu": "cpu", "gpu": "gpu"},
-    lambda m, base, seeds: len(m.ARMS) * seeds,
+    "ord_muon_ablation", "ord_muon.py", {"cpu": "cpu", "gpu": "gpu", "seed": "seed"},
+    lambda m, base, seeds: len(m.SEED_ARMS if base.name.endswith("seed") else m.ARMS) * seeds,
   ),
   "ars_narcissus": (
     "ars_narcissus", "ars_narcissus.py", {"cpu": "cpu", "gpu": "gpu"},
@@ -57,7 +58,7 @@ ABLATIONS = {
     lambda m, base, seeds: len(m.SWEEP) + (1 + len(m.THYROID) + 2) * seeds,
   ),
   "ouro_spec": (
-    "ouro_spec_ablation", "ouro_spec.py", {"cpu": "tiny", "gpu": "seed"},
+    "ouro_spec_ablation", "ouro_spec.py", {"cpu": "tiny", "gpu": "seed", "seed": "seed"},
     lambda m, base, seeds: len(m.arms(base.model.max_passes)) * seeds,
   ),
 }  # fmt: skip
@@ -117,7 +118,7 @@ def print_plan(names: list[str], scale: str, seeds: int, mfu: float) -> None:
     for kind in PLANNED:
       acc = accelerator(kind)
       n = plan_lib.devices_needed(p, acc.hbm_bytes)
-      seconds = runs * p.steps * p.flops_per_step / (n * acc.peak_flops * mfu)
+      seconds = runs * p.run_flops / (n * acc.peak_flops * mfu)
       times.append(plan_lib.hours(seconds) + ("" if n == 1 else f" ({n} devices)"))
     rows.append([name, f"{config_file}:{scales[scale]}", str(runs), f"{p.steps:,}", *times])
   header = ["ablation", "config", "runs", "steps/run", *(f"{k} at MFU {mfu:g}" for k in PLANNED)]
@@ -126,13 +127,16 @@ def print_plan(names: list[str], scale: str, seeds: int, mfu: float) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--scale", default="cpu", choices=["cpu", "gpu"])
+  parser.add_argument("--scale", default="cpu", choices=["cpu", "gpu", "seed"])
   parser.add_argument("--only", nargs="+", choices=sorted(ABLATIONS), default=None)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--plan", action="store_true", help="print the cost estimate only")
   parser.add_argument("--mfu", type=float, default=0.4, help="--plan: the assumed MFU")
   args = parser.parse_args()
-  names = args.only or list(ABLATIONS)
+  # "seed": the ablations that have a preset at the seed's own settings (ORD, Ouro-Spec).
+  names = [n for n in args.only or list(ABLATIONS) if args.scale in ABLATIONS[n][2]]
+  if not names:
+    raise SystemExit(f"none of {args.only} has a {args.scale!r} preset")
   if args.plan:
     print_plan(names, args.scale, len(args.seeds), args.mfu)
     return

@@ -41,8 +41,9 @@ USABLE_HBM = 0.9
 class Plan:
   name: str
   num_params: int
-  tokens_per_step: int
+  tokens_per_step: int  # the largest stage's batch (data.batch_multipliers)
   steps: int
+  run_flops: float  # every step's FLOPs, staged batches included
   flops_per_step: float  # XLA cost analysis
   analytic_flops: float
   bytes_per_step: float
@@ -58,6 +59,7 @@ def plan(config: config_lib.Config, *, target: str | None = None) -> Plan:
   from homeo_jax.models.roles import param_roles
   from homeo_jax.training.loop import build_model, load_data, model_config
   from homeo_jax.training.optimizers import build_optimizer
+  from homeo_jax.training.stages import base_batches_before
   from homeo_jax.training.step import (
     as_extra_args,
     functional_model,
@@ -77,7 +79,10 @@ def plan(config: config_lib.Config, *, target: str | None = None) -> Plan:
   )
   state = jax.eval_shape(lambda p: init_train_state(p, tx, config.train.seed), params)
   d = config.data
-  batch = jax.ShapeDtypeStruct((d.batch_size, d.seq_len + 1), np.int32)
+  # A staged run is planned at its largest batch (the peak memory); its run FLOPs scale
+  # each stage's share of the tokens.
+  largest = d.batch_size * max(d.batch_multipliers, default=1)
+  batch = jax.ShapeDtypeStruct((largest, d.seq_len + 1), np.int32)
   loss_fn = getattr(model, "loss_fn", lm_loss)
 
   def train_step(state, batch, rest):
@@ -112,12 +117,18 @@ def plan(config: config_lib.Config, *, target: str | None = None) -> Plan:
       if role == "expert"
     )
     unused += experts * (1.0 - moe.top_k / moe.num_experts)
-  tokens = d.batch_size * d.seq_len
+  tokens = largest * d.seq_len
+  steps = config.train.steps
+  run_batches = steps * largest
+  if d.batch_multipliers:
+    scheduled = steps - config.optimizer.extension_steps
+    run_batches = d.batch_size * base_batches_before(steps, d.batch_multipliers, scheduled)
   return Plan(
     name=config.name,
     num_params=num_params,
     tokens_per_step=tokens,
-    steps=config.train.steps,
+    steps=steps,
+    run_flops=cost["flops"] * run_batches / largest,
     flops_per_step=cost["flops"],
     analytic_flops=flops_lib.analytic_flops(
       num_params, unused, m.num_layers, m.d_model, d.seq_len, tokens
@@ -148,7 +159,8 @@ def format_plan(p: Plan, mfu: float) -> str:
   lines = [
     f"# plan: {p.name}",
     "",
-    f"- parameters: {p.num_params:,}; tokens per step: {p.tokens_per_step:,}; steps: {p.steps:,}",
+    f"- parameters: {p.num_params:,}; tokens per step: {p.tokens_per_step:,}; steps: {p.steps:,}"
+    f"; run FLOPs: {p.run_flops:.4g}",
     f"- FLOPs per step (XLA cost analysis): {p.flops_per_step:.4g}; analytic "
     f"6·N·tokens + 12·L·d·T·tokens: {p.analytic_flops:.4g} (ratio {ratio:.3f})",
     f"- bytes accessed per step (cost analysis): {p.bytes_per_step:.4g}",
@@ -163,7 +175,13 @@ def format_plan(p: Plan, mfu: float) -> str:
     step_s = p.flops_per_step / (n * acc.peak_flops * mfu)
     fits = "yes" if n == 1 else f"no: mesh.fsdp={n} ({n} devices)"
     rows.append(
-      [name, fits, f"{1000 * step_s:.3g}", hours(step_s * p.steps), f"{acc.peak_flops / 1e12:.0f}"]
+      [
+        name,
+        fits,
+        f"{1000 * step_s:.3g}",
+        hours(p.run_flops / (n * acc.peak_flops * mfu)),
+        f"{acc.peak_flops / 1e12:.0f}",
+      ]
     )
   header = ["device", "fits one device", f"step ms at MFU {mfu:g}", "run time", "peak TFLOP/s"]
   lines.append(markdown_table(header, rows))

@@ -22,6 +22,8 @@ from homeo_jax.data import tokenizers as tokenizers_lib
 from homeo_jax.models.layers import TransformerConfig
 from homeo_jax.training.sharding import MeshConfig
 
+SCHEDULES = ("cosine", "constant", "stages")
+
 
 class ConfigError(ValueError):
   """A configuration value is invalid; the message names the key."""
@@ -40,13 +42,18 @@ class DataConfig:
   seq_len: int = 256
   batch_size: int = 64
   seed: int = 0
+  # Staged batch: stage s reads batch_multipliers[s] × batch_size sequences per step over
+  # equal stages of the scheduled steps (training/stages.py); () keeps batch_size.
+  batch_multipliers: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   name: str = "adamw"
   learning_rate: float = 1e-3
-  schedule: str = "cosine"  # "cosine" (warm-up then cosine to min) or "constant"
+  # "cosine" (warm-up then cosine to min), "constant", or "stages" (training/stages.py:
+  # stage_lr_multipliers over equal stages, linear cooldown to min over cooldown_fraction)
+  schedule: str = "cosine"
   min_learning_rate: float = 1e-4
   warmup_steps: int = 100
   b1: float = 0.9
@@ -56,6 +63,9 @@ class OptimizerConfig:
   grad_clip: float = 1.0  # 0 disables global-norm clipping
   spike_threshold: float = 0.0  # k > 0 wraps the optimizer in regulators.skip_spikes
   spike_mode: str = "skip"  # "skip" or "clip" (regulators/spike_guard.py)
+  stage_lr_multipliers: tuple = ()  # schedule="stages": one multiplier per stage
+  cooldown_fraction: float = 0.55  # schedule="stages": of the scheduled steps
+  extension_steps: int = 0  # schedule="stages": steps after the schedule, at the floor lr
   kwargs: dict = dataclasses.field(default_factory=dict)  # optimizer-specific arguments
 
 
@@ -155,6 +165,13 @@ def _parse_like(current: Any, raw: str, key: str) -> Any:
       if not isinstance(value, dict):
         raise ValueError
       return value
+    if isinstance(current, tuple):
+      value = ast.literal_eval(raw)
+      if not isinstance(value, (tuple, list)) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+      ):
+        raise ValueError
+      return tuple(value)
   except (ValueError, SyntaxError):
     raise ConfigError(f"{key}={raw!r} is not a valid {type(current).__name__}") from None
   raise ConfigError(f"config key {key!r} cannot be set from the command line")
@@ -165,6 +182,35 @@ def _parse_literal(raw: str) -> Any:
     return ast.literal_eval(raw)
   except (ValueError, SyntaxError):
     return raw
+
+
+def _check_stages(config: Config) -> None:
+  d, o, t = config.data, config.optimizer, config.train
+  if o.schedule not in SCHEDULES:
+    raise ConfigError(f"optimizer.schedule must be one of {SCHEDULES}, got {o.schedule!r}")
+  staged = o.schedule == "stages"
+  if staged and not o.stage_lr_multipliers:
+    raise ConfigError("optimizer.schedule='stages' needs optimizer.stage_lr_multipliers")
+  if not staged and (o.stage_lr_multipliers or o.extension_steps):
+    raise ConfigError(
+      f"optimizer.stage_lr_multipliers and optimizer.extension_steps need "
+      f"optimizer.schedule='stages', got schedule={o.schedule!r}"
+    )
+  if any(m <= 0 for m in o.stage_lr_multipliers):
+    raise ConfigError(f"optimizer.stage_lr_multipliers must be > 0, got {o.stage_lr_multipliers}")
+  if not 0.0 <= o.cooldown_fraction <= 1.0:
+    raise ConfigError(f"optimizer.cooldown_fraction must be in [0, 1], got {o.cooldown_fraction}")
+  if not 0 <= o.extension_steps < t.steps:
+    raise ConfigError(
+      f"optimizer.extension_steps={o.extension_steps} must be in [0, train.steps={t.steps})"
+    )
+  if any(int(m) != m or m < 1 for m in d.batch_multipliers):
+    raise ConfigError(f"data.batch_multipliers must be integers >= 1, got {d.batch_multipliers}")
+  if d.batch_multipliers and staged and len(d.batch_multipliers) != len(o.stage_lr_multipliers):
+    raise ConfigError(
+      f"data.batch_multipliers {d.batch_multipliers} and optimizer.stage_lr_multipliers "
+      f"{o.stage_lr_multipliers} must have one entry per stage"
+    )
 
 
 def validate_config(config: Config) -> None:
@@ -210,8 +256,7 @@ def validate_config(config: Config) -> None:
   _nonnegative(o, "optimizer", "spike_threshold")
   if o.spike_mode not in ("skip", "clip"):
     raise ConfigError(f"optimizer.spike_mode must be 'skip' or 'clip', got {o.spike_mode!r}")
-  if o.schedule not in ("cosine", "constant"):
-    raise ConfigError(f"optimizer.schedule must be 'cosine' or 'constant', got {o.schedule!r}")
+  _check_stages(config)
   _positive(
     t,
     "train",

@@ -41,6 +41,7 @@ from homeo_jax.training.console import LINE_FORMATS
 from homeo_jax.training.metrics import RunFiles, atomic_write_text, to_python
 from homeo_jax.training.optimizers import build_optimizer, learning_rate_schedule
 from homeo_jax.training.report import write_report
+from homeo_jax.training.stages import StagedBatches
 from homeo_jax.training.step import (
   LossFn,
   as_extra_args,
@@ -336,6 +337,7 @@ def train(
   # Records past the restored step (or all, on a fresh start) came from a run that did
   # not reach its next checkpoint; the steps are re-run and re-logged.
   files.truncate_after(int(state.step))
+  files.open_events()
   stats["total_steps"] = t.steps
 
   d = config.data
@@ -345,6 +347,14 @@ def train(
   )
   if train_batches is None:
     train_batches = window_batches(data.train_tokens, seq_len=d.seq_len, seed=d.seed, **host_rows)
+    if d.batch_multipliers:
+      scheduled = t.steps - config.optimizer.extension_steps
+      train_batches = StagedBatches(train_batches, d.batch_multipliers, scheduled)
+  elif d.batch_multipliers:
+    raise config_lib.ConfigError(
+      "data.batch_multipliers stages the default batch stream; a train_batches stream sets "
+      "its own batch sizes"
+    )
 
   def fixed_batches(tokens):
     stream = window_batches(tokens, seq_len=d.seq_len, seed=d.seed + 1, **host_rows)
@@ -353,13 +363,18 @@ def train(
   val_sets = {"": fixed_batches(data.val_tokens)}
   val_sets.update({name: fixed_batches(tokens) for name, tokens in (eval_sets or {}).items()})
   train_step, eval_step, lr_schedule = run.train_step, run.eval_step, run.lr_schedule
+  if lr_schedule is not None:  # compiled once, here, so no timed step pays for it
+    lr_schedule = jax.jit(lr_schedule)
+    lr_schedule(0)
   # MFU: the step's FLOPs from XLA's cost analysis of the lowered program (no compile)
   # over the device peak (a table, or a measured matmul probe on the CPU).
-  step_flops = flops_lib.step_cost(train_step.lower(state, put(train_batches[0])))["flops"]
+  first = train_batches[0]
+  step_flops = flops_lib.step_cost(train_step.lower(state, put(first)))["flops"]
+  # Per token: a staged batch scales the step's FLOPs.
+  flops_per_token = step_flops / (first.shape[0] * hosts * (first.shape[1] - 1))
   peak, peak_source = flops_lib.device_peak()
   stats.update(flops_per_step=step_flops, peak_flops=peak, peak_source=peak_source)
   sample = make_sampler(run.model, prompt, t, data.tokenizer) if t.sample_every else None
-  tokens_per_step = d.batch_size * d.seq_len
 
   def evaluate(state) -> dict[str, float]:
     return {
@@ -387,7 +402,15 @@ def train(
   # Rollback target before the first checkpoint: the initial state, kept on the host.
   initial = jax.device_get(state) if t.on_nonfinite == "rollback" and start == 0 else None
   pending: tuple[int, dict] | None = None
-  timer = {"tokens": 0, "seconds": 0.0, "last": time.perf_counter(), "measured_from": start + 1}
+  timer = {
+    "tokens": 0,
+    "seconds": 0.0,
+    "steps": 0,
+    "last": time.perf_counter(),
+    "measured_from": start + 1,
+    "compiled_during": -2,
+    "shape": None,
+  }
   bar = tqdm(
     total=t.steps, initial=start, disable=not t.progress, dynamic_ncols=True, file=sys.stdout
   )
@@ -399,14 +422,18 @@ def train(
     nonlocal pending, consecutive_skips
     if pending is None:
       return None
-    step, metrics = pending
+    step, metrics, step_tokens = pending
     pending = None
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     now = time.perf_counter()
     step_seconds = now - timer["last"]
-    if step > timer["measured_from"]:  # the first step includes compilation
-      timer["tokens"] += tokens_per_step
+    # The first step includes compilation, and so does the step flushed while a new batch
+    # shape (a staged batch) compiled: dispatching that shape blocks before the flush. The
+    # new shape's first run (buffer allocation) is left out too, as the first step's is.
+    if step > timer["measured_from"] and step - timer["compiled_during"] not in (0, 1):
+      timer["tokens"] += step_tokens
       timer["seconds"] += step_seconds
+      timer["steps"] += 1
     timer["last"] = now
     tok_s = timer["tokens"] / timer["seconds"] if timer["seconds"] else 0.0
     bad = metrics.get("nonfinite", 0.0) > 0
@@ -414,8 +441,10 @@ def train(
     if bad and t.on_nonfinite == "skip":
       stats["skipped_steps"] += 1
     stats.update(step=step, train_loss=metrics["loss"], tokens_per_second=tok_s)
+    if timer["steps"]:
+      stats["seconds_per_step"] = timer["seconds"] / timer["steps"]
     if peak and tok_s:
-      stats["mfu"] = metrics["mfu"] = tok_s / tokens_per_step * step_flops / peak
+      stats["mfu"] = metrics["mfu"] = tok_s * flops_per_token / peak
     headline = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("regulators/")}
     metrics.update(dt=step_seconds, tok_s=tok_s)
     bar.set_postfix(
@@ -491,11 +520,15 @@ def train(
     with _PauseRequest(run_dir) as pause:
       while step < t.steps:
         step += 1
-        state, metrics = train_step(state, put(train_batches[position]))
+        batch = train_batches[position]
+        if batch.shape != timer["shape"] and timer["shape"] is not None:
+          timer["compiled_during"] = step - 1
+        timer["shape"] = batch.shape
+        state, metrics = train_step(state, put(batch))
         position += 1  # a rollback keeps the position: the data that diverged is skipped
         if on_fault(flush()):
           continue
-        pending = (step, metrics)
+        pending = (step, metrics, batch.shape[0] * hosts * (batch.shape[1] - 1))
         if step % t.eval_every == 0 or step == t.steps:
           if on_fault(flush()):
             continue

@@ -57,14 +57,19 @@ class RunFiles:
     if self.tensorboard_dir is not None and "step" in record:
       self._write_events(record)
 
-  def _write_events(self, record: dict[str, Any]) -> None:
-    if self._writer is None:
+  def open_events(self) -> None:
+    """Open the TensorBoard writer now (the first open imports tensorboardX, about a second:
+    the loop pays it before its timed steps, not inside one)."""
+    if self.tensorboard_dir is not None and self._writer is None:
       from tensorboardX import SummaryWriter
 
       self._writer = SummaryWriter(
         str(self.tensorboard_dir), purge_step=self._purge_step, flush_secs=10
       )
       self._purge_step = None
+
+  def _write_events(self, record: dict[str, Any]) -> None:
+    self.open_events()
     step = int(record["step"])
     for key, value in to_python(record).items():
       if key == "step":

@@ -29,6 +29,7 @@ from homeo_jax.regulators import load_balance as balance_lib
 from homeo_jax.regulators import ord_muon as ord_muon_lib
 from homeo_jax.regulators import spike_guard as spike_lib
 from homeo_jax.regulators import thyroid as thyroid_lib
+from homeo_jax.training import stages as stages_lib
 from homeo_jax.training.config import ConfigError, OptimizerConfig
 
 Builder = Callable[..., optax.GradientTransformation]
@@ -63,9 +64,19 @@ def accepted_kwargs(name: str) -> set[str]:
 
 
 def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
-  """Linear warm-up to ``learning_rate``, then cosine to ``min_learning_rate`` (or constant)."""
+  """Linear warm-up to ``learning_rate``, then cosine to ``min_learning_rate``; constant;
+  or modded-nanogpt's stages with a linear cooldown (``training/stages.py``)."""
   if cfg.schedule == "constant":
     return optax.constant_schedule(cfg.learning_rate)
+  if cfg.schedule == "stages":
+    return stages_lib.staged_schedule(
+      cfg.learning_rate,
+      cfg.stage_lr_multipliers,
+      total_steps - cfg.extension_steps,
+      cooldown_fraction=cfg.cooldown_fraction,
+      floor=cfg.min_learning_rate / cfg.learning_rate,
+      warmup_steps=cfg.warmup_steps,
+    )
   warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
     init_value=0.0,
