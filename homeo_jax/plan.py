@@ -66,6 +66,7 @@ def plan(config: config_lib.Config, *, target: str | None = None) -> Plan:
     init_train_state,
     lm_loss,
     make_train_step,
+    with_z_loss,
   )
 
   config_lib.validate_config(config)
@@ -84,6 +85,8 @@ def plan(config: config_lib.Config, *, target: str | None = None) -> Plan:
   largest = d.batch_size * max(d.batch_multipliers, default=1)
   batch = jax.ShapeDtypeStruct((largest, d.seq_len + 1), np.int32)
   loss_fn = getattr(model, "loss_fn", lm_loss)
+  if config.train.z_loss > 0:
+    loss_fn = with_z_loss(loss_fn, config.train.z_loss)
 
   def train_step(state, batch, rest):
     # the model's non-parameter variables are arguments too, so all of it stays abstract

@@ -108,6 +108,9 @@ class AdaptiveConfig(TransformerConfig):
 
   def validate(self, prefix: str = "model") -> None:
     super().validate(prefix)
+    for name in ("qk_norm", "attention_telemetry"):
+      if getattr(self, name):
+        raise ValueError(f"{prefix}.{name} is not implemented for the adaptive model")
     if self.max_passes < 1:
       raise ValueError(f"{prefix}.max_passes must be >= 1, got {self.max_passes}")
     if len(self.pass_damping) < self.max_passes:

@@ -51,6 +51,12 @@ class TransformerConfig:
   dropout: float = 0.0
   tie_embeddings: bool = True
   dtype: str = "float32"  # compute dtype: "float32" or "bfloat16"
+  # LayerNorm on each head's queries and keys (Dehghani et al. 2023; Wortsman et al. 2023:
+  # it keeps attention logits from growing at high learning rates).
+  qk_norm: bool = False
+  # Telemetry ``attn_logit_max``: the largest attention logit of the batch, max over layers
+  # (recomputes the scores; the instability proxy of Wortsman et al. 2023).
+  attention_telemetry: bool = False
 
   @property
   def ff_dim(self) -> int:
@@ -148,13 +154,27 @@ class CausalSelfAttention(nnx.Module):
     self.qkv = dense(cfg.d_model, 3 * cfg.d_model, cfg, rngs)
     self.out = dense(cfg.d_model, cfg.d_model, cfg, rngs, scale=(2 * cfg.num_layers) ** -0.5)
     self.dropout = nnx.Dropout(cfg.dropout)
+    hd = cfg.d_model // cfg.num_heads
+    norm = lambda: nnx.LayerNorm(hd, use_bias=False, dtype=cfg.compute_dtype, rngs=rngs)  # noqa: E731
+    self.q_norm = norm() if cfg.qk_norm else None
+    self.k_norm = norm() if cfg.qk_norm else None
 
   def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``[batch, seq, d]`` -> q, v ``[batch, heads, seq, head_dim]`` and k transposed,
     ``[batch, heads, head_dim, seq]``."""
     b, t, d = x.shape
     q, k, v = jnp.split(self.qkv(x).reshape(b, t, 3 * self.num_heads, d // self.num_heads), 3, 2)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
     return q.transpose(0, 2, 1, 3), k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+
+  def max_logit(self, x: jax.Array) -> jax.Array:
+    """The largest causal attention logit q·k/√d over the batch, heads and positions."""
+    q, k_t, _ = self.project_qkv(jax.lax.stop_gradient(x))
+    scores = jnp.einsum("bhqd,bhdk->bhqk", q, k_t).astype(jnp.float32) / math.sqrt(q.shape[-1])
+    t = scores.shape[-1]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    return jax.lax.stop_gradient(jnp.max(jnp.where(causal, scores, -jnp.inf)))
 
   def __call__(self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
     y = causal_attention(*self.project_qkv(x))  # [b, h, t, hd]
@@ -218,6 +238,7 @@ class Block(nnx.Module):
   """
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, ffn: nnx.Module | None = None):
+    self.attention_telemetry = cfg.attention_telemetry
     self.attn_norm = layer_norm(cfg, rngs)
     self.attn = CausalSelfAttention(cfg, rngs=rngs)
     self.mlp_norm = layer_norm(cfg, rngs)
@@ -229,13 +250,15 @@ class Block(nnx.Module):
     # Named scopes label the compiled ops, so a profile splits the step by component
     # (experiments/bench_cpu_step.py); they cost nothing at run time.
     with jax.named_scope("norm"):
-      h = self.attn_norm(x)
+      h = attn_in = self.attn_norm(x)
     with jax.named_scope("attention"):
       x = x + self.attn(h, deterministic=deterministic, rngs=rngs)
     with jax.named_scope("norm"):
       h = self.mlp_norm(x)
     with jax.named_scope("ffn"):
       y, telemetry = self.mlp(h, deterministic=deterministic, rngs=rngs, controls=controls)
+    if self.attention_telemetry:
+      telemetry = {**telemetry, "attn_logit_max": self.attn.max_logit(attn_in)}
     return x + y, telemetry
 
   def init_cache(self, batch: int, length: int, dtype) -> dict[str, Any]:

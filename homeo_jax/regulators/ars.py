@@ -7,6 +7,8 @@ scalar named by ``surprise_key``, e.g. ``"grad_norm"``):
    ``surprise="relative"`` mode, the relative surprise defined below);
 2. ρ₁ = lag-1 autocorrelation of that window (Pearson, window vs itself shifted by one);
 3. entropy guard   Ψ_t = max(ε, 1 − ρ₁²)                   (ε = ``epsilon``, 1e-6);
+   ``detector="spectral"`` uses r instead of ρ₁: the share of the detrended window's
+   spectral power in its strongest oscillation (``cores.signals.spectral_resonance``);
 4. effective surprise S̃_t = S_t / Ψ_t;
 5. surprise gate   Φ_t = Φ_min + (1 − Φ_min)·exp(−α·S̃_t)   (α 1.0, Φ_min 0.1);
 6. chronos-jitter  j_t = U(−1, 1)·jitter_scale·(1 − Ψ_t)   (jitter_scale 0.1), from a
@@ -21,6 +23,12 @@ to break the resonance. White noise has ρ₁ ≈ 0, so Ψ ≈ 1 and ARS relaxes
 
 Choices the seed leaves open, made here:
 
+* Detector (``detector``): ``"lag1"`` (default) is the seed's. It reads trend as
+  resonance — a smooth decaying loss has ρ₁ ≈ 1, i.e. maximum braking — and misses a
+  period-4 oscillation (ρ₁ = 0). ``"spectral"`` removes a cubic trend first and looks for
+  one dominant frequency with at least 4 cycles in the window: smooth decay, noise and
+  trends give r ≈ 0.05–0.2 (Ψ ≥ 0.96); oscillations of period 2, 4 and 16, with or
+  without a trend, give r ≥ 0.99 (Ψ ≤ 0.02). It needs 16 values before it measures.
 * Warm-up: until the window holds ``min_window`` (default 3) values, Ψ = 1 and Φ follows
   from S alone (there is no autocorrelation to measure yet); jitter is then 0.
 * ``guard=False`` fixes Ψ ≡ 1, which also makes the jitter 0.
@@ -66,6 +74,8 @@ from homeo_jax.regulators.base import (
 from homeo_jax.regulators.steering import HyperparamController, steer_hyperparams
 
 SURPRISE_MODES = ("raw", "relative")
+DETECTORS = ("lag1", "spectral")
+SPECTRAL_MIN_VALUES = 16
 
 
 class ARSState(NamedTuple):
@@ -76,6 +86,7 @@ class ARSState(NamedTuple):
   baseline: signals.EMA  # running EMA of the raw signal (used by surprise="relative")
   key: jax.Array  # PRNG key data, uint32[2]: chronos-jitter
   rho1: jax.Array  # shape=(), float32: lag-1 autocorrelation
+  resonance: jax.Array  # shape=(), float32: the detector's output (ρ₁, or r if spectral)
   psi: jax.Array  # shape=(), float32: entropy guard Ψ ∈ [ε, 1]
   surprise_eff: jax.Array  # shape=(), float32: S̃ = S / Ψ
   phi: jax.Array  # shape=(), float32: surprise gate Φ ∈ [Φ_min, 1]
@@ -84,7 +95,17 @@ class ARSState(NamedTuple):
   b2: jax.Array  # shape=(), float32: effective β2
   learning_rate: jax.Array  # shape=(), float32: effective learning rate
 
-  logged_fields = ("psi", "phi", "rho1", "surprise_eff", "jitter", "b1", "b2", "learning_rate")
+  logged_fields = (
+    "psi",
+    "phi",
+    "rho1",
+    "resonance",
+    "surprise_eff",
+    "jitter",
+    "b1",
+    "b2",
+    "learning_rate",
+  )
 
 
 def ars_controller(
@@ -100,6 +121,7 @@ def ars_controller(
   surprise: str = "raw",
   surprise_key: str = "value",
   baseline_decay: float = 0.99,
+  detector: str = "lag1",
   seed: int = 0,
   name: str | None = None,
 ) -> HyperparamController:
@@ -114,6 +136,8 @@ def ars_controller(
   check("ars", "baseline_decay", baseline_decay, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
   if surprise not in SURPRISE_MODES:
     raise ValueError(f"ars: surprise must be one of {SURPRISE_MODES}, got {surprise!r}")
+  if detector not in DETECTORS:
+    raise ValueError(f"ars: detector must be one of {DETECTORS}, got {detector!r}")
   spec = regulator_spec("ars", name, reads=(surprise_key,))
 
   def init_fn(params):
@@ -125,6 +149,7 @@ def ars_controller(
       baseline=signals.ema_init(),
       key=jax.random.key_data(jax.random.key(seed)),
       rho1=zero,
+      resonance=zero,
       psi=one,
       surprise_eff=zero,
       phi=one,
@@ -148,8 +173,13 @@ def ars_controller(
       s = raw
     buffer = signals.ring_push(state.surprise_buffer, s, ok)
     rho1 = signals.lag1_autocorrelation(buffer)
-    warm = signals.ring_size(buffer) >= min_window
-    psi = jnp.where(jnp.logical_and(guard, warm), jnp.maximum(epsilon, 1.0 - rho1**2), 1.0)
+    if detector == "spectral":
+      resonance = signals.spectral_resonance(buffer, min_values=SPECTRAL_MIN_VALUES)
+      warm = signals.ring_size(buffer) >= max(min_window, SPECTRAL_MIN_VALUES)
+    else:
+      resonance = rho1
+      warm = signals.ring_size(buffer) >= min_window
+    psi = jnp.where(jnp.logical_and(guard, warm), jnp.maximum(epsilon, 1.0 - resonance**2), 1.0)
     s_eff = jnp.where(ok, s, 0.0) / psi
     phi = phi_min + (1.0 - phi_min) * jnp.exp(-alpha * s_eff)
     key, subkey = jax.random.split(jax.random.wrap_key_data(state.key))
@@ -161,6 +191,7 @@ def ars_controller(
     jit = jnp.where(ok, jit, 0.0)
     s_eff = jnp.where(ok, s_eff, state.surprise_eff)
     rho1 = jnp.where(ok, rho1, state.rho1)
+    resonance = jnp.where(ok, resonance, state.resonance)
     effective = {
       "b1": base["b1"] * phi,
       "b2": base["b2"] * phi,
@@ -172,6 +203,7 @@ def ars_controller(
       baseline=signals.ema_update(state.baseline, raw, baseline_decay, ok),
       key=jax.random.key_data(key),
       rho1=rho1,
+      resonance=resonance,
       psi=psi,
       surprise_eff=s_eff,
       phi=phi,
@@ -227,6 +259,7 @@ def ars_adamw(
   surprise: str = "raw",
   surprise_key: str = "value",
   baseline_decay: float = 0.99,
+  detector: str = "lag1",
   mask: Any = None,
   name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -248,6 +281,7 @@ def ars_adamw(
     surprise: ``"raw"`` or ``"relative"`` (see the module docstring).
     surprise_key: the telemetry scalar read as surprise (``"value"``, the loss).
     baseline_decay: EMA decay of the relative mode's baseline (0.99, in [0, 1)).
+    detector: ``"lag1"`` (the seed's ρ₁) or ``"spectral"`` (see the module docstring).
     name: instance name for metrics (default ``"ars"``).
 
   State: ``SteeredState(count, inner, controller=ARSState(...))``; the formula and the
@@ -265,6 +299,7 @@ def ars_adamw(
     surprise=surprise,
     surprise_key=surprise_key,
     baseline_decay=baseline_decay,
+    detector=detector,
     seed=seed,
   )
   return ars(

@@ -86,8 +86,16 @@ def regulator_states(opt_state: Any) -> list[Any]:
   Two states with one name are a configuration error (their controls and metrics would
   collide): the message names the kind and says to pass ``name=``.
   """
-  nodes = jax.tree.leaves(opt_state, is_leaf=_is_regulator_state)
-  states = [n for n in nodes if _is_regulator_state(n)]
+  states = []
+
+  def collect(tree: Any) -> None:
+    for node in jax.tree.leaves(tree, is_leaf=_is_regulator_state):
+      if _is_regulator_state(node):
+        states.append(node)
+        # A wrapper (spike guard, Fisher prox) holds its inner optimizer's regulators.
+        collect(tuple(node)[1:])
+
+  collect(opt_state)
   seen: dict[str, str] = {}
   for state in states:
     spec = state.spec

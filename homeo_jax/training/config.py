@@ -63,6 +63,9 @@ class OptimizerConfig:
   grad_clip: float = 1.0  # 0 disables global-norm clipping
   spike_threshold: float = 0.0  # k > 0 wraps the optimizer in regulators.skip_spikes
   spike_mode: str = "skip"  # "skip" or "clip" (regulators/spike_guard.py)
+  # Non-empty: the optimizer's update goes through the prox of the ARS seed's Φ(W, ΔW),
+  # with these arguments (regulators/update_prox.py: fisher_weight, gamma, rank, ...).
+  update_prox: dict = dataclasses.field(default_factory=dict)
   stage_lr_multipliers: tuple = ()  # schedule="stages": one multiplier per stage
   cooldown_fraction: float = 0.55  # schedule="stages": of the scheduled steps
   extension_steps: int = 0  # schedule="stages": steps after the schedule, at the floor lr
@@ -91,6 +94,8 @@ class TrainConfig:
   tensorboard: bool = True  # event files in <run_dir>/tensorboard beside metrics.jsonl
   # Text generated with the current parameters every sample_every steps (0: never), into
   # metrics.jsonl, TensorBoard, the console and the report (models/decode.py).
+  # > 0 adds z_loss · mean(logsumexp(logits)²) to the loss (training/step.py:with_z_loss).
+  z_loss: float = 0.0
   sample_every: int = 0
   sample_tokens: int = 200
   sample_prompt: str = "\n"
@@ -257,6 +262,7 @@ def validate_config(config: Config) -> None:
   if o.spike_mode not in ("skip", "clip"):
     raise ConfigError(f"optimizer.spike_mode must be 'skip' or 'clip', got {o.spike_mode!r}")
   _check_stages(config)
+  _nonnegative(t, "train", "z_loss")
   _positive(
     t,
     "train",

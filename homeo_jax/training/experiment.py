@@ -43,7 +43,9 @@ def run_arms(
       run_dir = out_dir / arm / f"seed{seed}"
       runs[arm].append(run_dir)
       stats_path = run_dir / "stats.json"
-      if stats_path.exists() and json.loads(stats_path.read_text()).get("status") == "finished":
+      # A run stopped on a non-finite step (train.on_nonfinite="stop") is a result too.
+      status = json.loads(stats_path.read_text()).get("status", "") if stats_path.exists() else ""
+      if status == "finished" or status.startswith("stopped"):
         continue
       config = apply_overrides(
         base,

@@ -52,6 +52,7 @@ from homeo_jax.training.step import (
   make_eval_step,
   make_train_step,
   tree_all_finite,
+  with_z_loss,
 )
 
 PAUSE_FILE = ".pause"
@@ -209,6 +210,8 @@ def setup(
     model = build_model(config, data.vocab_size, data.tokenizer.token_strings)
   if loss_fn is None:  # a model may define its own objective (the adaptive LM's ponder cost)
     loss_fn = getattr(model, "loss_fn", lm_loss)
+  if t.z_loss > 0:
+    loss_fn = with_z_loss(loss_fn, t.z_loss)
   apply_fn, params = functional_model(model)
   mesh = build_mesh(config)
   lr_schedule = None
@@ -293,7 +296,9 @@ def train(
     loss_fn: ``(logits, targets, telemetry) -> (loss, telemetry)``; default: the model's
       ``loss_fn`` attribute if it has one, else next-token cross entropy.
     train_batches: a random-access batch stream (item i = batch i, int ``[B, T + 1]``)
-      instead of seeded windows of ``data.train_tokens``, e.g. a distribution shift.
+      instead of seeded windows of ``data.train_tokens``, e.g. a distribution shift; or
+      one with ``batch_for(i, state)``, whose batches depend on the training state (the
+      closed loop of ``data/closed_loop.py``).
     eval_sets: extra validation token arrays, logged as ``val/<name>/loss``.
   """
   config_lib.validate_config(config)
@@ -366,9 +371,16 @@ def train(
   if lr_schedule is not None:  # compiled once, here, so no timed step pays for it
     lr_schedule = jax.jit(lr_schedule)
     lr_schedule(0)
+
   # MFU: the step's FLOPs from XLA's cost analysis of the lowered program (no compile)
   # over the device peak (a table, or a measured matmul probe on the CPU).
-  first = train_batches[0]
+  def batch_at(index: int) -> np.ndarray:
+    # A closed-loop stream (data/closed_loop.py) generates from the current state.
+    if hasattr(train_batches, "batch_for"):
+      return train_batches.batch_for(index, state)
+    return train_batches[index]
+
+  first = batch_at(position)
   step_flops = flops_lib.step_cost(train_step.lower(state, put(first)))["flops"]
   # Per token: a staged batch scales the step's FLOPs.
   flops_per_token = step_flops / (first.shape[0] * hosts * (first.shape[1] - 1))
@@ -520,7 +532,7 @@ def train(
     with _PauseRequest(run_dir) as pause:
       while step < t.steps:
         step += 1
-        batch = train_batches[position]
+        batch = batch_at(position)
         if batch.shape != timer["shape"] and timer["shape"] is not None:
           timer["compiled_during"] = step - 1
         timer["shape"] = batch.shape

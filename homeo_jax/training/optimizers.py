@@ -29,6 +29,7 @@ from homeo_jax.regulators import load_balance as balance_lib
 from homeo_jax.regulators import ord_muon as ord_muon_lib
 from homeo_jax.regulators import spike_guard as spike_lib
 from homeo_jax.regulators import thyroid as thyroid_lib
+from homeo_jax.regulators import update_prox as prox_lib
 from homeo_jax.training import stages as stages_lib
 from homeo_jax.training.config import ConfigError, OptimizerConfig
 
@@ -117,6 +118,11 @@ def build_optimizer(
     raise ConfigError(f"optimizer {cfg.name!r}: {e}") from None
   if cfg.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+  if cfg.update_prox:
+    try:
+      tx = prox_lib.fisher_subspace_prox(tx, **cfg.update_prox)
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"optimizer.update_prox: {e}") from None
   if cfg.spike_threshold > 0:
     tx = spike_lib.skip_spikes(tx, threshold=cfg.spike_threshold, mode=cfg.spike_mode)
   return optax.with_extra_args_support(tx)

@@ -44,7 +44,7 @@ def moe_controls(cfg):
 def build(case):
   kind, options = case
   if kind == "transformer":
-    return Transformer(TransformerConfig(**SHAPE), rngs=nnx.Rngs(0)), {}
+    return Transformer(TransformerConfig(**SHAPE, **options), rngs=nnx.Rngs(0)), {}
   if kind == "quant_transformer":
     return QuantTransformer(QuantTransformerConfig(**SHAPE), rngs=nnx.Rngs(0)), {}
   if kind == "moe_transformer":
@@ -60,6 +60,7 @@ def build(case):
 
 CASES = {
   "transformer": ("transformer", {}),
+  "transformer_qk_norm": ("transformer", {"qk_norm": True, "attention_telemetry": True}),
   "quant": ("quant_transformer", {}),
   "adaptive": ("adaptive_transformer", {}),
   "adaptive_moe_spechorn": ("adaptive_transformer", {"router": "spechorn", "capacity_factor": 1.0}),

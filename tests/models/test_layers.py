@@ -8,9 +8,11 @@ attention and against ``jax.nn.dot_product_attention``, values and gradients.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
-from homeo_jax.models.layers import Dense, causal_attention
+from homeo_jax.models.layers import CausalSelfAttention, Dense, TransformerConfig, causal_attention
+from homeo_jax.training.step import lm_loss, with_z_loss
 
 B, H, T, HD = 2, 3, 7, 4
 
@@ -93,3 +95,50 @@ def test_accelerator_path_is_the_same_attention(monkeypatch):
   cpu_jaxpr = str(jax.make_jaxpr(lambda q, k, v: causal_attention(q, k, v))(q, k_t, v))
   assert jaxpr != cpu_jaxpr  # the other implementation really ran
   np.testing.assert_allclose(got, numpy_causal_attention(q, k, v), rtol=1e-5, atol=1e-6)
+
+
+def _numpy_qkv(attn, x):
+  """float64 q, k of one ``CausalSelfAttention`` [b, h, t, hd], with qk-norm if it has one."""
+  w = np.asarray(attn.qkv.kernel.value, np.float64)
+  b, t, d = x.shape
+  h = attn.num_heads
+  q, k, _ = np.split((np.asarray(x, np.float64) @ w).reshape(b, t, 3 * h, d // h), 3, 2)
+  if attn.q_norm is not None:
+
+    def norm(a, gain):
+      a = (a - a.mean(-1, keepdims=True)) / np.sqrt(a.var(-1, keepdims=True) + 1e-6)
+      return a * np.asarray(gain, np.float64)
+
+    q, k = norm(q, attn.q_norm.scale.value), norm(k, attn.k_norm.scale.value)
+  return q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_max_attention_logit_matches_numpy(qk_norm):
+  cfg = TransformerConfig(vocab_size=11, num_layers=1, num_heads=2, d_model=8, max_seq_len=T,
+                          qk_norm=qk_norm)  # fmt: skip
+  attn = CausalSelfAttention(cfg, rngs=nnx.Rngs(3))
+  if qk_norm:  # non-trivial gains, so the test sees them
+    attn.q_norm.scale.value = jnp.linspace(0.5, 2.0, 4)
+    attn.k_norm.scale.value = jnp.linspace(2.0, 0.5, 4)
+  x = 3 * jax.random.normal(jax.random.key(4), (2, T, 8))
+  q, k = _numpy_qkv(attn, x)
+  scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(4)
+  want = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf).max()
+  np.testing.assert_allclose(float(attn.max_logit(x)), want, rtol=1e-4)
+  if qk_norm:  # with unit gains every |q·k|/√d is at most √hd: the logits are bounded
+    attn.q_norm.scale.value = attn.k_norm.scale.value = jnp.ones(4)
+    assert float(attn.max_logit(100 * x)) <= np.sqrt(4) * (1 + 1e-4)
+
+
+def test_z_loss_and_logit_telemetry_by_hand():
+  logits = jax.random.normal(jax.random.key(5), (2, 3, 7)) * 4 - 2
+  targets = jnp.array([[1, 2, 3], [4, 5, 6]])
+  loss, telemetry = with_z_loss(lm_loss, 1e-2)(logits, targets, {})
+  x = np.asarray(logits, np.float64)
+  log_z = np.log(np.exp(x).sum(-1))
+  ce = np.mean(log_z - np.take_along_axis(x, np.asarray(targets)[..., None], -1)[..., 0])
+  np.testing.assert_allclose(float(telemetry["ce_loss"]), ce, rtol=1e-5)
+  np.testing.assert_allclose(float(telemetry["z_loss"]), 1e-2 * np.mean(log_z**2), rtol=1e-5)
+  np.testing.assert_allclose(float(loss), ce + 1e-2 * np.mean(log_z**2), rtol=1e-5)
+  np.testing.assert_allclose(float(telemetry["output_logit_mean"]), x.mean(), rtol=1e-5)

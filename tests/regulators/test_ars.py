@@ -6,7 +6,7 @@ import pytest
 
 from homeo_jax import regulator_metrics
 from homeo_jax.regulators.ars import ars_adamw
-from tests.cores.test_signals import reference_lag1
+from tests.cores.test_signals import SYNTHETIC, reference_lag1, reference_spectral_resonance
 
 PARAMS = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}
 
@@ -156,3 +156,20 @@ def test_missing_telemetry_is_a_clear_error():
 def test_bad_hyperparameters_rejected_at_construction(kwargs, message):
   with pytest.raises(ValueError, match=message):
     ars_adamw(1e-3, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["smooth decay + 1% noise", "period 4", "decay + period 16"])
+def test_spectral_detector_drives_the_guard(name):
+  values, _ = SYNTHETIC[name]
+  got, _ = run_ars(values, window=100, jitter=False, detector="spectral")
+  r = reference_spectral_resonance(values)
+  assert got[-1]["resonance"] == pytest.approx(r, abs=2e-4)
+  assert got[-1]["psi"] == pytest.approx(max(1e-6, 1 - r**2), abs=5e-4)
+  assert all(g["psi"] == 1.0 for g in got[:15])  # 16 values before it measures
+  lag1, _ = run_ars(values, window=100, jitter=False)
+  assert lag1[-1]["resonance"] == lag1[-1]["rho1"]  # the default reads the seed's ρ₁
+
+
+def test_unknown_detector_is_named():
+  with pytest.raises(ValueError, match="ars: detector must be one of .*got 'fft'"):
+    ars_adamw(1e-3, detector="fft")

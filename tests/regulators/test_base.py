@@ -68,3 +68,15 @@ def test_deployment_controls_drop_training_overrides():
   assert (int(train["force_k"]), int(train["gate_clamp"])) == (2, 1)
   assert (int(deploy["force_k"]), int(deploy["gate_clamp"])) == (0, 0)
   assert float(deploy["compute_price"]) == pytest.approx(0.03)
+
+
+def test_regulators_inside_a_wrapping_regulator_are_found():
+  """The spike guard wraps its optimizer: the ARS inside still logs and is name-checked."""
+  from homeo_jax.regulators.ars import ars_adamw
+  from homeo_jax.regulators.spike_guard import skip_spikes
+
+  params = {"w": jnp.ones((2, 3))}
+  state = skip_spikes(ars_adamw(1e-3)).init(params)
+  assert [s.kind for s in regulator_specs(state)] == ["spike_guard", "ars"]
+  with pytest.raises(ValueError, match="two regulators are named 'ars'"):
+    regulator_specs(skip_spikes(ars_adamw(1e-3), name="ars").init(params))
