@@ -6,8 +6,10 @@
 Per seed: pretrain (``configs/ars_closed_loop.py:pretrain``), then every arm continues
 from that checkpoint in the closed loop (``:cpu``; ``data/closed_loop.py``). Arms: AdamW;
 ARS's guard and gate (+Ψ); and jitter (+Ψ+χ); and the seed's update regularizer Φ(W, ΔW)
-(+Ψ+χ+Φ, ``regulators/update_prox.py``); +Ψ+χ with the spectral detector. Every ARS arm
-uses the relative surprise, as in the data-shift ablation.
+(+Ψ+χ+Φ, ``regulators/update_prox.py``); +Ψ+χ with the spectral detector — these with
+the relative surprise, as in the data-shift ablation — and +Ψ+χ with the seed's raw
+surprise. Bars: AdamW at a quarter of the learning rate, and AdamW with constant betas
+as low as the raw gate sets them.
 
 Failure, measured on the samples the loop generates (``generations.jsonl``): **collapse**
 when the unigram entropy of a block's samples falls below ``COLLAPSE_FRACTION`` of the
@@ -58,6 +60,14 @@ ARMS = {
     *ARS, "optimizer.kwargs.jitter=True", "optimizer.update_prox={'gamma': 1.0, 'rank': 8}"
   ],
   "psi_chi_spectral": [*ARS, "optimizer.kwargs.jitter=True", "optimizer.kwargs.detector=spectral"],
+  # The seed's own surprise: the raw loss (Φ ≈ 0.1 + 0.9·exp(−loss/Ψ), ≈ 0.35 at loss 1.3).
+  "psi_chi_raw": ["optimizer.name=ars_adamw", "optimizer.kwargs.jitter=True"],
+  # The bars ARS must clear: a quarter of the learning rate, and constant betas as low as
+  # the raw gate's (Φ = 1/3).
+  "adamw_lr5e-4": ["optimizer.name=adamw", "optimizer.kwargs={}", "optimizer.learning_rate=5e-4"],
+  "adamw_low_betas": [
+    "optimizer.name=adamw", "optimizer.kwargs={}", "optimizer.b1=0.3", "optimizer.b2=0.33"
+  ],
 }  # fmt: skip
 COLLAPSE_FRACTION = 0.75
 DIVERGED_VAL = 4.0  # nats; a unigram model of the characters scores about 3.3

@@ -25,6 +25,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from homeo_jax.regulators.ars import ars_adamw  # noqa: E402
 from homeo_jax.regulators.thyroid import thyroid  # noqa: E402
+from homeo_jax.regulators.update_prox import fisher_subspace_prox  # noqa: E402
 from homeo_jax.training import config as config_lib  # noqa: E402
 from homeo_jax.training.experiment import markdown_table  # noqa: E402
 from homeo_jax.training.loop import build_model, hardware_description  # noqa: E402
@@ -37,6 +38,16 @@ def pairs():
     (
       "ars_adamw (window 100)",
       ars_adamw(1e-3, b2=0.99, weight_decay=0.1),
+      optax.adamw(1e-3, b2=0.99, weight_decay=0.1),
+    ),
+    (
+      "ars_adamw, spectral detector",
+      ars_adamw(1e-3, b2=0.99, weight_decay=0.1, detector="spectral"),
+      optax.adamw(1e-3, b2=0.99, weight_decay=0.1),
+    ),
+    (
+      "fisher_subspace_prox(ars_adamw), rank 8",
+      fisher_subspace_prox(ars_adamw(1e-3, b2=0.99, weight_decay=0.1), rank=8),
       optax.adamw(1e-3, b2=0.99, weight_decay=0.1),
     ),
     (

@@ -38,8 +38,11 @@ Which hyperparameters: whichever of ``learning_rate`` and ``weight_decay`` (or
 ``weight_decay_rate``, as ``optax.adafactor`` names it) the inner factory accepts — α
 scales the first, λ the second; a factory that accepts neither is an error.
 
-Reads ``value`` (the loss) and ``grad_norm`` (v0.3 instead measures each group's norm
-from the updates it receives); offers the control ``quant_temperature`` = τ. ``name``
+Reads ``value`` (the loss) and ``grad_norm`` (the step's pre-clip gradient norm). v0.3
+measures each group's norm from the updates it receives and rescales them by
+``grad_norm`` / ‖updates‖, which undoes a global-norm clip before it exactly (the clip
+scales every leaf alike), so every version reads pre-clip norms. Offers the control
+``quant_temperature`` = τ. ``name``
 (default ``"thyroid"``) keys its metrics and controls. Under ``optax.inject_hyperparams``
 wrap it in a function with named arguments (inject_hyperparams cannot bind the
 ``**inner_kwargs`` it forwards).
@@ -256,9 +259,7 @@ def thyroid_controller(
   if version not in VERSIONS:
     raise ValueError(f"thyroid: version must be one of {VERSIONS}, got {version!r}")
   update_every = static_int("thyroid", "update_every", update_every)
-  # v0.3 measures each group's gradient norm from the updates it receives; the global
-  # versions read the step's (pre-clip) grad_norm.
-  reads = ("value",) if version == "per_group" else ("value", "grad_norm")
+  reads = ("value", "grad_norm")
   spec = regulator_spec("thyroid", name, reads=reads, offers=("quant_temperature",))
   groups = len(group_names)
   net = load_thyroid_params(version, weights, groups)
@@ -286,7 +287,11 @@ def thyroid_controller(
       sq = {name: jnp.zeros(()) for name in group_names}
       for leaf, label in zip(jax.tree.leaves(updates), jax.tree.leaves(labels), strict=True):
         sq[label] = sq[label] + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
-      return jnp.sqrt(jnp.stack([sq[name] for name in group_names]))
+      norms = jnp.sqrt(jnp.stack([sq[name] for name in group_names]))
+      # Pre-clip: a global-norm clip scaled every leaf by ‖updates‖ / grad_norm.
+      received = jnp.sqrt(sum(sq.values()))
+      pre_clip = jnp.asarray(extra_args["grad_norm"], jnp.float32)
+      return norms * jnp.where(received > 0, pre_clip / jnp.where(received > 0, received, 1), 1)
     return jnp.reshape(extra_args["grad_norm"], (1,))
 
   def update_fn(state: ThyroidState, base, updates, params, **extra_args):

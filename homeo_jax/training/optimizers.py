@@ -227,7 +227,12 @@ def _thyroid_adamw(cfg: OptimizerConfig, learning_rate, **kwargs) -> optax.Gradi
   ``models/roles.py``); the weight-decay mask is the one parameter rule's in every version."""
   args = {"weight_decay": cfg.weight_decay, "b1": cfg.b1, "b2": cfg.b2, "eps": cfg.eps}
   if kwargs.get("version") == "per_group":
-    args.update(group_labels=roles.organelle_labels, group_names=roles.ORGANELLES)
+    # Each group's AdamW gets the mask too: gains and biases are never decayed.
+    args.update(
+      group_labels=roles.organelle_labels,
+      group_names=roles.ORGANELLES,
+      mask=roles.weight_decay_mask,
+    )
   else:
     args.update(static_args=("mask",), mask=roles.weight_decay_mask)
   return thyroid_lib.thyroid(optax.adamw, learning_rate, **{**args, **kwargs})

@@ -21,6 +21,7 @@ from homeo_jax.regulators.compute_price import compute_price
 from homeo_jax.regulators.load_balance import deepseek_balancer, spechorn_balancer
 from homeo_jax.regulators.ord_muon import ord_muon
 from homeo_jax.regulators.spike_guard import skip_spikes
+from homeo_jax.regulators.update_prox import fisher_subspace_prox
 from homeo_jax.regulators.thyroid import thyroid
 
 MOE_LOAD = jnp.array([[10.0, 30.0, 20.0, 4.0]])
@@ -39,6 +40,9 @@ REGULATORS = {
   "thyroid_alpha": lambda lr: thyroid(optax.adamw, lr, version="alpha", weights="random"),
   "adamw_compute_price": lambda lr: optax.chain(optax.adamw(lr), compute_price(warmup_steps=0)),
   "spike_guard_adamw": lambda lr: skip_spikes(optax.adamw(lr), window=8, min_history=4),
+  "fisher_subspace_ars": lambda lr: fisher_subspace_prox(
+    ars_adamw(lr), gamma=0.1, fisher_weight=0.2, rank=2, refresh_every=3
+  ),
 }
 
 

@@ -137,10 +137,9 @@ def test_per_group_heads_map_to_their_leaves(tmp_path):
   net["alpha"]["b"] = net["alpha"]["b"].at[1].add(2.0)
   state = state._replace(controller=state.controller._replace(weights=net))
   grads = {"embed": jnp.ones((4, 4)) * 0.1, "hidden": jnp.ones((4, 4)) * 10.0}
+  total = jnp.float32(np.hypot(0.4, 40.0))  # the step's gradient norm, nothing clipped
   for i in range(20):
-    _, state = tx.update(
-      grads, state, PARAMS, value=jnp.asarray(3.0 - 0.01 * i), grad_norm=jnp.float32(1.0)
-    )
+    _, state = tx.update(grads, state, PARAMS, value=jnp.asarray(3.0 - 0.01 * i), grad_norm=total)
   norms = state.controller.grad_buffer.values[:, -1]
   np.testing.assert_allclose(norms, [0.4, 40.0], rtol=1e-5)  # each group sees its own norm
   alpha = np.asarray(state.controller.alpha)
@@ -272,3 +271,41 @@ def test_inner_factory_misuse_is_one_line():
     thyroid(optax.sgd, learning_rate=0.1, weight_decay=0.1)
   with pytest.raises(ValueError, match="takes neither learning_rate nor weight_decay"):
     thyroid(optax.identity)
+
+
+def test_per_group_reads_pre_clip_norms_behind_a_global_clip():
+  """chain(clip_by_global_norm, thyroid): the group norms are the unclipped gradient's."""
+  tx = optax.chain(
+    optax.clip_by_global_norm(1.0),
+    thyroid(
+      optax.adamw, 1e-3, 0.01, version="per_group", group_labels=LABELS,
+      group_names=("embed", "hidden"), weights="random", update_every=1,
+    ),
+  )  # fmt: skip
+  tx = optax.with_extra_args_support(tx)
+  grads = {"embed": jnp.ones((4, 4)) * 0.1, "hidden": jnp.ones((4, 4)) * 10.0}
+  state = tx.init(PARAMS)
+  _, state = tx.update(grads, state, PARAMS, value=2.0, grad_norm=optax.tree.norm(grads))
+  norms = state[1].controller.grad_buffer.values[:, 0]
+  np.testing.assert_allclose(norms, [0.4, 40.0], rtol=1e-5)
+
+
+def test_config_per_group_thyroid_never_decays_gains():
+  """The config builder gives each group's AdamW the weight-decay mask (1-D leaves: none)."""
+  from homeo_jax.training.config import OptimizerConfig
+  from homeo_jax.training.optimizers import build_optimizer
+
+  cfg = OptimizerConfig(
+    name="thyroid_adamw", learning_rate=0.1, weight_decay=0.5, grad_clip=0.0, warmup_steps=0,
+    schedule="constant", kwargs={"version": "per_group", "weights": "random"},
+  )  # fmt: skip
+  params = {
+    "blocks": {
+      "0": {"attn_norm": {"scale": jnp.ones(4)}, "mlp": {"up": {"kernel": jnp.ones((4, 4))}}}
+    }
+  }
+  tx = build_optimizer(cfg, 10)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params, value=2.0, grad_norm=0.0)
+  np.testing.assert_allclose(updates["blocks"]["0"]["attn_norm"]["scale"], 0.0)  # not decayed
+  np.testing.assert_allclose(updates["blocks"]["0"]["mlp"]["up"]["kernel"], -0.1 * 0.5)
