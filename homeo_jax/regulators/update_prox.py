@@ -46,7 +46,7 @@ class FisherSubspaceState(NamedTuple):
   spec: RegulatorSpec  # static: the instance name
   inner: Any  # the wrapped optimizer's state
   fisher: Any  # tree of signals.EMA of squared gradients, one per parameter
-  basis: Any  # tree: [in, r] top-r left singular vectors of each matrix, [0, 0] otherwise
+  basis: Any  # tree: [in, r] top-r left singular vectors of each matrix, a 0 scalar otherwise
   count: jax.Array  # shape=(), int32: steps taken
   shrink: jax.Array  # shape=(), float32: ‖u₂‖ / ‖u‖ this step
 
@@ -58,11 +58,12 @@ def _is_matrix(p: jax.Array, rank: int) -> bool:
 
 
 def safe_basis(params: Any, rank: int) -> Any:
-  """Top-``rank`` left singular vectors of every matrix leaf (float32); others: [0, 0]."""
+  """Top-``rank`` left singular vectors of every matrix leaf (float32); others: a scalar 0
+  (a placeholder with a size: checkpoints cannot hold empty arrays)."""
 
   def one(p):
     if not _is_matrix(p, rank):
-      return jnp.zeros((0, 0), jnp.float32)
+      return jnp.zeros((), jnp.float32)
     u, _, _ = jnp.linalg.svd(jnp.asarray(p, jnp.float32), full_matrices=False)
     return u[:, :rank]
 
@@ -131,7 +132,7 @@ def fisher_subspace_prox(
       v = signals.ema_debiased(ema, fisher_decay)
       omega = fisher_weight * v / (jnp.mean(v) + 1e-30)
       out = u.astype(jnp.float32) / (1.0 + omega)
-      if b.size:  # a matrix: shrink what lies outside span(U_r)
+      if b.ndim == 2:  # a matrix: shrink what lies outside span(U_r)
         inside = b @ (b.T @ out)
         out = inside + (out - inside) / (1.0 + 2.0 * gamma)
       return out.astype(u.dtype)

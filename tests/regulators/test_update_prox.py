@@ -63,7 +63,7 @@ def test_prox_against_float64_reference(refresh_every):
     for k in PARAMS:
       np.testing.assert_allclose(updates[k], expected[k], rtol=2e-4, atol=1e-6, err_msg=k)
     params = optax.apply_updates(params, updates)
-  assert state.basis["thin"].shape == (0, 0)  # a side of 3 <= rank: Fisher term only
+  assert state.basis["thin"].shape == ()  # a side of 3 <= rank: Fisher term only
 
 
 def test_no_penalty_is_the_inner_update():
@@ -97,3 +97,16 @@ def test_bad_arguments_are_named():
     fisher_subspace_prox(optax.sgd(0.1), gamma=-1)
   with pytest.raises(ValueError, match="fisher_subspace: rank must be an int >= 1, got 0"):
     fisher_subspace_prox(optax.sgd(0.1), rank=0)
+
+
+def test_state_survives_a_checkpoint(tmp_path):
+  from homeo_jax.training.checkpoint import Checkpointer
+
+  tx = fisher_subspace_prox(ars_adamw(1e-2), rank=2)
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), PARAMS)
+  _, state = tx.update(jax.tree.map(jnp.asarray, GRADS[0]), tx.init(params), params, value=2.0)
+  checkpointer = Checkpointer(tmp_path / "ckpt", keep=1)
+  checkpointer.save(1, state, {})
+  restored, _ = checkpointer.restore_latest(tx.init(params))
+  checkpointer.close()
+  jax.tree.map(np.testing.assert_array_equal, restored, state)
