@@ -27,6 +27,19 @@ Per step t (its batch ran with the controls published at t − 1):
 
 ``fixed_price`` pins λ_p (the ``--set_lambda`` override of the experiments).
 
+``controller="log_pi"`` (a documented variant; the default ``"seed"`` is step 1 above)
+replaces the additive dual step with a proportional-integral step on log λ_p over the
+relative error e = (avg_k − target_k)/target_k:
+
+    log λ_p ← clip(log λ_p + r·(κ_i·e_t + κ_p·(e_t − e_{t−1})), log price_min, log price_max)
+
+(κ_i = ``integral_gain``, κ_p = ``proportional_gain``; r the deadband rate). Why: with the
+seed's constants the price cannot reach its target (issue 20, measured): λ_p sits at its
+0.05 cap while the coupon (≈ 0.16) exceeds the largest raw cost (≈ 0.017), so nothing
+pushes depth down to 1.3. A multiplicative step crosses decades in tens of steps, so a
+wide range (``price_max`` 10 in the experiments) costs no settling time, and the
+proportional term damps the overshoot an integral-only loop has on a lagging depth.
+
 Deployment (``deployment_controls()``, used by evaluation and generation): the current
 λ_p, no forced depth, no audit, no gate clamp — the model runs as it will be deployed.
 
@@ -55,6 +68,7 @@ from homeo_jax.regulators.base import (
 )
 
 PUBLISHED = ("compute_price", "force_k", "gate_clamp")
+CONTROLLERS = ("seed", "log_pi")
 
 
 class ComputePriceState(NamedTuple):
@@ -112,6 +126,9 @@ def compute_price(
   settle_steps: int = 100,
   settle_rtol: float = 0.05,
   fixed_price: float | None = None,
+  controller: str = "seed",
+  integral_gain: float = 0.05,
+  proportional_gain: float = 0.5,
   seed: int = 0,
   name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -126,6 +143,8 @@ def compute_price(
     audit_prob, audit_start, audit_force: audits (5%, from 1200, depth 2).
     deadband, deadband_rate, settle_steps, settle_rtol: the deadband (module docstring).
     fixed_price: pin λ_p (None: dual ascent).
+    controller: ``"seed"`` (additive dual ascent) or ``"log_pi"`` (the module docstring);
+      integral_gain, proportional_gain: κ_i and κ_p of ``"log_pi"`` (0.05, 0.5).
     seed: PRNG seed of the audit draws; name: instance name (``"compute_price"``).
 
   State: ``ComputePriceState`` (fields commented in the class).
@@ -143,6 +162,10 @@ def compute_price(
     raise ValueError(f"{kind}: deadband must bracket 1 (fractions of target_k), got {deadband}")
   if fixed_price is not None:
     check(kind, "fixed_price", fixed_price, lambda v: v >= 0, ">= 0")
+  if controller not in CONTROLLERS:
+    raise ValueError(f"{kind}: controller must be one of {CONTROLLERS}, got {controller!r}")
+  check(kind, "integral_gain", integral_gain, lambda v: v >= 0, ">= 0")
+  check(kind, "proportional_gain", proportional_gain, lambda v: v >= 0, ">= 0")
   spec = regulator_spec(kind, name, reads=("avg_k",), publishes=PUBLISHED)
 
   def publish(next_step, price, audit):
@@ -185,7 +208,12 @@ def compute_price(
     inside = (avg_k >= deadband[0] * target_k) & (avg_k <= deadband[1] * target_k)
     rate = jnp.where(state.deadband > 0, jnp.where(inside, 0.0, deadband_rate), 1.0)
     if fixed_price is None:
-      stepped = jnp.clip(state.price + rate * dual_lr * err, price_min, price_max)
+      if controller == "log_pi":
+        rel, prev = err / target_k, state.ctrl_err / target_k
+        log_step = rate * (integral_gain * rel + proportional_gain * (rel - prev))
+        stepped = jnp.clip(state.price * jnp.exp(log_step), price_min, price_max)
+      else:
+        stepped = jnp.clip(state.price + rate * dual_lr * err, price_min, price_max)
       price = jnp.where(control, stepped, state.price)
     else:
       price = state.price

@@ -135,3 +135,29 @@ def test_bad_arguments_are_named(kwargs, message):
 def test_scaled_schedule():
   assert scaled_schedule(600, 10_000, warmup=800, clamp=4000) == {"warmup": 48, "clamp": 240}
   assert scaled_schedule(20_000, 10_000, warmup=800) == {"warmup": 800}
+
+
+def test_log_pi_controller_against_a_float64_reference():
+  """PI on log λ_p over the relative error; no audits, deadband never engages here."""
+  kw = dict(target_k=2.0, price_min=1e-4, price_max=10.0, warmup_steps=3, ponder_start=3)
+  tx = compute_price(
+    **kw, controller="log_pi", integral_gain=0.1, proportional_gain=0.4, audit_prob=0.0,
+    settle_steps=10_000,
+  )  # fmt: skip
+  avg_ks = np.concatenate([np.linspace(3.5, 2.5, 40), np.linspace(2.4, 1.6, 40)])
+  states = run(tx, avg_ks)
+  price, prev, want = 1e-4, 0.0, []
+  for t, k in enumerate(avg_ks):
+    if t >= 3:
+      e = (k - 2.0) / 2.0
+      price = float(np.clip(price * np.exp(0.1 * e + 0.4 * (e - prev)), 1e-4, 10.0))
+      prev = e
+    want.append(price)
+  np.testing.assert_allclose(states.price, want, rtol=1e-4)
+  # up while deeper than the target, down once below it: the peak is where avg_k crossed 2
+  assert 40 <= int(np.argmax(states.price)) <= 55 and states.price[-1] < states.price.max()
+
+
+def test_unknown_controller_is_named():
+  with pytest.raises(ValueError, match="compute_price: controller must be one of .*got 'pid'"):
+    compute_price(controller="pid")

@@ -1,0 +1,134 @@
+"""Does the compute price reach its target depth? Targets 1.3, 2.0, 3.0 × controllers.
+
+    python experiments/ouro_price_target.py [--seeds 0 1 2] [--controllers log_pi seed]
+
+The tiny Ouro-Spec preset (``configs/ouro_spec.py:tiny``, Kmax 4, the seed's schedule
+scaled to the run) with the compute price held at each target by the seed's additive dual
+ascent (``seed``: λ_p in [1e-4, 0.05]) or by the log-domain PI variant (``log_pi``: λ_p in
+[1e-3, 10], κ_i 0.1, κ_p 0.5; ``regulators/compute_price.py``). The criterion (issue 20):
+|avg_k − target| ≤ 0.1 over the last quarter of training (non-audit steps), in every seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ouro_spec_ablation import not_audit, tail_mean  # noqa: E402
+
+from homeo_jax.training.config import load_config  # noqa: E402
+from homeo_jax.training.cpu import reexec_with_page_keeping_allocator  # noqa: E402
+from homeo_jax.training.experiment import (  # noqa: E402
+  markdown_table,
+  mean_std,
+  read_run,
+  run_arms,
+  write_experiment_report,
+)
+from homeo_jax.training.loop import load_data  # noqa: E402
+from homeo_jax.training.report import series  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = (1.3, 2.0, 3.0)
+TOLERANCE = 0.1
+CONTROLLERS = {
+  "seed": [],
+  "log_pi": [
+    "optimizer.kwargs.controller=log_pi",
+    "optimizer.kwargs.price_min=1e-3",
+    "optimizer.kwargs.price_max=10.0",
+    "optimizer.kwargs.integral_gain=0.1",
+    "optimizer.kwargs.proportional_gain=0.5",
+  ],
+}
+
+
+def main() -> None:
+  reexec_with_page_keeping_allocator(sys.argv)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--controllers", nargs="+", default=["log_pi"], choices=list(CONTROLLERS))
+  args = parser.parse_args()
+  base = load_config(f"{ROOT}/configs/ouro_spec.py:tiny")
+  data = load_data(base)
+  out = Path("runs/ouro_price_target_tiny")
+  arms = {
+    f"{ctrl}_k{target:g}": [*CONTROLLERS[ctrl], f"optimizer.kwargs.target_k={target}"]
+    for ctrl in args.controllers
+    for target in TARGETS
+  }
+  runs = run_arms(base, arms, args.seeds, out, data=data)
+
+  rows = []
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+  for i, (arm, dirs) in enumerate(runs.items()):
+    target = float(arm.rsplit("_k", 1)[1])
+    records = [read_run(d)[0] for d in dirs]
+    soft = [tail_mean(r, "telemetry/avg_k", where=not_audit) for r in records]
+    executed = [tail_mean(r, "telemetry/k_exec", where=not_audit) for r in records]
+    price = [tail_mean(r, "regulators/compute_price/price") for r in records]
+    err = [abs(k - target) for k in soft]
+    hit = sum(e <= TOLERANCE for e in err)
+    final = [read_run(d)[1]["val_loss"] for d in dirs]
+    rows.append(
+      [
+        arm,
+        f"{target:g}",
+        mean_std(soft, 3),
+        mean_std(err, 3),
+        f"{hit}/{len(dirs)}",
+        mean_std(executed, 3),
+        mean_std(price, 4),
+        mean_std(final, 3),
+      ]
+    )
+    for j, r in enumerate(records):
+      steps, k = series([x for x in r if not_audit(x)], "telemetry/avg_k")
+      axes[0].plot(steps, k, color=f"C{i}", lw=0.8, label=arm if j == 0 else None)
+      steps, p = series(r, "regulators/compute_price/price")
+      axes[1].plot(steps, p, color=f"C{i}", lw=0.8, label=arm if j == 0 else None)
+    axes[0].axhline(target, color=f"C{i}", ls="--", lw=0.6)
+  axes[0].set(xlabel="step", ylabel="soft depth avg_k", title="depth vs target (dashed)")
+  axes[1].set(xlabel="step", ylabel="λ_p", yscale="log", title="compute price")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out / "price_target.png", dpi=110)
+  table = markdown_table(
+    [
+      "arm",
+      "target",
+      "avg_k (last ¼)",
+      "abs(avg_k − target)",
+      f"seeds within {TOLERANCE}",
+      "executed passes (last ¼)",
+      "λ_p (last ¼)",
+      "final val loss",
+    ],
+    rows,
+  )
+  print(table)
+  write_experiment_report(
+    out,
+    "Compute price against its target depth",
+    [
+      f"seeds {args.seeds}; configs/ouro_spec.py:tiny ({base.train.steps} steps, Kmax "
+      f"{base.model.max_passes}); non-audit steps of the last quarter",
+      f"criterion: abs(avg_k − target) ≤ {TOLERANCE} in every seed",
+    ],
+    table,
+    "price_target.png",
+  )
+
+
+if __name__ == "__main__":
+  main()
