@@ -93,4 +93,14 @@ def get_config(arg: str | None = None) -> Config:
         run_dir="runs/ouro_spec_tiny",
       ),
     )
-  raise ValueError(f"unknown preset {arg!r} for ouro_spec (tiny, seed)")
+  if arg == "tiny_algorithmic":
+    # The tiny model on Shakespeare interleaved with algorithmic snippets (addition,
+    # parity, copying at an offset, question → reasoning → answer): data/algorithmic.py.
+    tiny = get_config("tiny")
+    return dataclasses.replace(
+      tiny,
+      name="ouro_spec_tiny_algorithmic",
+      data=dataclasses.replace(tiny.data, corpus="shakespeare_algorithmic"),
+      train=dataclasses.replace(tiny.train, run_dir="runs/ouro_spec_tiny_algorithmic"),
+    )
+  raise ValueError(f"unknown preset {arg!r} for ouro_spec (tiny, tiny_algorithmic, seed)")

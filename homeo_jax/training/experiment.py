@@ -166,8 +166,7 @@ def write_experiment_report(
     "",
     table,
     "",
-    f"![{Path(figure).stem}]({figure})",
-    "",
+    *([f"![{Path(figure).stem}]({figure})", ""] if figure else []),
   ]
   path = Path(out_dir) / "report.md"
   atomic_write_text(path, "\n".join(lines))
