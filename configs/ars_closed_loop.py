@@ -12,9 +12,9 @@ the regulator stands between the loop and its failure.
 """
 
 import dataclasses
+from pathlib import Path
 
-from homeo_jax.models import TransformerConfig
-from homeo_jax.training.config import Config, DataConfig, OptimizerConfig, TrainConfig
+from homeo_jax.training.config import Config, load_config
 
 FRACTION = 0.5
 EVERY = 10
@@ -23,28 +23,17 @@ PROMPT_LEN = 8
 
 
 def get_config(arg: str | None = None) -> Config:
-  pretrain = Config(
+  # Pretraining is the char LM's CPU preset (nanoGPT's CPU shape), half as long.
+  cpu_lm = load_config(f"{Path(__file__).with_name('shakespeare_char.py')}:cpu")
+  pretrain = dataclasses.replace(
+    cpu_lm,
     name="ars_closed_loop_pretrain",
-    model=TransformerConfig(
-      vocab_size=0, num_layers=4, num_heads=4, d_model=128, max_seq_len=64, dropout=0.0
-    ),
-    data=DataConfig(corpus="shakespeare", tokenizer="char", seq_len=64, batch_size=12),
-    optimizer=OptimizerConfig(
-      name="adamw",
-      learning_rate=2e-3,
-      min_learning_rate=2e-4,
-      warmup_steps=100,
-      b1=0.9,
-      b2=0.99,
-      weight_decay=0.1,
-      grad_clip=1.0,
-    ),
-    train=TrainConfig(
+    train=dataclasses.replace(
+      cpu_lm.train,
       steps=2000,
       eval_every=500,
-      eval_batches=40,
-      log_every=10,
       checkpoint_every=2000,
+      sample_every=0,
       run_dir="runs/ars_closed_loop_cpu/pretrain",
     ),
   )

@@ -21,8 +21,8 @@ from homeo_jax.regulators.compute_price import compute_price
 from homeo_jax.regulators.load_balance import deepseek_balancer, spechorn_balancer
 from homeo_jax.regulators.ord_muon import ord_muon
 from homeo_jax.regulators.spike_guard import skip_spikes
-from homeo_jax.regulators.update_prox import fisher_subspace_prox
 from homeo_jax.regulators.thyroid import thyroid
+from homeo_jax.regulators.update_prox import fisher_subspace_prox
 
 MOE_LOAD = jnp.array([[10.0, 30.0, 20.0, 4.0]])
 MOE_INPUT = jnp.ones((1, 4, 8))

@@ -57,13 +57,28 @@ def test_unknown_optimizer_kwarg(tmp_path):
     train(cfg)
 
 
-def test_shipped_configs_load_and_validate():
-  for spec in (
-    "configs/shakespeare_char.py",
-    "configs/shakespeare_char.py:cpu",
-    "configs/shakespeare_char.py:smoke",
-  ):
-    validate_config(config_lib.load_config(spec))
+SHIPPED_PRESETS = {
+  "shakespeare_char": (None, "cpu", "smoke"),
+  "ars_closed_loop": ("pretrain", "cpu"),
+  "ars_narcissus": ("cpu", "gpu"),
+  "lr_sensitivity": ("cpu",),
+  "ord_muon": ("cpu", "gpu", "seed"),
+  "ouro_spec": ("tiny", "tiny_algorithmic", "seed"),
+  "spechorn": ("cpu", "cpu_long", "gpu"),
+  "thyroid_2bit": ("cpu", "gpu"),
+}
+
+
+@pytest.mark.parametrize(
+  "spec",
+  [
+    f"configs/{name}.py" + (f":{preset}" if preset else "")
+    for name, presets in SHIPPED_PRESETS.items()
+    for preset in presets
+  ],
+)
+def test_shipped_configs_load_and_validate(spec):
+  validate_config(config_lib.load_config(spec))
 
 
 def test_cli_rejects_bad_value_with_one_line():
