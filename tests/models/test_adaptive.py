@@ -132,6 +132,27 @@ def test_gathered_block_equals_the_full_path_and_counts_overflow():
   assert float(quarter[1]["k_exec"]) < float(full[1]["k_exec"])
 
 
+def test_gathered_training_gradients_equal_the_dense_path():
+  """Training on the gathered path: where nothing overflows, the parameter and input
+  gradients are the dense path's (the scan, as in training)."""
+  base = dataclasses.replace(CFG, num_layers=1, min_alive_fraction=0.0)
+  x = jax.random.normal(jax.random.key(3), (2, 32, 16))
+  grads = {}
+  for capacity in (0.0, 0.5):
+    layer = TopMassGate(dataclasses.replace(base, gather_capacity=capacity), 0, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+
+    def loss(params, x, graphdef=graphdef, rest=rest):
+      out, tel = nnx.merge(graphdef, params, rest)(
+        x, force=jnp.int32(0), clamp=jnp.int32(0), num_passes=4, path="scan"
+      )
+      return jnp.sum(jnp.sin(out)) + tel["expected_k"]
+
+    grads[capacity] = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+  for a, b in zip(jax.tree.leaves(grads[0.0]), jax.tree.leaves(grads[0.5]), strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
 def test_gradients_reach_the_continue_head():
   model = build()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
