@@ -6,12 +6,15 @@ For each version: truncated backprop through 32-step unrolls of the small task
 distribution in ``homeo_jax/regulators/thyroid_meta.py`` (32 tasks per meta-step, Adam
 1e-2, early stopping on 64 validation tasks), then the meta-objective on 64 held-out
 test tasks for the neutral (untrained, all multipliers 1) and the trained thyroid.
-Writes ``homeo_jax/regulators/thyroid_weights/<version>.npz`` and prints a table.
+Writes ``homeo_jax/regulators/thyroid_weights/<version>.npz``, a provenance sidecar
+``<version>.json`` beside each (command, git revision, task family, seeds, objectives)
+and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +31,19 @@ from homeo_jax.regulators.thyroid import (  # noqa: E402
 )
 from homeo_jax.training.experiment import markdown_table  # noqa: E402
 from homeo_jax.training.loop import hardware_description  # noqa: E402
+
+
+def git_revision() -> str:
+  """The checkout's commit (``+dirty`` with uncommitted changes), or "unknown"."""
+  root = Path(__file__).resolve().parents[1]
+  try:
+    rev = subprocess.run(
+      ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True)
+    return rev + ("+dirty" if dirty.stdout.strip() else "")
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
 
 
 def main() -> None:
@@ -48,11 +64,27 @@ def main() -> None:
       version, iterations=args.iterations, init=neutral, validation_seeds=val
     )
     seconds = time.perf_counter() - start
-    save_thyroid_params(trained, out / f"{version}.npz")
     scores = {
       name: (thyroid_meta.evaluate(p, version, val), thyroid_meta.evaluate(p, version, test))
       for name, p in (("neutral", neutral), ("trained", trained))
     }
+    provenance = {
+      "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+      "git_revision": git_revision(),
+      "date": time.strftime("%Y-%m-%d"),
+      "hardware": hardware_description(),
+      "version": version,
+      "task_family": thyroid_meta.__doc__.split("\n\n")[1].replace("\n", " "),
+      "meta_steps": args.iterations,
+      "tasks_per_step": 32,
+      "meta_seed": 0,
+      "validation_task_seeds": [int(val[0]), int(val[-1])],
+      "held_out_task_seeds": [int(test[0]), int(test[-1])],
+      "validation_J": {"neutral": scores["neutral"][0], "trained": scores["trained"][0]},
+      "held_out_J": {"neutral": scores["neutral"][1], "trained": scores["trained"][1]},
+      "seconds": round(seconds, 1),
+    }
+    save_thyroid_params(trained, out / f"{version}.npz", provenance)
     rows.append(
       [
         version,

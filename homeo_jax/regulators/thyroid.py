@@ -54,6 +54,7 @@ References: the Spectral Thyroid seed document; Metz et al., learned optimizers
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -221,7 +222,11 @@ def load_thyroid_params(version: str, weights: str | os.PathLike, num_groups: in
   return params
 
 
-def save_thyroid_params(params: dict, path: str | os.PathLike) -> None:
+def save_thyroid_params(
+  params: dict, path: str | os.PathLike, provenance: dict | None = None
+) -> None:
+  """Write the weights to ``path`` (.npz) atomically; with ``provenance`` (command, seeds,
+  task family, git revision, ...) also the sidecar ``path.with_suffix(".json")``."""
   flat = {
     jax.tree_util.keystr(p): np.asarray(x)
     for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
@@ -230,6 +235,11 @@ def save_thyroid_params(params: dict, path: str | os.PathLike) -> None:
   tmp = path.with_name(f".{path.name}.tmp.npz")
   np.savez(tmp, **flat)
   os.replace(tmp, path)
+  if provenance is not None:
+    sidecar = path.with_suffix(".json")
+    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    tmp.write_text(json.dumps(provenance, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, sidecar)
 
 
 class ThyroidState(NamedTuple):

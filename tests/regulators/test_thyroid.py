@@ -309,3 +309,18 @@ def test_config_per_group_thyroid_never_decays_gains():
   updates, _ = tx.update(zero, tx.init(params), params, value=2.0, grad_norm=0.0)
   np.testing.assert_allclose(updates["blocks"]["0"]["attn_norm"]["scale"], 0.0)  # not decayed
   np.testing.assert_allclose(updates["blocks"]["0"]["mlp"]["up"]["kernel"], -0.1 * 0.5)
+
+
+def test_shipped_weights_carry_provenance(tmp_path):
+  """Every shipped .npz has a sidecar naming its command, revision and task family; a
+  save with provenance writes one."""
+  import json
+
+  from homeo_jax.regulators.thyroid import VERSIONS, WEIGHTS_DIR
+
+  for version in VERSIONS:
+    meta = json.loads((WEIGHTS_DIR / f"{version}.json").read_text())
+    assert meta["version"] == version and len(meta["git_revision"]) >= 7
+    assert "teacher" in meta["task_family"] and meta["held_out_J"]["trained"] < 0
+  save_thyroid_params(init_thyroid_params("alpha", 1, 0), tmp_path / "w.npz", {"seed": 3})
+  assert json.loads((tmp_path / "w.json").read_text()) == {"seed": 3}
