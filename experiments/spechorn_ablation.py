@@ -102,6 +102,14 @@ ARMS = {
     "optimizer.name=adamw_deepseek",
     "optimizer.kwargs.update_rate=0.01",
   ],
+  # Stages 2-4 integrated with the Sinkhorn duals instead of added as shifts (the
+  # redesign: with converged duals the shifts oscillate; experiments/bench_spechorn_balance).
+  "spechorn_integral": [*SPECHORN, "optimizer.kwargs.stages=integral"],
+  "spechorn_integral_linear": [
+    *SPECHORN,
+    "optimizer.kwargs.stages=integral",
+    "model.moe.gating=linear",
+  ],
   # ST-MoE's router z-loss (1e-3) on the best-balancing baseline.
   "gru_deepseek_u0.01_z": [
     "model.moe.router=deepseek",

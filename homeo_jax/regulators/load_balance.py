@@ -26,6 +26,14 @@ r = load / mean(load) (1 = balanced):
                      token and causal (``models/moe.py``). ``sinkhorn=False`` drops it.
 * published control  moe_logit_adjust = bias − cap − ortho_scale·ortho + sb
 
+``stages="integral"`` (a documented variant; the default ``"shift"`` is the seed's form
+above) feeds the load-bias and capacity terms into the same integral as the duals instead:
+sb ← sb + sinkhorn_rate·d + ``stage_rate``·(bias − cap), published as sb −
+ortho_scale·ortho. Why: added as a shift, the stages are a lagging proportional term on top
+of the duals' integral; with converged duals (16–64 iterations) the loop oscillates (hard
+load CV 0.73, ``experiments/bench_spechorn_balance.py``). Integrated, they add their error
+signals to the duals' and vanish only when the loads are balanced.
+
 The scheduler (``schedule=True``) moves cap_penalty_scale multiplicatively by
 ``scheduler_rate`` (5%) per step, up when the load CV = std/mean of the load (mean over
 layers) is above ``cv_band[1]`` and down when below ``cv_band[0]``, within
@@ -63,6 +71,8 @@ from homeo_jax.regulators.base import (
   shape_int,
   static_int,
 )
+
+STAGE_MODES = ("shift", "integral")
 
 
 def load_stats(load: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -131,6 +141,8 @@ def spechorn_balancer(
   routed_scaling_factor: float = 1.0,
   sinkhorn: bool = True,
   sinkhorn_rate: float = 0.5,
+  stages: str = "shift",
+  stage_rate: float = 0.1,
   seed: int = 0,
   name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -153,6 +165,8 @@ def spechorn_balancer(
     routed_scaling_factor: capacity target scale (1.0, > 0).
     sinkhorn, sinkhorn_rate: accumulate the router's Sinkhorn duals into the bias, at this
       rate (True, 0.5, in (0, 1]).
+    stages, stage_rate: ``"shift"`` (the seed's: load bias and capacity penalty added to
+      the logits) or ``"integral"`` (added to the Sinkhorn bias at ``stage_rate``).
     seed: seed of the random projection; name: instance name (``"spechorn"``).
 
   State: ``SpecHornState`` (fields commented in the class).
@@ -176,6 +190,9 @@ def spechorn_balancer(
   check(kind, "total_steps", total_steps, lambda v: v >= 1, ">= 1")
   check(kind, "routed_scaling_factor", routed_scaling_factor, lambda v: v > 0, "> 0")
   check(kind, "sinkhorn_rate", sinkhorn_rate, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+  check(kind, "stage_rate", stage_rate, lambda v: v >= 0, ">= 0")
+  if stages not in STAGE_MODES:
+    raise ValueError(f"{kind}: stages must be one of {STAGE_MODES}, got {stages!r}")
   reads = ("moe_load",) + ("moe_mean_input",) * orthogonality + ("moe_sinkhorn_dual",) * sinkhorn
   spec = regulator_spec(kind, name, reads=reads, publishes=("moe_logit_adjust",))
 
@@ -236,7 +253,11 @@ def spechorn_balancer(
       dual = telemetry["moe_sinkhorn_dual"]
       good = jnp.logical_and(ok, jnp.all(jnp.isfinite(dual)))
       sinkhorn_bias = sinkhorn_bias + jnp.where(good, sinkhorn_rate * dual, 0.0)
-    adjust = bias - cap - o_scale * ortho + sinkhorn_bias
+    if stages == "integral":
+      sinkhorn_bias = sinkhorn_bias + jnp.where(ok, stage_rate * (bias - cap), 0.0)
+      adjust = sinkhorn_bias - o_scale * ortho
+    else:
+      adjust = bias - cap - o_scale * ortho + sinkhorn_bias
     adjust = jnp.where(ok, adjust, state.controls["moe_logit_adjust"])  # bad load: hold
     return updates, SpecHornState(
       spec=spec,

@@ -142,3 +142,23 @@ def test_sinkhorn_duals_accumulate_into_the_bias():
   np.testing.assert_allclose(got, want, atol=1e-6)
   with pytest.raises(ValueError, match="reads 'moe_sinkhorn_dual'"):
     tx.update({}, s_state, None, moe_load=load)
+
+
+def test_integral_stages_add_their_terms_to_the_duals_integral():
+  """stages="integral": sb ← sb + rate·dual + stage_rate·(bias − cap), by hand."""
+  kw = dict(orthogonality=False, schedule=False, bias_scale=0.5, cap_penalty_scale=0.5)
+  tx = spechorn_balancer(L, E, D, **kw, stages="integral", stage_rate=0.2, sinkhorn_rate=0.25)
+  load = np.arange(1.0, L * E + 1).reshape(L, E)
+  dual = np.linspace(-1, 1, L * E).reshape(L, E)
+  state = tx.init({})
+  rel = load / load.mean(-1, keepdims=True)
+  sb = np.zeros((L, E))
+  for step in range(1, 4):
+    _, state = tx.update({}, state, None, moe_load=load, moe_sinkhorn_dual=dual)
+    ema = rel  # a constant input: the debiased EMA is the input itself
+    bias = -0.5 * (ema - 1)
+    cap = 0.5 * np.maximum(rel - 1, 0) ** 2
+    sb = sb + 0.25 * dual + 0.2 * (bias - cap)
+    np.testing.assert_allclose(controls(state)["spechorn"]["moe_logit_adjust"], sb, rtol=1e-5)
+  with pytest.raises(ValueError, match="stages must be one of .*got 'sum'"):
+    spechorn_balancer(L, E, D, stages="sum")
