@@ -153,7 +153,7 @@ def test_integral_stages_add_their_terms_to_the_duals_integral():
   state = tx.init({})
   rel = load / load.mean(-1, keepdims=True)
   sb = np.zeros((L, E))
-  for step in range(1, 4):
+  for _ in range(3):
     _, state = tx.update({}, state, None, moe_load=load, moe_sinkhorn_dual=dual)
     ema = rel  # a constant input: the debiased EMA is the input itself
     bias = -0.5 * (ema - 1)
