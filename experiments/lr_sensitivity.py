@@ -11,7 +11,8 @@ stops there (``train.on_nonfinite=stop``) and counts as diverged.
 Reported per arm, following Wortsman et al. 2023 (arXiv 2309.14322): **LR sensitivity**
 = mean over the lrs of min(ℓ(lr), ℓ₀) − ℓ*, with ℓ(lr) the final validation loss, ℓ₀ =
 ln(vocab) the loss at initialisation (a diverged run scores ℓ₀) and ℓ* the best loss of
-any arm; the largest lr that trains without diverging (final loss below ℓ₀ in every seed);
+any arm; the largest lr that trains (every seed finite and below ℓ_uni, the entropy of the
+training characters' frequencies: a model that ends there has learned nothing but them);
 the largest attention logit and the output-logit mean seen during training.
 """
 
@@ -62,7 +63,7 @@ def train_or_diverge(config, data):
     return None
 
 
-def outcome(run_dir: Path, ceiling: float) -> dict[str, float]:
+def outcome(run_dir: Path, ceiling: float, unigram: float) -> dict[str, float]:
   records, stats = read_run(run_dir)
   diverged = stats.get("status", "").startswith("stopped") or stats.get("val_loss") is None
   final = ceiling if diverged else min(float(stats["val_loss"]), ceiling)
@@ -71,6 +72,7 @@ def outcome(run_dir: Path, ceiling: float) -> dict[str, float]:
   return {
     "final": final,
     "diverged": float(diverged or final >= ceiling),
+    "failed": float(diverged or final >= unigram),
     "attn_max": float(np.nanmax(attn)) if len(attn) else math.nan,
     "logit_mean_min": float(np.nanmin(logit)) if len(logit) else math.nan,
   }
@@ -89,6 +91,9 @@ def main() -> None:
   base = load_config(f"{ROOT}/configs/lr_sensitivity.py")
   data = load_data(base)
   ceiling = math.log(data.vocab_size)
+  counts = np.bincount(np.asarray(data.train_tokens), minlength=data.vocab_size)
+  freq = counts[counts > 0] / counts.sum()
+  unigram = float(-(freq * np.log(freq)).sum())
   out = Path("runs/lr_sensitivity_cpu")
   arms = select_arms(ARMS, args.arms)
   sweep = {
@@ -101,7 +106,8 @@ def main() -> None:
   runs = run_arms(base, sweep, args.seeds, out, data=data, train_fn=train_or_diverge)
 
   results = {
-    arm: {lr: [outcome(d, ceiling) for d in runs[f"{arm}/lr{lr:g}"]] for lr in lrs} for arm in arms
+    arm: {lr: [outcome(d, ceiling, unigram) for d in runs[f"{arm}/lr{lr:g}"]] for lr in lrs}
+    for arm in arms
   }
   best = min(r["final"] for per_lr in results.values() for rs in per_lr.values() for r in rs)
   rows = []
@@ -110,7 +116,7 @@ def main() -> None:
     sens = [
       float(np.mean([per_lr[lr][i]["final"] - best for lr in lrs])) for i in range(len(args.seeds))
     ]
-    stable = [lr for lr in lrs if not any(r["diverged"] for r in per_lr[lr])]
+    stable = [lr for lr in lrs if not any(r["failed"] for r in per_lr[lr])]
     largest = max(stable) if stable else None
     best_lr = min(lrs, key=lambda lr: np.mean([r["final"] for r in per_lr[lr]]))
     rows.append(
@@ -122,8 +128,8 @@ def main() -> None:
         mean_std([r["final"] for r in per_lr[best_lr]], 3),
         *(
           f"{np.mean([r['final'] for r in per_lr[lr]]):.3f}"
-          + (f" ({int(sum(r['diverged'] for r in per_lr[lr]))}✗)" if any(
-            r["diverged"] for r in per_lr[lr]) else "")
+          + (f" ({int(sum(r['failed'] for r in per_lr[lr]))}✗)" if any(
+            r["failed"] for r in per_lr[lr]) else "")
           for lr in lrs
         ),
       ]
@@ -132,7 +138,7 @@ def main() -> None:
     [
       "arm",
       "LR sensitivity",
-      "largest stable lr",
+      "largest lr that trains",
       "best lr",
       "loss at best lr",
       *(f"lr {lr:g}" for lr in lrs),
@@ -176,7 +182,8 @@ def main() -> None:
       f"{base.data.seq_len} tokens; model {m.num_layers}x{m.d_model}; warm-up "
       f"{o.warmup_steps}, cosine to lr/10, β2 {o.b2}, wd {o.weight_decay}, no clipping",
       f"LR sensitivity = mean over lrs of min(final val, ln V = {ceiling:.3f}) − best "
-      f"({best:.3f}); mean ± std over seeds; ✗ = diverged seeds",
+      f"({best:.3f}); mean ± std over seeds; ✗ = failed seeds (non-finite, or final val ≥ "
+      f"ℓ_uni = {unigram:.3f}, the unigram entropy of the training characters)",
       "telemetry table: max attention logit / minimum mean output logit, mean over seeds",
       "telemetry per arm and lr:\n\n" + telemetry,
     ],
