@@ -1,6 +1,6 @@
 """Staged training (modded-nanogpt's schedule): batch size and learning rate by stage.
 
-The ``train.steps - train.extension_steps`` scheduled steps are split into equal stages.
+The ``train.steps - optimizer.extension_steps`` scheduled steps are split into equal stages.
 Stage ``s`` reads ``data.batch_multipliers[s] × data.batch_size`` sequences per step and
 runs at ``optimizer.stage_lr_multipliers[s] × learning_rate``. Over the last
 ``cooldown_fraction`` of the scheduled steps the multiplier is blended linearly into the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -30,8 +31,7 @@ def stage_starts(scheduled_steps: int, num_stages: int) -> np.ndarray:
 def stage_of(step, scheduled_steps: int, num_stages: int):
   """Stage index of 0-based ``step`` (traceable: works on a jnp scalar under jit)."""
   starts = stage_starts(scheduled_steps, num_stages)
-  count = sum((step >= int(s)) * 1 for s in starts[1:])
-  return count
+  return sum((step >= int(s)) * 1 for s in starts[1:])
 
 
 def staged_schedule(
@@ -46,8 +46,6 @@ def staged_schedule(
   """``lr(step) = learning_rate · [m_s·(1 − t) + floor·t]`` with ``m_s`` the stage's
   multiplier and ``t`` the cooldown's progress (0 before it starts, 1 from the last
   scheduled step on); a linear warm-up from 0 over ``warmup_steps`` multiplies it."""
-  import jax.numpy as jnp
-
   table = jnp.asarray(multipliers, jnp.float32)
   cooldown_start = int(scheduled_steps * (1.0 - cooldown_fraction))
   cooldown_len = max(scheduled_steps - cooldown_start, 1)
