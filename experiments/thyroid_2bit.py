@@ -63,7 +63,8 @@ def train_with_flip_monitor(config, data):
   tx = build_optimizer(
     config.optimizer, config.train.steps, model=model_config(config, data.vocab_size)
   )
-  return train(config, data=data, tx=optax.chain(tx, level_flip_monitor()))
+  levels, scale = getattr(config.model, "levels", "2bit"), getattr(config.model, "scale", "channel")
+  return train(config, data=data, tx=optax.chain(tx, level_flip_monitor(levels, scale=scale)))
 
 
 def as_float(config):

@@ -1,19 +1,28 @@
 """Meta-train the Spectral Thyroid and write the weights the package ships.
 
-    python experiments/thyroid_meta_train.py [--iterations 100] [--versions alpha ...]
+    python experiments/thyroid_meta_train.py [--iterations 60] [--versions alpha ...]
 
-For each version: truncated backprop through 32-step unrolls of the small task
-distribution in ``homeo_jax/regulators/thyroid_meta.py`` (32 tasks per meta-step, Adam
-1e-2, early stopping on 64 validation tasks), then the meta-objective on 64 held-out
-test tasks for the neutral (untrained, all multipliers 1) and the trained thyroid.
+For each version: truncated backprop through 32-step unrolls of the task families in
+``homeo_jax/regulators/thyroid_meta.py`` — per meta-step 32 MLP tasks and 4 + 4 tiny
+AdamW byte LMs (float and 2-bit) on Shakespeare slices, Adam 1e-2, early stopping on
+validation tasks — then the meta-objective J on held-out tasks: 64 MLP tasks and 16 + 16
+LM tasks on Python source, a corpus meta-training never reads.
+
+The bar: the best *constant* (α, λ, τ) of a 5 × 3 × 3 grid, chosen on the validation
+tasks as the thyroid's early stopping is, then scored on the same held-out tasks. The
+thyroid counts as learned on a family only if it beats that constant by more than two
+standard errors of the paired per-task difference.
+
 Writes ``homeo_jax/regulators/thyroid_weights/<version>.npz``, a provenance sidecar
-``<version>.json`` beside each (command, git revision, task family, seeds, objectives)
-and prints a table.
+``<version>.json`` beside each (command, git revision, task families, seeds, objectives)
+and prints a table (also to ``runs/thyroid_meta/report.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import subprocess
 import sys
 import time
@@ -22,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from homeo_jax.regulators import thyroid_meta  # noqa: E402
+from homeo_jax.regulators import thyroid_meta as meta  # noqa: E402
 from homeo_jax.regulators.thyroid import (  # noqa: E402
   VERSIONS,
   WEIGHTS_DIR,
@@ -31,6 +40,11 @@ from homeo_jax.regulators.thyroid import (  # noqa: E402
 )
 from homeo_jax.training.experiment import markdown_table  # noqa: E402
 from homeo_jax.training.loop import hardware_description  # noqa: E402
+
+GRID = list(itertools.product((0.5, 0.7, 1.0, 1.4, 2.0), (0.1, 1.0, 2.0), (0.5, 1.0, 2.0)))
+TASKS_PER_STEP = {"mlp": 32, "lm": 4, "lm_2bit": 4}
+VALIDATION = {"mlp": 64, "lm": 8, "lm_2bit": 8}
+HELD_OUT = {"mlp": 64, "lm": 16, "lm_2bit": 16}
 
 
 def git_revision() -> str:
@@ -46,68 +60,131 @@ def git_revision() -> str:
     return "unknown"
 
 
+def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+  """Mean and standard error of the per-task difference a − b."""
+  d = np.asarray(a) - np.asarray(b)
+  return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--iterations", type=int, default=100)
+  parser.add_argument("--iterations", type=int, default=60)
   parser.add_argument("--versions", nargs="+", default=list(VERSIONS), choices=VERSIONS)
   parser.add_argument("--out", default=str(WEIGHTS_DIR))
+  parser.add_argument("--report", default="runs/thyroid_meta")
   args = parser.parse_args()
-  print(hardware_description())
-  out = Path(args.out)
+  print(hardware_description(), flush=True)
+  out, report = Path(args.out), Path(args.report)
   out.mkdir(parents=True, exist_ok=True)
-  val, test = thyroid_meta.validation_seeds(), thyroid_meta.held_out_seeds()
-  rows = []
+  report.mkdir(parents=True, exist_ok=True)
+  corpora = {"train": meta.corpus_bytes(meta.META_CORPUS)}
+  corpora["held_out"] = meta.corpus_bytes(meta.HELD_OUT_CORPUS)
+  validation = {
+    f: (meta.validation_seeds(n), None if f == "mlp" else corpora["train"])
+    for f, n in VALIDATION.items()
+  }
+  held_out = {
+    f: (meta.held_out_seeds(n), None if f == "mlp" else corpora["held_out"])
+    for f, n in HELD_OUT.items()
+  }
+
+  start = time.perf_counter()
+  grid_val = {f: meta.constant_grid(GRID, f, *validation[f]) for f in validation}
+  # Families weigh alike, as in meta-training.
+  best = int(np.argmin(np.mean([grid_val[f].mean(1) for f in grid_val], 0)))
+  constant = meta.constant_policy(*GRID[best])
+  constant_scores = {f: meta.evaluate(constant, None, *held_out[f][:1], f, held_out[f][1])
+                     for f in held_out}  # fmt: skip
+  neutral_scores = {
+    f: meta.evaluate(meta.constant_policy(1.0, 1.0, 1.0), None, held_out[f][0], f, held_out[f][1])
+    for f in held_out
+  }
+  grid_seconds = time.perf_counter() - start
+  print(f"best constant (α, λ, τ) = {GRID[best]} on validation ({grid_seconds:.0f} s)", flush=True)
+
+  rows, summary = [], {"best_constant": GRID[best], "grid_seconds": round(grid_seconds, 1)}
   for version in args.versions:
     neutral = init_thyroid_params(version)
     start = time.perf_counter()
-    trained, history = thyroid_meta.meta_train(
-      version, iterations=args.iterations, init=neutral, validation_seeds=val
+    trained, history = meta.meta_train(
+      version,
+      iterations=args.iterations,
+      tasks_per_step=TASKS_PER_STEP,
+      init=neutral,
+      validation=validation,
+      corpus=corpora["train"],
+      eval_every=10,
+      log_every=10,
     )
     seconds = time.perf_counter() - start
-    scores = {
-      name: (thyroid_meta.evaluate(p, version, val), thyroid_meta.evaluate(p, version, test))
-      for name, p in (("neutral", neutral), ("trained", trained))
-    }
+    scores = {f: meta.evaluate(trained, version, held_out[f][0], f, held_out[f][1])
+              for f in held_out}  # fmt: skip
+    per_family = {}
+    for f in held_out:
+      vs_constant, vs_neutral = (
+        paired(scores[f], constant_scores[f]),
+        paired(scores[f], neutral_scores[f]),
+      )
+      learned = vs_constant[0] + 2 * vs_constant[1] < 0
+      per_family[f] = {
+        "neutral": float(neutral_scores[f].mean()),
+        "best_constant": float(constant_scores[f].mean()),
+        "trained": float(scores[f].mean()),
+        "trained_minus_constant": vs_constant,
+        "trained_minus_neutral": vs_neutral,
+        "learned": bool(learned),
+      }
+      rows.append(
+        [
+          version,
+          f + (" (Python source)" if f != "mlp" else ""),
+          f"{neutral_scores[f].mean():+.4f}",
+          f"{constant_scores[f].mean():+.4f}",
+          f"{scores[f].mean():+.4f}",
+          f"{vs_constant[0]:+.4f} ± {vs_constant[1]:.4f}",
+          "yes" if learned else "no",
+        ]
+      )
     provenance = {
       "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
       "git_revision": git_revision(),
       "date": time.strftime("%Y-%m-%d"),
       "hardware": hardware_description(),
       "version": version,
-      "task_family": thyroid_meta.__doc__.split("\n\n")[1].replace("\n", " "),
+      "task_family": meta.__doc__.split("\n\n")[1].replace("\n", " "),
+      "tasks_per_step": TASKS_PER_STEP,
       "meta_steps": args.iterations,
-      "tasks_per_step": 32,
       "meta_seed": 0,
-      "validation_task_seeds": [int(val[0]), int(val[-1])],
-      "held_out_task_seeds": [int(test[0]), int(test[-1])],
-      "validation_J": {"neutral": scores["neutral"][0], "trained": scores["trained"][0]},
-      "held_out_J": {"neutral": scores["neutral"][1], "trained": scores["trained"][1]},
+      "validation_task_seeds": {f: [int(s[0]), int(s[-1])] for f, (s, _) in validation.items()},
+      "held_out_task_seeds": {f: [int(s[0]), int(s[-1])] for f, (s, _) in held_out.items()},
+      "corpora": {"meta_training": meta.META_CORPUS, "held_out_lm": meta.HELD_OUT_CORPUS},
+      "held_out_J": per_family,
+      "best_constant": GRID[best],
       "seconds": round(seconds, 1),
     }
     save_thyroid_params(trained, out / f"{version}.npz", provenance)
-    rows.append(
-      [
-        version,
-        f"{scores['neutral'][0]:+.4f} → {scores['trained'][0]:+.4f}",
-        f"{scores['neutral'][1]:+.4f} → {scores['trained'][1]:+.4f}",
-        f"{np.mean(history[:10]):+.4f} → {np.mean(history[-10:]):+.4f}",
-        f"{seconds:.0f} s",
-      ]
-    )
-    print(rows[-1], flush=True)
-  print(
-    markdown_table(
-      [
-        "version",
-        "validation J (neutral → trained)",
-        "held-out test J (neutral → trained)",
-        "train J (first → last 10 steps)",
-        "meta-training time",
-      ],
-      rows,
-    )
+    summary[version] = {"held_out": per_family, "seconds": round(seconds, 1),
+                        "history_first_last": [float(np.mean(history[:10])),
+                                               float(np.mean(history[-10:]))]}  # fmt: skip
+    print(f"{version}: {seconds:.0f} s", json.dumps(per_family), flush=True)
+  table = markdown_table(
+    [
+      "version",
+      "held-out family",
+      "J neutral",
+      f"J best constant {GRID[best]}",
+      "J thyroid",
+      "thyroid − constant (± SE)",
+      "learned (beats constant by > 2 SE)",
+    ],
+    rows,
   )
+  print(table)
   print("J: lower is better (variance of late losses − 0.1·progress + 0.01·smoothness)")
+  (report / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+  (report / "report.md").write_text(
+    f"# Thyroid meta-training\n\n{hardware_description()}\n\n{table}\n"
+  )
 
 
 if __name__ == "__main__":

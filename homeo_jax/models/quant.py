@@ -1,7 +1,8 @@
 """2-bit (or ternary) weight quantization with a temperature, and the quantized LM.
 
-For a weight matrix W with per-output-channel absmean scale γ = mean|W| (BitNet b1.58)
-and x = W/γ:
+For a weight matrix W with absmean scale γ = mean|W| (BitNet b1.58), per output channel
+(``scale="channel"``, the default) or one for the whole matrix (``scale="tensor"``, as
+BitNet b1.58 itself), and x = W/γ:
 
 * hard 2-bit (``levels="2bit"``): q(x) = clip(⌊x⌋ + ½, −1.5, 1.5), the 4 levels
   {−1.5, −0.5, 0.5, 1.5}; ternary (``levels="ternary"``): q(x) = clip(round(x), −1, 1).
@@ -45,23 +46,33 @@ LEVELS = {
 }
 
 
+SCALES = ("channel", "tensor")
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantTransformerConfig(TransformerConfig):
   levels: str = "2bit"
+  scale: str = "channel"  # absmean over each output channel, or the whole matrix ("tensor")
   base_temperature: float = 0.1
   temperature_from: str = ""  # regulator publishing quant_temperature ("": none)
+  # False: training differentiates the soft staircase itself (what a meta-gradient through
+  # training needs, regulators/thyroid_meta.py) instead of passing gradients straight through.
+  straight_through: bool = True
 
   def validate(self, prefix: str = "model") -> None:
     super().validate(prefix)
     if self.levels not in LEVELS:
       raise ValueError(f"{prefix}.levels must be one of {tuple(LEVELS)}, got {self.levels!r}")
+    if self.scale not in SCALES:
+      raise ValueError(f"{prefix}.scale must be one of {SCALES}, got {self.scale!r}")
     if not self.base_temperature > 0:
       raise ValueError(f"{prefix}.base_temperature must be > 0, got {self.base_temperature}")
 
 
-def absmean_scale(w: jax.Array) -> jax.Array:
-  """Per-output-channel γ = mean|W| over the input axis, ``[1, out]``."""
-  return jnp.maximum(jnp.mean(jnp.abs(w), axis=0, keepdims=True), 1e-8)
+def absmean_scale(w: jax.Array, scale: str = "channel") -> jax.Array:
+  """γ = mean|W| over the input axis (``[1, out]``) or the whole matrix (``[1, 1]``)."""
+  axis = 0 if scale == "channel" else None
+  return jnp.maximum(jnp.mean(jnp.abs(w), axis=axis, keepdims=True), 1e-8)
 
 
 def hard_levels(x: jax.Array, levels: str = "2bit") -> jax.Array:
@@ -76,7 +87,11 @@ def soft_levels(x: jax.Array, temperature: jax.Array, levels: str = "2bit") -> j
 
 
 def quantize(
-  w: jax.Array, temperature: jax.Array | None, levels: str = "2bit", straight_through: bool = True
+  w: jax.Array,
+  temperature: jax.Array | None,
+  levels: str = "2bit",
+  straight_through: bool = True,
+  scale: str = "channel",
 ) -> jax.Array:
   """Quantized W: hard levels when ``temperature`` is None, else soft.
 
@@ -84,14 +99,14 @@ def quantize(
   ``straight_through=False`` it is the soft staircase's true derivative (what a
   meta-gradient through the forward must use).
   """
-  scale = absmean_scale(w)
-  x = w / scale
+  gamma = absmean_scale(w, scale)
+  x = w / gamma
   if temperature is None:
-    return hard_levels(x, levels) * scale
+    return hard_levels(x, levels) * gamma
   q = soft_levels(x, temperature, levels)
   if not straight_through:
-    return q * scale
-  return (x + jax.lax.stop_gradient(q - x)) * scale
+    return q * gamma
+  return (x + jax.lax.stop_gradient(q - x)) * gamma
 
 
 def is_quantized(path, x) -> bool:
@@ -113,9 +128,14 @@ class QuantTransformer(Transformer):
 
   def _quantized(self, temperature) -> QuantTransformer:
     graphdef, state = nnx.split(self)
-    quantized = jax.tree_util.tree_map_with_path(
-      lambda p, w: quantize(w, temperature, self.cfg.levels) if is_quantized(p, w) else w, state
-    )
+    cfg = self.cfg
+
+    def quantized_leaf(path, w):
+      if not is_quantized(path, w):
+        return w
+      return quantize(w, temperature, cfg.levels, cfg.straight_through, cfg.scale)
+
+    quantized = jax.tree_util.tree_map_with_path(quantized_leaf, state)
     return nnx.merge(graphdef, quantized)
 
   def __call__(self, tokens, *, controls=None, deterministic=True, rngs=None):
@@ -140,9 +160,12 @@ class FlipState(NamedTuple):
   flip_rate: jax.Array  # shape=(), float32: share of quantized weights whose level changed
 
 
-def level_flip_monitor(levels: str = "2bit", name: str = "quant") -> optax.GradientTransformation:
+def level_flip_monitor(
+  levels: str = "2bit", name: str = "quant", scale: str = "channel"
+) -> optax.GradientTransformation:
   """Logs the weight level-flip rate: the share of the quantized matrices' weights whose
-  hard level (after absmean scaling) differs between ``params`` and ``params + updates``.
+  hard level (after absmean scaling) differs between ``params`` and ``params + updates``;
+  ``levels`` and ``scale`` must be the model's.
 
   Updates pass through unchanged; chain it last, after the optimizer (it must see the
   final updates). A burst of flips coinciding with a loss spike is a quantization cliff.
@@ -163,8 +186,8 @@ def level_flip_monitor(levels: str = "2bit", name: str = "quant") -> optax.Gradi
       if not is_quantized(path, p):
         return jnp.zeros((2,))
       new = p + u
-      before = hard_levels(p / absmean_scale(p), levels)
-      after = hard_levels(new / absmean_scale(new), levels)
+      before = hard_levels(p / absmean_scale(p, scale), levels)
+      after = hard_levels(new / absmean_scale(new, scale), levels)
       return jnp.array([jnp.sum(before != after), p.size], jnp.float32)
 
     counts = jax.tree_util.tree_map_with_path(count, params, updates)

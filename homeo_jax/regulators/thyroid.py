@@ -1,22 +1,32 @@
 """Spectral Thyroid: a small learned filter bank that sets lr, weight-decay and
 quantization-temperature multipliers (α, λ, τ) from the run's own loss and grad-norm history.
 
-Inputs are windows of the last 16 finite losses and gradient norms, each taken in log
-space and standardised, z = (log v − mean) / (std + 1e-3): the filters see the shape
-of the recent history (trend, oscillation, spikes) independent of the loss's scale.
+Inputs are windows of the last 16 finite losses and gradient norms, each turned into
+three channels of log values x = log v (``window_features``):
+
+* shape, the seed's input: z = (x − mean) / (std + 1e-3), the history's form (trend,
+  oscillation, spikes) independent of its scale;
+* level: tanh(4·(x − mean)), the deviation from the window's mean in log units;
+* change: tanh(4·Δx), the step-to-step relative change.
+
+The seed fed the shape alone, and z-scoring removes amplitude: a 1% jitter and a 50%
+cliff gave the same input, so the filter could not tell them apart. The two amplitude
+channels carry how large the movement is, in relative terms (they are unchanged when
+the loss is multiplied by a constant, so tasks of every loss scale look alike), bounded
+by the tanh (4 maps a 25% relative move to tanh(1) ≈ 0.76).
 
 Versions (all ≤ 10K parameters; ``thyroid_param_count`` checks it):
 
-* ``"alpha"`` (v0.1): loss window → Conv1D(1→8, k3, same) → ReLU → Conv1D(8→16, k3,
+* ``"alpha"`` (v0.1): loss window → Conv1D(3→8, k3, same) → ReLU → Conv1D(8→16, k3,
   same) → ReLU → average pool to 4 bins → 64 → Dense 16 → ReLU → Dense 1 → sigmoid,
-  α = 0.1 + 1.9·σ. 1,489 parameters.
-* ``"alpha_lambda_tau"`` (v0.2): two streams (loss, grad norm), each Conv1D(1→8, k3) →
+  α = 0.1 + 1.9·σ. 1,537 parameters.
+* ``"alpha_lambda_tau"`` (v0.2): two streams (loss, grad norm), each Conv1D(3→8, k3) →
   ReLU → pool to 4 → concat (64) → Dense 32 → ReLU → three heads: α, λ ∈ [0.1, 2.0],
-  τ ∈ [0.5, 2.0]. 2,243 parameters.
+  τ ∈ [0.5, 2.0]. 2,339 parameters.
 * ``"per_group"`` (v0.3): the v0.2 backbone shared; each parameter group ("organelle")
   feeds its *own* grad-norm window through the shared grad stream and has its own
   (α, λ) head; τ comes from one shared head (quantization temperature is global).
-  2,177 + 66·G parameters.
+  2,273 + 66·G parameters.
 
 Multipliers are computed every ``update_every`` steps (default 10) once both windows
 are full, and held in between; before that they are 1.0. Hard clamps always hold (the
@@ -76,6 +86,8 @@ from homeo_jax.regulators.steering import HyperparamController, steer_hyperparam
 
 VERSIONS = ("alpha", "alpha_lambda_tau", "per_group")
 WINDOW = 16
+FEATURES = 3  # channels per window: shape, level, change (window_features)
+AMPLITUDE_GAIN = 4.0
 MAX_PARAMS = 10_000
 ALPHA_RANGE, LAMBDA_RANGE, TAU_RANGE = (0.1, 2.0), (0.1, 2.0), (0.5, 2.0)
 WEIGHTS_DIR = Path(__file__).with_name("thyroid_weights")
@@ -111,14 +123,14 @@ def init_thyroid_params(version: str, num_groups: int = 1, seed: int = 0) -> dic
   k = jax.random.split(jax.random.key(seed), 8)
   if version == "alpha":
     return {
-      "conv1": _conv(k[0], 1, 8),
+      "conv1": _conv(k[0], FEATURES, 8),
       "conv2": _conv(k[1], 8, 16),
       "dense": _dense(k[2], 64, 16),
       "alpha": _head(k[3], 16, *ALPHA_RANGE),
     }
   params = {
-    "loss_conv": _conv(k[0], 1, 8),
-    "grad_conv": _conv(k[1], 1, 8),
+    "loss_conv": _conv(k[0], FEATURES, 8),
+    "grad_conv": _conv(k[1], FEATURES, 8),
     "fusion": _dense(k[2], 64, 32),
     "tau": _head(k[5], 32, *TAU_RANGE),
   }
@@ -132,10 +144,18 @@ def thyroid_param_count(params: dict) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
 
-def standardize(window: jax.Array) -> jax.Array:
-  """z of log values over the window (scale-free); finite for constant windows."""
+def window_features(window: jax.Array) -> jax.Array:
+  """``[T] -> [3, T]``: shape, level and change of the log window (module docstring).
+
+  Every channel is unchanged when the window is multiplied by a constant, and finite
+  for constant and extreme windows."""
   x = jnp.log(jnp.maximum(window, 1e-12))
-  return (x - jnp.mean(x, -1, keepdims=True)) / (jnp.std(x, -1, keepdims=True) + 1e-3)
+  centered = x - jnp.mean(x, -1, keepdims=True)
+  shape = centered / (jnp.std(x, -1, keepdims=True) + 1e-3)
+  change = jnp.diff(x, prepend=x[..., :1], axis=-1)
+  return jnp.stack(
+    [shape, jnp.tanh(AMPLITUDE_GAIN * centered), jnp.tanh(AMPLITUDE_GAIN * change)], -2
+  )
 
 
 def _conv1d(x, p):
@@ -158,16 +178,16 @@ def thyroid_forward(
   params: dict, version: str, loss_window: jax.Array, grad_windows: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(α ``[G]``, λ ``[G]``, τ ``[]``) from a loss window ``[16]`` and grad windows ``[G, 16]``."""
-  z_loss = standardize(loss_window)[None]
+  loss_in = window_features(loss_window)
   groups = grad_windows.shape[0]
   if version == "alpha":
-    h = jax.nn.relu(_conv1d(jax.nn.relu(_conv1d(z_loss, params["conv1"])), params["conv2"]))
+    h = jax.nn.relu(_conv1d(jax.nn.relu(_conv1d(loss_in, params["conv1"])), params["conv2"]))
     h = jax.nn.relu(_pool4(h) @ params["dense"]["w"] + params["dense"]["b"])
     alpha = _bounded(params["alpha"], h, *ALPHA_RANGE)
     return jnp.full((groups,), alpha), jnp.ones((groups,)), jnp.ones(())
-  loss_feat = _pool4(jax.nn.relu(_conv1d(z_loss, params["loss_conv"])))
+  loss_feat = _pool4(jax.nn.relu(_conv1d(loss_in, params["loss_conv"])))
   grad_feat = jax.vmap(
-    lambda g: _pool4(jax.nn.relu(_conv1d(standardize(g)[None], params["grad_conv"])))
+    lambda g: _pool4(jax.nn.relu(_conv1d(window_features(g), params["grad_conv"])))
   )(grad_windows)
   fused = jnp.concatenate([jnp.broadcast_to(loss_feat, (groups, 32)), grad_feat], -1)
   h = jax.nn.relu(fused @ params["fusion"]["w"] + params["fusion"]["b"])  # [G, 32]
