@@ -1,6 +1,7 @@
 """2-bit LM under the Spectral Thyroid (experiments/thyroid_2bit.py).
 
     python -m homeo_jax.train --config configs/thyroid_2bit.py:cpu
+    python -m homeo_jax.train --config configs/thyroid_2bit.py:stress
     python -m homeo_jax.train --config configs/thyroid_2bit.py:gpu
 
 A QuantTransformer (block matrices in 2 bits, absmean scale, soft rounding at
@@ -53,6 +54,21 @@ def get_config(arg: str | None = None) -> Config:
   )
   if arg in (None, "cpu"):
     return cpu
+  if arg == "stress":
+    # The harshest of the settings searched for quantization cliffs (README): an untuned lr
+    # 10× the cpu preset's, β2 = 0.999 (a second moment that lags sudden gradients), no
+    # gradient clip, one absmean scale per matrix, 1,000 steps.
+    return dataclasses.replace(
+      cpu,
+      name="thyroid_2bit_stress",
+      model=dataclasses.replace(cpu.model, scale="tensor"),
+      optimizer=dataclasses.replace(
+        cpu.optimizer, learning_rate=3e-2, min_learning_rate=3e-3, b2=0.999, grad_clip=0.0
+      ),
+      train=dataclasses.replace(
+        cpu.train, steps=1000, eval_every=100, checkpoint_every=1000, run_dir="runs/thyroid_stress"
+      ),
+    )
   if arg == "gpu":
     return dataclasses.replace(
       cpu,
@@ -61,4 +77,4 @@ def get_config(arg: str | None = None) -> Config:
       data=DataConfig(corpus="shakespeare", tokenizer="char", seq_len=256, batch_size=64),
       train=dataclasses.replace(cpu.train, steps=3000, eval_every=250, eval_batches=50),
     )
-  raise ValueError(f"unknown preset {arg!r} for thyroid_2bit (cpu, gpu)")
+  raise ValueError(f"unknown preset {arg!r} for thyroid_2bit (cpu, stress, gpu)")

@@ -1,28 +1,36 @@
-"""Does the Spectral Thyroid make 2-bit training safe without tuning? Manual vs thyroid arms.
+"""Does the Spectral Thyroid make 2-bit training safe without tuning? Against the best tuned
+and the best constant setting.
 
-    python experiments/thyroid_2bit.py [--scale cpu|gpu] [--seeds 0 1 2]
+    python experiments/thyroid_2bit.py [--scale cpu|stress|gpu] [--seeds 0 1 2]
 
-2-bit LM (configs/thyroid_2bit.py), arms: ``manual`` — AdamW with a fixed cosine
-schedule whose peak learning rate is picked by a sweep over {1e-3, 3e-3, 1e-2} (one
-seed each, seed 100; the sweep's wall time is reported as its tuning cost) — and the
-shipped thyroid over AdamW at the config's untuned 3e-3: ``thyroid_alpha`` (v0.1),
-``thyroid_alt`` (α/λ/τ, v0.2), ``thyroid_group`` (per organelle, v0.3). Float arms:
-``float_adamw`` and ``float_thyroid`` (α/λ/τ) on the same model unquantized.
+2-bit LM (configs/thyroid_2bit.py; ``stress`` is the harshest setting of the cliff search), arms:
+
+* ``manual``: AdamW with the config's schedule at the best peak lr of a 6-point sweep
+  (``SWEEP``, 1e-3 … 3.2e-2, every point with every seed; best mean final validation);
+* ``neutral``: the thyroid with every multiplier at 1, i.e. AdamW at the untuned config lr;
+* ``best_constant``: constant multipliers (α, λ, τ) in the thyroid's ranges: α = the
+  manual lr / the config lr (clipped to [0.1, 2]) and (λ, τ) the best of a 3 × 3 grid
+  (one seed, 100), then run with every seed;
+* ``thyroid_alpha`` (v0.1), ``thyroid_alt`` (α/λ/τ, v0.2), ``thyroid_group`` (v0.3):
+  the shipped thyroid over AdamW at the untuned config lr;
+* float: ``float_adamw`` (manual's lr) and ``float_thyroid`` (v0.2) on the same model
+  unquantized.
 
 Every run logs the level-flip rate (``models.quant.level_flip_monitor``). A *cliff
 incident* is a step whose training loss exceeds its EMA (decay 0.9) by more than 3
 running standard deviations while the flip rate exceeds its own EMA + 3σ within ±2
 steps (both statistics from the steps before it, after a 20-step burn-in).
 Reported per arm over seeds: final validation loss, steps to reach the manual arm's
-mean final validation loss, cliff incidents and loss spikes per run, tuning time.
+mean final validation loss, cliff incidents and loss spikes per run, tuning runs
+("interventions"); ``traces.png`` marks spikes and incidents on the manual arm's traces.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
-import time
 from pathlib import Path
 
 import matplotlib
@@ -35,6 +43,7 @@ import optax  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from homeo_jax.models import TransformerConfig  # noqa: E402
 from homeo_jax.models.quant import level_flip_monitor  # noqa: E402
+from homeo_jax.regulators.thyroid import ALPHA_RANGE  # noqa: E402
 from homeo_jax.training.experiment import (  # noqa: E402
   experiment_setup,
   first_step_at_or_below,
@@ -49,7 +58,8 @@ from homeo_jax.training.experiment import (  # noqa: E402
 from homeo_jax.training.loop import load_data, model_config, train  # noqa: E402
 from homeo_jax.training.optimizers import build_optimizer  # noqa: E402
 
-SWEEP = (1e-3, 3e-3, 1e-2)
+SWEEP = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)  # peak lrs of the manual arm's sweep
+GRID = [(lam, tau) for lam in (0.1, 1.0, 2.0) for tau in (0.5, 1.0, 2.0)]
 ADAMW = ["optimizer.name=adamw", "optimizer.kwargs={}", "model.temperature_from="]
 THYROID = {
   "thyroid_alpha": ["optimizer.kwargs.version=alpha"],
@@ -65,6 +75,11 @@ def train_with_flip_monitor(config, data):
   )
   levels, scale = getattr(config.model, "levels", "2bit"), getattr(config.model, "scale", "channel")
   return train(config, data=data, tx=optax.chain(tx, level_flip_monitor(levels, scale=scale)))
+
+
+def peak(lr: float) -> list[str]:
+  """A peak lr and its cosine floor, a tenth of it (the presets' ratio)."""
+  return [f"optimizer.learning_rate={lr}", f"optimizer.min_learning_rate={lr / 10}"]
 
 
 def as_float(config):
@@ -84,9 +99,11 @@ def running_stats(x: np.ndarray, decay: float = 0.9) -> tuple[np.ndarray, np.nda
   return mean, np.sqrt(var)
 
 
-def cliffs(records: list[dict], k: float = 3.0, burn_in: int = 20) -> tuple[int, int]:
-  """(loss spikes, cliff incidents = spikes with a flip-rate burst within ±2 steps)."""
+def cliff_trace(records: list[dict], k: float = 3.0, burn_in: int = 20):
+  """(steps, loss, flip rate, spike mask, incident mask): incidents are spikes with a
+  flip-rate burst within ±2 steps."""
   rows = [r for r in records if "loss" in r and "regulators/quant/flip_rate" in r]
+  steps = np.array([r["step"] for r in rows])
   loss = np.array([r["loss"] for r in rows])
   flips = np.array([r["regulators/quant/flip_rate"] for r in rows])
   lm, ls = running_stats(loss)
@@ -94,46 +111,81 @@ def cliffs(records: list[dict], k: float = 3.0, burn_in: int = 20) -> tuple[int,
   spike = (loss > lm + k * ls) & (np.arange(len(loss)) >= burn_in)
   burst = (flips > fm + k * fs) & (np.arange(len(flips)) >= burn_in)
   near = np.convolve(burst.astype(int), np.ones(5, int), mode="same") > 0
-  return int(spike.sum()), int((spike & near).sum())
+  return steps, loss, flips, spike, spike & near
+
+
+def cliffs(records: list[dict]) -> tuple[int, int]:
+  """(loss spikes, cliff incidents) of one run."""
+  *_, spike, incident = cliff_trace(records)
+  return int(spike.sum()), int(incident.sum())
+
+
+def plot_traces(run_dirs, path: Path) -> None:
+  fig, axes = plt.subplots(len(run_dirs), 1, figsize=(12, 2.6 * len(run_dirs)), squeeze=False)
+  for ax, run_dir in zip(axes[:, 0], run_dirs, strict=True):
+    steps, loss, flips, spike, incident = cliff_trace(read_run(run_dir)[0])
+    ax.plot(steps, loss, lw=0.7, color="C0", label="training loss")
+    ax.scatter(steps[spike], loss[spike], s=14, color="C1", label="loss spike (> EMA + 3σ)")
+    ax.scatter(steps[incident], loss[incident], s=50, marker="x", color="C3",
+               label="cliff incident (spike + flip burst)")  # fmt: skip
+    twin = ax.twinx()
+    twin.plot(steps, flips, lw=0.5, color="C2", alpha=0.6)
+    twin.set_ylabel("flip rate", color="C2")
+    ax.set(title=str(run_dir), ylabel="loss")
+    ax.legend(fontsize=7, loc="upper right")
+  axes[-1, 0].set_xlabel("step")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
 
 
 def main() -> None:
   args, base, out = experiment_setup(
-    __doc__.splitlines()[0], "thyroid_2bit.py", ("cpu", "gpu"), "thyroid_2bit"
+    __doc__.splitlines()[0], "thyroid_2bit.py", ("cpu", "stress", "gpu"), "thyroid_2bit"
   )
   data = load_data(base)
-
-  start = time.perf_counter()
-  sweep = run_arms(
-    base,
-    {f"sweep_lr{lr:g}": [*ADAMW, f"optimizer.learning_rate={lr}"] for lr in SWEEP},
-    [100],
-    out,
-    data=data,
-    train_fn=train_with_flip_monitor,
+  lr0, wd0, t0 = (
+    base.optimizer.learning_rate,
+    base.optimizer.weight_decay,
+    base.model.base_temperature,
   )
-  sweep_stats = {arm: read_run(d[0])[1] for arm, d in sweep.items()}
-  sweep_seconds = sum(
-    s["total_steps"] * base.data.batch_size * base.data.seq_len / max(s["tokens_per_second"], 1)
-    for s in sweep_stats.values()
-  )
-  sweep_val = {arm: s["val_loss"] for arm, s in sweep_stats.items()}
-  best_lr = SWEEP[int(np.argmin(list(sweep_val.values())))]
-  print(f"sweep {sweep_val}: manual lr {best_lr:g} ({time.perf_counter() - start:.0f} s)")
+  run = functools.partial(run_arms, base, seeds=args.seeds, out_dir=out, data=data,
+                          train_fn=train_with_flip_monitor)  # fmt: skip
 
-  arms = {"manual": [*ADAMW, f"optimizer.learning_rate={best_lr}"], **THYROID}
-  runs = run_arms(base, arms, args.seeds, out, data=data, train_fn=train_with_flip_monitor)
-  float_base = as_float(base)
+  sweep = run({f"sweep_lr{lr:g}": [*ADAMW, *peak(lr)] for lr in SWEEP})
+  sweep_val = {arm: [read_run(d)[1]["val_loss"] for d in dirs] for arm, dirs in sweep.items()}
+  best_lr = SWEEP[int(np.argmin([np.mean(v) for v in sweep_val.values()]))]
+  alpha = float(np.clip(best_lr / lr0, *ALPHA_RANGE))
+  print(f"sweep {({a: round(float(np.mean(v)), 4) for a, v in sweep_val.items()})}: "
+        f"manual lr {best_lr:g}", flush=True)  # fmt: skip
+
+  def constant(lam, tau):
+    return [
+      *ADAMW,
+      *peak(lr0 * alpha),
+      f"optimizer.weight_decay={wd0 * lam}",
+      f"model.base_temperature={t0 * tau}",
+    ]
+
+  grid = run_arms(base, {f"grid_l{lam:g}_t{tau:g}": constant(lam, tau) for lam, tau in GRID},
+                  [100], out, data=data, train_fn=train_with_flip_monitor)  # fmt: skip
+  grid_val = {arm: read_run(d[0])[1]["val_loss"] for arm, d in grid.items()}
+  lam, tau = GRID[int(np.argmin(list(grid_val.values())))]
+  print(f"grid {grid_val}: best constant α={alpha:.3g} λ={lam:g} τ={tau:g}", flush=True)
+
+  runs = {"manual": sweep[f"sweep_lr{best_lr:g}"]}
+  runs.update(run({"neutral": ADAMW, "best_constant": constant(lam, tau), **THYROID}))
   runs.update(
     run_arms(
-      float_base,
-      {"float_adamw": [*ADAMW, f"optimizer.learning_rate={best_lr}"], "float_thyroid": []},
+      as_float(base),
+      {"float_adamw": [*ADAMW, *peak(best_lr)], "float_thyroid": []},
       args.seeds,
       out,
       data=data,
       train_fn=train_with_flip_monitor,
     )
   )
+  tuning = {"manual": len(SWEEP) * len(args.seeds), "float_adamw": len(SWEEP) * len(args.seeds)}
+  tuning["best_constant"] = tuning["manual"] + len(GRID)
 
   results = {arm: [read_run(d) for d in dirs] for arm, dirs in runs.items()}
   final = {arm: [s["val_loss"] for _, s in rs] for arm, rs in results.items()}
@@ -152,7 +204,7 @@ def main() -> None:
         mean_std([float(x) for x in incidents], 2),
         mean_std([float(x) for x in spikes], 2),
         mean_std(flip, 5),
-        f"{sweep_seconds:.0f} s (3-run sweep)" if arm in ("manual", "float_adamw") else "0",
+        str(tuning.get(arm, 0)),
         "—" if arm == reference else verdict(final[arm], final[reference]),
       ]
     )
@@ -164,12 +216,13 @@ def main() -> None:
       "cliff incidents / run",
       "loss spikes / run",
       "mean flip rate",
-      "tuning time",
+      "tuning runs",
       "vs manual (float: vs float_adamw)",
     ],
     rows,
   )
   print(table)
+  plot_traces(runs["manual"], out / "traces.png")
   fig, axes = plt.subplots(1, 2, figsize=(12, 4))
   for i, (arm, dirs) in enumerate(runs.items()):
     steps, mean, std = mean_curve(dirs, "val/loss")
@@ -190,11 +243,17 @@ def main() -> None:
     f"Spectral Thyroid, 2-bit LM ({args.scale})",
     [
       f"seeds {args.seeds}; {base.train.steps} steps of {base.data.batch_size}×"
-      f"{base.data.seq_len} tokens; {base.model.num_layers}×{base.model.d_model} model",
-      f"manual: sweep {json.dumps({k: round(v, 4) for k, v in sweep_val.items()})} → "
-      f"lr {best_lr:g}; thyroid arms at the untuned config lr "
-      f"{base.optimizer.learning_rate:g} with the shipped weights",
-      "cliff incident: loss > EMA + 3σ with a flip-rate burst (> EMA + 3σ) within ±2 steps",
+      f"{base.data.seq_len} tokens; {base.model.num_layers}×{base.model.d_model} model, "
+      f"{base.model.levels}, {base.model.scale} scale, base temperature {t0:g}",
+      "manual: lr sweep (3 seeds each) "
+      + json.dumps({k: round(float(np.mean(v)), 4) for k, v in sweep_val.items()})
+      + f" → lr {best_lr:g}",
+      f"best constant: α = {alpha:.3g} with (λ, τ) from the grid (seed 100) "
+      + json.dumps({k: round(v, 4) for k, v in grid_val.items()})
+      + f" → λ = {lam:g}, τ = {tau:g}",
+      f"thyroid arms at the untuned config lr {lr0:g} with the shipped weights",
+      "cliff incident: loss > EMA + 3σ with a flip-rate burst (> EMA + 3σ) within ±2 steps "
+      "(traces.png: the manual arm's runs)",
       f"steps to target: first evaluation (every {base.train.eval_every}) at or below the "
       "manual arm's mean final validation loss",
     ],

@@ -8,10 +8,20 @@ or Inf loss never enters a regulator's statistics.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+
+def tree_all_finite(tree: Any) -> jax.Array:
+  """True when every floating-point leaf of ``tree`` is finite (one fused reduction)."""
+  leaves = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree.leaves(tree)
+    if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+  ]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 class RingBuffer(NamedTuple):

@@ -93,9 +93,10 @@ ALPHA_RANGE, LAMBDA_RANGE, TAU_RANGE = (0.1, 2.0), (0.1, 2.0), (0.5, 2.0)
 WEIGHTS_DIR = Path(__file__).with_name("thyroid_weights")
 
 
-def _neutral_logit(lo: float, hi: float) -> float:
-  """The sigmoid input that maps to a multiplier of exactly 1 in [lo, hi]."""
-  p = (1.0 - lo) / (hi - lo)
+def _logit_of(value: float, lo: float, hi: float) -> float:
+  """The sigmoid input that maps to the multiplier ``value`` in [lo, hi]; a value on a
+  bound is moved 2% of the range inside it (a sigmoid reaches its bounds only at ±∞)."""
+  p = float(np.clip((value - lo) / (hi - lo), 0.02, 0.98))
   return float(np.log(p / (1 - p)))
 
 
@@ -111,30 +112,41 @@ def _conv(key, c_in, c_out, k=3):
   }
 
 
-def _head(key, n_in, lo, hi):
-  # Tiny weights and a neutral bias: an untrained head outputs 1.0.
+def _head(key, n_in, lo, hi, value=1.0):
+  # Zero weights and a bias at `value`: an untrained head outputs that constant.
   p = _dense(key, n_in, 1, scale=0.0)
-  return {"w": p["w"], "b": jnp.full((1,), _neutral_logit(lo, hi))}
+  return {"w": p["w"], "b": jnp.full((1,), _logit_of(value, lo, hi))}
 
 
-def init_thyroid_params(version: str, num_groups: int = 1, seed: int = 0) -> dict:
+def init_thyroid_params(
+  version: str,
+  num_groups: int = 1,
+  seed: int = 0,
+  multipliers: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> dict:
+  """Random filters and heads that output the constant ``multipliers`` (α, λ, τ): the
+  neutral thyroid by default, or a meta-training start at the best constant."""
   if version not in VERSIONS:
     raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+  alpha0, lam0, tau0 = multipliers
   k = jax.random.split(jax.random.key(seed), 8)
   if version == "alpha":
     return {
       "conv1": _conv(k[0], FEATURES, 8),
       "conv2": _conv(k[1], 8, 16),
       "dense": _dense(k[2], 64, 16),
-      "alpha": _head(k[3], 16, *ALPHA_RANGE),
+      "alpha": _head(k[3], 16, *ALPHA_RANGE, alpha0),
     }
   params = {
     "loss_conv": _conv(k[0], FEATURES, 8),
     "grad_conv": _conv(k[1], FEATURES, 8),
     "fusion": _dense(k[2], 64, 32),
-    "tau": _head(k[5], 32, *TAU_RANGE),
+    "tau": _head(k[5], 32, *TAU_RANGE, tau0),
   }
-  heads = {"alpha": _head(k[3], 32, *ALPHA_RANGE), "lam": _head(k[4], 32, *LAMBDA_RANGE)}
+  heads = {
+    "alpha": _head(k[3], 32, *ALPHA_RANGE, alpha0),
+    "lam": _head(k[4], 32, *LAMBDA_RANGE, lam0),
+  }
   if version == "per_group":
     heads = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_groups, *x.shape)), heads)
   return {**params, **heads}

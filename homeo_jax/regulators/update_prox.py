@@ -114,7 +114,7 @@ def fisher_subspace_prox(
 
   def update_fn(updates, state: FisherSubspaceState, params=None, **extra_args):
     grads = updates
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    finite = signals.tree_all_finite(grads)
     is_ema = lambda x: isinstance(x, signals.EMA)  # noqa: E731
     fisher = jax.tree.map(
       lambda e, g: signals.ema_update(e, jnp.square(g.astype(jnp.float32)), fisher_decay, finite),

@@ -29,6 +29,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from homeo_jax import regulators
+from homeo_jax.cores import signals
 from homeo_jax.data import TextData, load_text_data, window_batches
 from homeo_jax.data.tokenizers import encode_prompt
 from homeo_jax.models import MODEL_TYPES
@@ -51,7 +52,6 @@ from homeo_jax.training.step import (
   lm_loss,
   make_eval_step,
   make_train_step,
-  tree_all_finite,
   with_z_loss,
 )
 
@@ -396,7 +396,7 @@ def train(
       for name, batches in val_sets.items()
     }
 
-  all_finite = jax.jit(tree_all_finite)
+  all_finite = jax.jit(signals.tree_all_finite)
 
   def save(state) -> None:
     # Guarded steps keep the state finite; this check is what keeps rotation from ever

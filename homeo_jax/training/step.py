@@ -90,16 +90,6 @@ def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> Tra
   )
 
 
-def tree_all_finite(tree: Any) -> jax.Array:
-  """True when every floating-point leaf of ``tree`` is finite (one fused reduction)."""
-  leaves = [
-    jnp.all(jnp.isfinite(x))
-    for x in jax.tree.leaves(tree)
-    if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
-  ]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
 def _scalars(prefix: str, tree: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
   return {f"{prefix}/{k}": v for k, v in tree.items() if jnp.ndim(v) == 0}
 

@@ -143,3 +143,11 @@ def test_spectral_resonance_waits_for_values():
   for v in np.sin(np.arange(15)):
     buffer = signals.ring_push(buffer, v)
   assert float(signals.spectral_resonance(buffer)) == 0.0
+
+
+def test_tree_all_finite_reads_float_leaves_only():
+  tree = {"w": jnp.ones((2, 2)), "step": jnp.asarray(3, jnp.int32), "b": jnp.zeros(3)}
+  assert bool(signals.tree_all_finite(tree))
+  assert not bool(signals.tree_all_finite({**tree, "b": jnp.array([0.0, jnp.inf, 0.0])}))
+  assert not bool(signals.tree_all_finite({**tree, "w": jnp.full((2, 2), jnp.nan)}))
+  assert bool(signals.tree_all_finite({"step": jnp.asarray(1)}))  # no float leaf: vacuous

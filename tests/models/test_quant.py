@@ -89,6 +89,47 @@ def test_quantized_model_uses_levels_at_eval_and_temperature_control():
 def test_bad_config():
   with pytest.raises(ValueError, match="model.levels must be one of"):
     QuantTransformer(QuantTransformerConfig(vocab_size=5, levels="3bit"), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="model.scale must be one of .* got 'row'"):
+    QuantTransformer(QuantTransformerConfig(vocab_size=5, scale="row"), rngs=nnx.Rngs(0))
+
+
+def test_per_tensor_scale_against_float64():
+  # BitNet b1.58's absmean over the whole matrix: one γ, so one outlier moves every level.
+  x = np.asarray(W, np.float64)
+  gamma = np.abs(x).mean()
+  expected = np.clip(np.floor(x / gamma) + 0.5, -1.5, 1.5) * gamma
+  np.testing.assert_allclose(quantize(W, None, scale="tensor"), expected, atol=1e-5)
+  assert absmean_scale(W, "tensor").shape == (1, 1) and absmean_scale(W).shape == (1, 8)
+
+
+def test_model_without_straight_through_differentiates_the_staircase():
+  """straight_through=False: the gradient is the soft forward's true slope (a central
+  difference along a random direction agrees); the STE's is not."""
+  tokens = jnp.arange(8)[None] % 11
+
+  def slopes(straight_through):
+    cfg = QuantTransformerConfig(
+      vocab_size=11, num_layers=1, num_heads=2, d_model=16, max_seq_len=8,
+      base_temperature=0.3, straight_through=straight_through,
+    )  # fmt: skip
+    graphdef, params = nnx.split(QuantTransformer(cfg, rngs=nnx.Rngs(0)))
+
+    def loss(kernel):
+      p = jax.tree.map(lambda x: x, params)
+      p["blocks"][0]["mlp"]["up"]["kernel"] = nnx.Param(kernel)
+      return jnp.sum(nnx.merge(graphdef, p)(tokens, deterministic=False)[0] ** 2)
+
+    kernel = params["blocks"][0]["mlp"]["up"]["kernel"][...]
+    direction = jax.random.normal(jax.random.key(1), kernel.shape)
+    eps = 1e-3
+    central = (loss(kernel + eps * direction) - loss(kernel - eps * direction)) / (2 * eps)
+    return float(central), float(jnp.vdot(jax.grad(loss)(kernel), direction))
+
+  central, true = slopes(False)
+  assert true == pytest.approx(central, rel=0.05)
+  central_ste, ste = slopes(True)
+  assert central_ste == pytest.approx(central, rel=1e-6)  # the same forward
+  assert abs(ste - central) > 0.2 * abs(central)
 
 
 def test_level_flip_monitor_counts_changed_levels_of_quantized_leaves():
@@ -104,3 +145,7 @@ def test_level_flip_monitor_counts_changed_levels_of_quantized_leaves():
   out, state = tx.update(updates, tx.init(params), params)
   assert float(state.flip_rate) == 0.25  # 0.5 -> -0.5 flips one level of four
   assert out is updates
+  # ternary levels: x = 0.4 -> -0.4 rounds to 0 both times, so nothing flips
+  tx = level_flip_monitor("ternary")
+  _, state = tx.update(updates, tx.init(params), params)
+  assert float(state.flip_rate) == 0.0

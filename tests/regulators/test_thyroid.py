@@ -20,6 +20,7 @@ from homeo_jax.regulators.thyroid import (
   thyroid,
   thyroid_forward,
   thyroid_param_count,
+  window_features,
 )
 
 PARAMS = {"embed": jnp.ones((4, 4)), "hidden": jnp.ones((4, 4)) * 2}
@@ -27,7 +28,7 @@ LABELS = {"embed": "embed", "hidden": "hidden"}
 
 
 @pytest.mark.parametrize(
-  "version, count", [("alpha", 1489), ("alpha_lambda_tau", 2243), ("per_group", 2177 + 66 * 3)]
+  "version, count", [("alpha", 1537), ("alpha_lambda_tau", 2339), ("per_group", 2273 + 66 * 3)]
 )
 def test_param_counts(version, count):
   params = init_thyroid_params(version, 3)
@@ -51,6 +52,33 @@ def test_clamps_hold_for_extreme_histories_and_weights(version, seed, losses, no
   for value, (lo, hi) in ((alpha, ALPHA_RANGE), (lam, LAMBDA_RANGE), (tau, TAU_RANGE)):
     v = np.asarray(value)
     assert np.isfinite(v).all() and (v >= lo).all() and (v <= hi).all()
+
+
+def test_window_features_against_float64():
+  window = np.array(
+    [2.0, 2.1, 1.9, 2.0, 3.5, 2.2, 2.1, 2.0, 1.95, 2.0, 2.05, 2.0, 1.9, 2.0, 2.1, 2.0]
+  )
+  x = np.log(window)
+  centered = x - x.mean()
+  expected = np.stack(
+    [
+      centered / (x.std() + 1e-3),
+      np.tanh(4 * centered),
+      np.tanh(4 * np.diff(x, prepend=x[0])),
+    ]
+  )
+  np.testing.assert_allclose(window_features(jnp.asarray(window)), expected, atol=2e-5)
+
+
+def test_amplitude_channels_tell_a_cliff_from_a_jitter_of_the_same_shape():
+  shape = np.zeros(16)
+  shape[10] = 1.0
+  jitter, cliff = np.exp(0.01 * shape), np.exp(0.5 * shape)  # +1% vs +65% at step 10
+  fj, fc = window_features(jnp.asarray(jitter)), window_features(jnp.asarray(cliff))
+  np.testing.assert_allclose(fj[0], fc[0], atol=0.05)  # the seed's input: nearly alike
+  assert float(fc[2, 10]) > 0.95 > 0.1 > float(fj[2, 10]) > 0  # the change channel differs
+  # every channel is unchanged when the window is scaled (tasks of any loss scale)
+  np.testing.assert_allclose(window_features(jnp.asarray(cliff * 1e3)), fc, atol=1e-5)
 
 
 def run(tx, losses, grad_norm=1.0):
@@ -170,21 +198,36 @@ def test_corrupt_or_mismatched_weights_file(tmp_path):
     load_thyroid_params("alpha", str(other))
 
 
-@pytest.mark.parametrize("kind, first_seed", [("float", 2_000_000), ("quantized", 2_000_001)])
-def test_meta_gradient_matches_finite_differences(kind, first_seed):
+@pytest.fixture(scope="module")
+def shakespeare_bytes():
+  return thyroid_meta.corpus_bytes("shakespeare", 100_000)
+
+
+@pytest.mark.parametrize(
+  "family, first_seed, count",
+  [("mlp", 2_000_000, 16), ("mlp", 2_000_001, 16), ("lm_2bit", 2_000_000, 4)],
+  ids=["mlp_float", "mlp_2bit", "lm_2bit"],
+)
+def test_meta_gradient_matches_finite_differences(family, first_seed, count, shakespeare_bytes):
   # The meta-gradient through the 32-step unroll must be the objective's true slope, on
-  # float tasks and on 2-bit ones (which is why they train through the soft staircase).
+  # float tasks and on 2-bit ones (which is why they train through the soft staircase),
+  # the MLPs' and the LMs' (AdamW through the library's QuantTransformer).
   start = init_thyroid_params("alpha", 1, 0)
-  seeds = jnp.arange(first_seed, first_seed + 32, 2)
-  objective = jax.jit(thyroid_meta.mean_objective, static_argnums=1)
+  seeds = jnp.arange(first_seed, first_seed + 2 * count, 2)
+  corpus = None if family == "mlp" else shakespeare_bytes
+
+  def objective(p):
+    return thyroid_meta.mean_objective(p, "alpha", seeds, family, corpus)
+
+  value_and_grad = jax.jit(jax.value_and_grad(objective))
 
   def shifted(db):
     p = dict(start)
     p["alpha"] = {"w": start["alpha"]["w"], "b": start["alpha"]["b"] + db}
-    return float(objective(p, "alpha", seeds))
+    return float(value_and_grad(p)[0])
 
   finite_difference = (shifted(0.05) - shifted(-0.05)) / 0.1
-  grad = float(jax.grad(thyroid_meta.mean_objective)(start, "alpha", seeds)["alpha"]["b"][0])
+  grad = float(value_and_grad(start)[1]["alpha"]["b"][0])
   assert np.sign(grad) == np.sign(finite_difference)
   assert abs(grad - finite_difference) < 0.35 * abs(finite_difference), (grad, finite_difference)
 
@@ -198,13 +241,13 @@ def test_meta_training_lowers_the_objective_on_held_out_tasks():
     iterations=16,
     tasks_per_step=16,
     init=neutral,
-    validation_seeds=thyroid_meta.validation_seeds(16),
+    validation={"mlp": (thyroid_meta.validation_seeds(16), None)},
     eval_every=8,
   )
   assert len(history) == 16 and np.isfinite(history).all()
   test = thyroid_meta.held_out_seeds(32)
-  before = thyroid_meta.evaluate(neutral, "alpha_lambda_tau", test)
-  after = thyroid_meta.evaluate(trained, "alpha_lambda_tau", test)
+  before = thyroid_meta.evaluate(neutral, "alpha_lambda_tau", test).mean()
+  after = thyroid_meta.evaluate(trained, "alpha_lambda_tau", test).mean()
   assert after < before - 0.002, (before, after)  # measured: -0.0560 -> -0.0610
 
 
@@ -321,6 +364,22 @@ def test_shipped_weights_carry_provenance(tmp_path):
   for version in VERSIONS:
     meta = json.loads((WEIGHTS_DIR / f"{version}.json").read_text())
     assert meta["version"] == version and len(meta["git_revision"]) >= 7
-    assert "teacher" in meta["task_family"] and meta["held_out_J"]["trained"] < 0
+    assert "teacher" in meta["task_family"] and "QuantTransformer" in meta["task_family"]
+    assert meta["corpora"] == {"meta_training": "shakespeare", "held_out_lm": "python_stdlib"}
+    assert set(meta["held_out_J"]) == {"mlp", "lm", "lm_2bit"}
   save_thyroid_params(init_thyroid_params("alpha", 1, 0), tmp_path / "w.npz", {"seed": 3})
   assert json.loads((tmp_path / "w.json").read_text()) == {"seed": 3}
+
+
+def test_constant_policy_is_the_bar_on_the_same_tasks():
+  """A constant (1, 1, 1) scores exactly as the neutral thyroid; the grid scores each row as
+  ``evaluate`` of that constant; a larger α moves J (short unrolls reward a larger lr)."""
+  seeds = thyroid_meta.held_out_seeds(8)
+  neutral = thyroid_meta.evaluate(
+    init_thyroid_params("alpha_lambda_tau"), "alpha_lambda_tau", seeds
+  )
+  grid = thyroid_meta.constant_grid([(1.0, 1.0, 1.0), (2.0, 1.0, 0.5)], "mlp", seeds)
+  np.testing.assert_allclose(grid[0], neutral, atol=1e-5)
+  single = thyroid_meta.evaluate(thyroid_meta.constant_policy(2.0, 1.0, 0.5), None, seeds)
+  np.testing.assert_allclose(grid[1], single, rtol=1e-5, atol=1e-6)
+  assert grid[1].mean() < grid[0].mean() - 0.005

@@ -65,7 +65,7 @@ SHIPPED_PRESETS = {
   "ord_muon": ("cpu", "gpu", "seed"),
   "ouro_spec": ("tiny", "tiny_algorithmic", "seed"),
   "spechorn": ("cpu", "cpu_long", "gpu"),
-  "thyroid_2bit": ("cpu", "gpu"),
+  "thyroid_2bit": ("cpu", "stress", "gpu"),
 }
 
 
