@@ -24,7 +24,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from homeo_jax.models.adaptive import forward_flops_per_token  # noqa: E402
 from homeo_jax.training.experiment import (  # noqa: E402
   experiment_setup,
   markdown_table,
@@ -35,6 +34,7 @@ from homeo_jax.training.experiment import (  # noqa: E402
   verdict,
   write_experiment_report,
 )
+from homeo_jax.training.flops import forward_flops_per_token  # noqa: E402
 from homeo_jax.training.loop import load_data, model_config  # noqa: E402
 
 FIXED = [

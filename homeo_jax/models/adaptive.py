@@ -55,11 +55,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from homeo_jax.models.embeddings import HybridFourierEmbedding
 from homeo_jax.models.layers import MLP, TransformerConfig, dense, layer_norm, read_control
+from homeo_jax.models.losses import adaptive_lm_loss
 from homeo_jax.models.moe import MoEConfig, MoEFeedForward, MoETransformer, control_read
 from homeo_jax.models.transformer import Transformer
 
@@ -667,70 +667,3 @@ class AdaptiveTransformer(nnx.Module):
     out["avg_k"] = out.pop("expected_k")  # soft depth, mean over layers and tokens
     out["gap"] = out["k_exec"] - out["avg_k"]
     return out
-
-
-def _entropy(logits: jax.Array) -> jax.Array:
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-
-
-def adaptive_lm_loss(
-  logits: jax.Array,
-  targets: jax.Array,
-  telemetry: Mapping[str, jax.Array],
-  *,
-  reward_eta: float = 2.0,
-  max_passes: int = 4,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """CE + net ponder cost, the Ouro-Spec objective.
-
-      signal  = relu(avg_k − 1) / (Kmax − 1)        avg_k the soft depth
-      raw     = λ_p · signal                          λ_p the compute_price control
-      ΔCE     = relu(CE₁ − CE)                        CE₁ of the one-pass model
-      coupon  = reward_eta · ΔCE                      (stop_gradient)
-      ponder  = relu(raw − coupon)
-      loss    = CE + ponder (+ aux_loss of an MoE FFN)
-
-  Without one-pass logits (eval, or ``coupon=False``) ΔCE = 0.
-  """
-  telemetry = dict(telemetry)
-  pass1_logits = telemetry.pop("pass1_logits", None)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-  pred_entropy = jnp.mean(_entropy(jax.lax.stop_gradient(logits)))
-  if pass1_logits is None:
-    ce1, pass1_entropy = jax.lax.stop_gradient(ce), pred_entropy
-  else:
-    ce1 = optax.softmax_cross_entropy_with_integer_labels(pass1_logits, targets).mean()
-    pass1_entropy = jnp.mean(_entropy(pass1_logits))
-  delta_ce = jax.lax.stop_gradient(jax.nn.relu(ce1 - ce))
-  signal = jax.nn.relu(telemetry["avg_k"] - 1.0) / max(max_passes - 1, 1)
-  raw = telemetry.get("compute_price", 0.0) * signal
-  coupon = reward_eta * delta_ce
-  ponder = jax.nn.relu(raw - coupon)
-  loss = ce + ponder + telemetry.get("aux_loss", 0.0)
-  telemetry.update(
-    ce_loss=ce,
-    pass1_ce=jax.lax.stop_gradient(ce1),
-    delta_ce=delta_ce,
-    delta_pred_entropy=pass1_entropy - pred_entropy,
-    ponder_raw=raw,
-    coupon=coupon,
-    ponder=ponder,
-  )
-  return loss, telemetry
-
-
-def forward_flops_per_token(
-  cfg: AdaptiveConfig, seq_len: int, passes: float | list[float], semantic_dim: int = 0
-) -> float:
-  """Matmul FLOPs (2·MACs) of one token's forward pass, given the passes it runs per
-  layer (a number, or one per layer). Attention is counted over all ``seq_len`` keys, as
-  the implementation computes it (the causal mask does not skip work); the gate is
-  negligible (< 0.1%) and left out."""
-  d, ff = cfg.d_model, cfg.ff_dim
-  per_layer = passes if isinstance(passes, list) else [passes] * cfg.num_layers
-  per_pass = 4 * d * d + 4 * seq_len * d + 4 * d * ff  # q, out; scores + values; FFN
-  kv = 4 * d * d
-  return float(sum(kv + k * per_pass for k in per_layer) + 2 * d * cfg.vocab_size) + (
-    2.0 * semantic_dim * d
-  )

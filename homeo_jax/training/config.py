@@ -94,7 +94,7 @@ class TrainConfig:
   tensorboard: bool = True  # event files in <run_dir>/tensorboard beside metrics.jsonl
   # Text generated with the current parameters every sample_every steps (0: never), into
   # metrics.jsonl, TensorBoard, the console and the report (models/decode.py).
-  # > 0 adds z_loss · mean(logsumexp(logits)²) to the loss (training/step.py:with_z_loss).
+  # > 0 adds z_loss · mean(logsumexp(logits)²) to the loss (models/losses.py:with_z_loss).
   z_loss: float = 0.0
   sample_every: int = 0
   sample_tokens: int = 200

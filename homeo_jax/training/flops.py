@@ -8,6 +8,8 @@
   vendor figures, or for a CPU host a peak measured once with a float32 matmul probe and
   cached under ``$HOMEO_JAX_CACHE``.
 * MFU = step FLOPs / step seconds / (peak per device · devices).
+* ``forward_flops_per_token(cfg, seq_len, passes)``: an adaptive-depth (Ouro-Spec)
+  model's forward FLOPs per token at the passes it executed, for compute frontiers.
 """
 
 from __future__ import annotations
@@ -122,3 +124,20 @@ def _read_json(path) -> dict:
     return json.loads(path.read_text())
   except (OSError, ValueError):
     return {}
+
+
+def forward_flops_per_token(
+  cfg: Any, seq_len: int, passes: float | list[float], semantic_dim: int = 0
+) -> float:
+  """Matmul FLOPs (2·MACs) of one token's forward pass through an adaptive-depth model
+  (``models.adaptive.AdaptiveConfig``), given the passes it runs per
+  layer (a number, or one per layer). Attention is counted over all ``seq_len`` keys, as
+  the implementation computes it (the causal mask does not skip work); the gate is
+  negligible (< 0.1%) and left out."""
+  d, ff = cfg.d_model, cfg.ff_dim
+  per_layer = passes if isinstance(passes, list) else [passes] * cfg.num_layers
+  per_pass = 4 * d * d + 4 * seq_len * d + 4 * d * ff  # q, out; scores + values; FFN
+  kv = 4 * d * d
+  return float(sum(kv + k * per_pass for k in per_layer) + 2 * d * cfg.vocab_size) + (
+    2.0 * semantic_dim * d
+  )

@@ -34,6 +34,7 @@ from homeo_jax.data import TextData, load_text_data, window_batches
 from homeo_jax.data.tokenizers import encode_prompt
 from homeo_jax.models import MODEL_TYPES
 from homeo_jax.models.decode import can_generate, generate
+from homeo_jax.models.losses import LossFn, lm_loss, with_z_loss
 from homeo_jax.training import config as config_lib
 from homeo_jax.training import flops as flops_lib
 from homeo_jax.training import sharding as sharding_lib
@@ -44,15 +45,12 @@ from homeo_jax.training.optimizers import build_optimizer, learning_rate_schedul
 from homeo_jax.training.report import write_report
 from homeo_jax.training.stages import StagedBatches
 from homeo_jax.training.step import (
-  LossFn,
   as_extra_args,
   check_wiring,
   functional_model,
   init_train_state,
-  lm_loss,
   make_eval_step,
   make_train_step,
-  with_z_loss,
 )
 
 PAUSE_FILE = ".pause"

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from homeo_jax.models.losses import LossFn, lm_loss
 from homeo_jax.regulators import base as regulators
 from homeo_jax.training.config import ConfigError
 
@@ -39,7 +40,6 @@ class TrainState(NamedTuple):
 
 
 ApplyFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
-LossFn = Callable[[jax.Array, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict]]
 
 
 def functional_model(model: nnx.Module) -> tuple[ApplyFn, Any]:
@@ -52,32 +52,6 @@ def functional_model(model: nnx.Module) -> tuple[ApplyFn, Any]:
     return module(tokens, controls=controls, deterministic=deterministic, rngs=rngs)
 
   return apply_fn, params
-
-
-def lm_loss(logits, targets, telemetry):
-  """Next-token cross entropy (+ ``telemetry["aux_loss"]`` when a model adds one).
-
-  Telemetry ``output_logit_mean``: the mean output logit, whose drift to large negative
-  values is the output-logit divergence of Wortsman et al. (2023)."""
-  with jax.named_scope("loss"):
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-    logit_mean = jax.lax.stop_gradient(jnp.mean(logits.astype(jnp.float32)))
-  loss = ce + telemetry.get("aux_loss", 0.0)
-  return loss, {**telemetry, "ce_loss": ce, "output_logit_mean": logit_mean}
-
-
-def with_z_loss(loss_fn: LossFn, weight: float) -> LossFn:
-  """``loss_fn`` + weight·mean(log Z²), Z the softmax normaliser of each position (PaLM,
-  Chowdhery et al. 2022; Wortsman et al. 2023: it stops output-logit divergence).
-  Telemetry ``z_loss`` is the added term."""
-
-  def objective(logits, targets, telemetry):
-    loss, telemetry = loss_fn(logits, targets, telemetry)
-    log_z = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
-    z_loss = weight * jnp.mean(jnp.square(log_z))
-    return loss + z_loss, {**telemetry, "z_loss": z_loss}
-
-  return objective
 
 
 def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:

@@ -14,11 +14,11 @@ from homeo_jax.models.adaptive import (
   AdaptiveConfig,
   AdaptiveDecoderLayer,
   AdaptiveTransformer,
-  adaptive_lm_loss,
   attention_features,
   safe_cosine,
 )
 from homeo_jax.models.decode import generate
+from homeo_jax.models.losses import adaptive_lm_loss
 
 VOCAB = 30
 STRINGS = [chr(97 + i % 26) * (1 + i // 26) for i in range(VOCAB)]

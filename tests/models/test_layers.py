@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from homeo_jax.models.layers import CausalSelfAttention, Dense, TransformerConfig, causal_attention
-from homeo_jax.training.step import lm_loss, with_z_loss
+from homeo_jax.models.losses import lm_loss, with_z_loss
 
 B, H, T, HD = 2, 3, 7, 4
 

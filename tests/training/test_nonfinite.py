@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from homeo_jax.data import window_batches
+from homeo_jax.models.losses import lm_loss
 from homeo_jax.training.checkpoint import Checkpointer
 from homeo_jax.training.config import ConfigError
 from homeo_jax.training.loop import NonFiniteError, train
-from homeo_jax.training.step import lm_loss
 from tests.conftest import run_cli, tiny_config
 
 POISON = 0  # a batch of this token only makes the fake loss NaN
