@@ -65,19 +65,44 @@ from homeo_jax.models.transformer import Transformer
 
 EMBEDDINGS = ("hybrid_fourier", "learned")
 FFNS = ("mlp", "moe")
-NUM_FEATURES = 5
-# Per-pass statistics accumulated in the loop carry, one row per pass.
-STAT_FIELDS = (
-  "alive",
-  "survival",
-  "p_sum",
-  "p2_sum",
-  "entropy_sum",
-  "drel_sum",
-  "dp_sum",
-  "p_low_sum",
-  "overflow",
-)
+
+
+class GateFeatures(NamedTuple):
+  """The continue gate's per-token inputs ``[B, T]`` each, in the gate's input order."""
+
+  entropy: jax.Array  # normalized attention entropy H / log(n_keys)
+  top_mass: jax.Array  # attention mass on the top-k keys
+  head_agreement: jax.Array  # 1 − std over heads of the entropy
+  relative_update: jax.Array  # ‖dh‖ / (‖h‖ + ε)
+  update_cosine: jax.Array  # cos(dh, dh_prev)
+
+  def stacked(self) -> jax.Array:
+    return jnp.stack(self, axis=-1)
+
+
+NUM_FEATURES = len(GateFeatures._fields)
+
+
+class PassStats(NamedTuple):
+  """Per-pass sums over the batch accumulated in the loop carry, each ``[max_passes]``."""
+
+  alive: jax.Array  # share of tokens alive entering the pass
+  survival: jax.Array  # mean s entering the pass
+  p_sum: jax.Array  # Σ p over the tokens the pass ran on
+  p2_sum: jax.Array  # Σ p²
+  entropy_sum: jax.Array  # Σ attention entropy
+  drel_sum: jax.Array  # Σ relative update
+  dp_sum: jax.Array  # Σ |p − p_prev| (from the second pass)
+  p_low_sum: jax.Array  # number of gates ≤ 0.05
+  overflow: jax.Array  # share of alive tokens past the gather capacity
+
+  @classmethod
+  def zeros(cls, passes: int) -> PassStats:
+    return cls(*(jnp.zeros((passes,), jnp.float32) for _ in cls._fields))
+
+  def record(self, k: jax.Array, **values: jax.Array) -> PassStats:
+    """The stats with pass ``k``'s entry set to ``values`` (every field)."""
+    return PassStats(*(getattr(self, f).at[k].set(values[f]) for f in self._fields))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +205,7 @@ class Carry(NamedTuple):
   p_prev: jax.Array  # [B, T] its last gate value
   expected: jax.Array  # [B, T] soft depth Σ s
   executed: jax.Array  # [B, T] passes executed
-  stats: jax.Array  # [max_passes, len(STAT_FIELDS)] per-pass sums
+  stats: PassStats  # per-pass sums
   ffn_telemetry: dict  # summed over executed passes
 
 
@@ -236,7 +261,7 @@ class AdaptiveDecoderLayer(nnx.Module):
       p_prev=zeros,
       expected=zeros,
       executed=zeros,
-      stats=jnp.zeros((self.cfg.max_passes, len(STAT_FIELDS)), jnp.float32),
+      stats=PassStats.zeros(self.cfg.max_passes),
       ffn_telemetry=None,
     )
 
@@ -303,8 +328,8 @@ class AdaptiveDecoderLayer(nnx.Module):
       jnp.sqrt(jnp.sum(h32 * h32, -1) + 1e-12) + 1e-6
     )
     cosine = safe_cosine(dh, dh_prev)
-    features = jnp.stack([entropy, top_mass, agreement, d_rel, cosine], axis=-1)
-    p = self.continue_gate(features)
+    features = GateFeatures(entropy, top_mass, agreement, d_rel, cosine)
+    p = self.continue_gate(features.stacked())
     p = jnp.where(clamp > 0, jnp.clip(p, 0.01, 0.95), p)
 
     w = jnp.where(alive, s, 0.0)
@@ -313,18 +338,17 @@ class AdaptiveDecoderLayer(nnx.Module):
     new_dh = jnp.where(alive[..., None], dh, dh_prev)
     new_p = jnp.where(alive, p, p_prev)
     fa = alive.astype(jnp.float32)
-    row = jnp.stack(
-      [
-        jnp.mean(alive_all.astype(jnp.float32)),
-        jnp.mean(carry.s),
-        jnp.sum(p * fa),
-        jnp.sum(p * p * fa),
-        jnp.sum(entropy * fa),
-        jnp.sum(d_rel * fa),
-        jnp.sum(jnp.abs(p - p_prev) * fa * (carry.k > 0)),
-        jnp.sum((p <= 0.05) * fa),
-        (jnp.sum(alive_all) - jnp.sum(alive)) / (b * t),
-      ]
+    stats = carry.stats.record(
+      carry.k,
+      alive=jnp.mean(alive_all.astype(jnp.float32)),
+      survival=jnp.mean(carry.s),
+      p_sum=jnp.sum(p * fa),
+      p2_sum=jnp.sum(p * p * fa),
+      entropy_sum=jnp.sum(entropy * fa),
+      drel_sum=jnp.sum(d_rel * fa),
+      dp_sum=jnp.sum(jnp.abs(p - p_prev) * fa * (carry.k > 0)),
+      p_low_sum=jnp.sum((p <= 0.05) * fa),
+      overflow=(jnp.sum(alive_all) - jnp.sum(alive)) / (b * t),
     )
     if gather:
 
@@ -347,7 +371,7 @@ class AdaptiveDecoderLayer(nnx.Module):
       p_prev=p_out,
       expected=expected,
       executed=executed,
-      stats=carry.stats.at[carry.k].set(row),
+      stats=stats,
       ffn_telemetry=ffn_telemetry
       if carry.ffn_telemetry is None or decode is not None
       else jax.tree.map(jnp.add, carry.ffn_telemetry, ffn_telemetry),
@@ -441,7 +465,7 @@ class AdaptiveDecoderLayer(nnx.Module):
     return carry.h.astype(x.dtype), cache, carry.executed[:, 0]
 
   def _telemetry(self, x: jax.Array, first: Carry, last: Carry) -> dict[str, jax.Array]:
-    stats = dict(zip(STAT_FIELDS, last.stats.T, strict=True))
+    stats = last.stats._asdict()
     n_alive = jnp.maximum(stats["alive"] * x.shape[0] * x.shape[1], 1.0)
     passes_run = jnp.sum((stats["alive"] > 0).astype(jnp.float32))  # the dense path's cost
     p_n = jnp.maximum(jnp.sum(stats["alive"]) * x.shape[0] * x.shape[1], 1.0)
