@@ -92,7 +92,7 @@ class PassStats(NamedTuple):
   p2_sum: jax.Array  # Σ p²
   entropy_sum: jax.Array  # Σ attention entropy
   drel_sum: jax.Array  # Σ relative update
-  dp_sum: jax.Array  # Σ |p − p_prev| (from the second pass)
+  dp_sum: jax.Array  # Σ (p − p_prev), signed (from the second pass)
   p_low_sum: jax.Array  # number of gates ≤ 0.05
   overflow: jax.Array  # share of alive tokens past the gather capacity
 
@@ -129,6 +129,9 @@ class AdaptiveConfig(TransformerConfig):
   hard_kill: bool = False  # recurrence off: one pass (same as force_k=1)
   coupon: bool = True  # compute the one-pass logits in training for the coupon reward
   reward_eta: float = 2.0
+  # The seed's coupon: its gradient flows through the final CE (models/losses.py).
+  # False: a stop-gradient reward, this library's earlier form.
+  coupon_gradient: bool = True
   price_from: str = ""  # regulator publishing compute_price/force_k/gate_clamp ("": none)
 
   def validate(self, prefix: str = "model") -> None:
@@ -346,7 +349,7 @@ class AdaptiveDecoderLayer(nnx.Module):
       p2_sum=jnp.sum(p * p * fa),
       entropy_sum=jnp.sum(entropy * fa),
       drel_sum=jnp.sum(d_rel * fa),
-      dp_sum=jnp.sum(jnp.abs(p - p_prev) * fa * (carry.k > 0)),
+      dp_sum=jnp.sum((p - p_prev) * fa * (carry.k > 0)),
       p_low_sum=jnp.sum((p <= 0.05) * fa),
       overflow=(jnp.sum(alive_all) - jnp.sum(alive)) / (b * t),
     )
@@ -565,7 +568,10 @@ class AdaptiveTransformer(nnx.Module):
   def loss_fn(self):
     """The Ouro-Spec objective for this model (the training loop picks it up)."""
     return functools.partial(
-      adaptive_lm_loss, reward_eta=self.cfg.reward_eta, max_passes=self.cfg.max_passes
+      adaptive_lm_loss,
+      reward_eta=self.cfg.reward_eta,
+      max_passes=self.cfg.max_passes,
+      coupon_gradient=self.cfg.coupon_gradient,
     )
 
   def control_reads(self) -> tuple[tuple[str, str], ...]:
@@ -689,5 +695,6 @@ class AdaptiveTransformer(nnx.Module):
       for k in range(self.cfg.max_passes):
         out[f"layer{i}/survival{k + 1}"] = merged["survival"][i, k]
     out["avg_k"] = out.pop("expected_k")  # soft depth, mean over layers and tokens
-    out["gap"] = out["k_exec"] - out["avg_k"]
+    # The seed's gap: passes the batch executed (what the dense path pays) − soft depth.
+    out["gap"] = out["passes_run"] - out["avg_k"]
     return out

@@ -57,17 +57,24 @@ def adaptive_lm_loss(
   *,
   reward_eta: float = 2.0,
   max_passes: int = 4,
+  coupon_gradient: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """CE + net ponder cost, the Ouro-Spec objective.
 
       signal  = relu(avg_k − 1) / (Kmax − 1)        avg_k the soft depth
       raw     = λ_p · signal                          λ_p the compute_price control
-      ΔCE     = relu(CE₁ − CE)                        CE₁ of the one-pass model
-      coupon  = reward_eta · ΔCE                      (stop_gradient)
+      ΔCE     = CE₁ − CE                              CE₁ of the one-pass model (no grad)
+      coupon  = reward_eta · relu(ΔCE)
       ponder  = relu(raw − coupon)
       loss    = CE + ponder (+ aux_loss of an MoE FFN)
 
-  Without one-pass logits (eval, or ``coupon=False``) ΔCE = 0.
+  As the seed: the coupon's gradient flows through CE (while the price is being paid,
+  the depth that lowers CE earns (1 + η)× its gradient: direct supervision for depth),
+  ΔCE is logged signed (a step where recurrence hurt shows as ΔCE < 0), and
+  ``delta_pred_entropy`` = H_final − H₁ (negative when recurrence sharpens the
+  prediction). ``coupon_gradient=False`` stops the coupon's gradient (the cost is then
+  priced against a constant reward). Without one-pass logits (eval, or the model's
+  ``coupon=False``) ΔCE = 0.
   """
   telemetry = dict(telemetry)
   pass1_logits = telemetry.pop("pass1_logits", None)
@@ -78,19 +85,20 @@ def adaptive_lm_loss(
   else:
     ce1 = optax.softmax_cross_entropy_with_integer_labels(pass1_logits, targets).mean()
     pass1_entropy = jnp.mean(_entropy(pass1_logits))
-  delta_ce = jax.lax.stop_gradient(jax.nn.relu(ce1 - ce))
+  delta_ce = jax.lax.stop_gradient(ce1) - ce
+  credit = jax.nn.relu(delta_ce if coupon_gradient else jax.lax.stop_gradient(delta_ce))
   signal = jax.nn.relu(telemetry["avg_k"] - 1.0) / max(max_passes - 1, 1)
   raw = telemetry.get("compute_price", 0.0) * signal
-  coupon = reward_eta * delta_ce
+  coupon = reward_eta * credit
   ponder = jax.nn.relu(raw - coupon)
   loss = ce + ponder + telemetry.get("aux_loss", 0.0)
   telemetry.update(
     ce_loss=ce,
     pass1_ce=jax.lax.stop_gradient(ce1),
-    delta_ce=delta_ce,
-    delta_pred_entropy=pass1_entropy - pred_entropy,
+    delta_ce=jax.lax.stop_gradient(delta_ce),
+    delta_pred_entropy=pred_entropy - jax.lax.stop_gradient(pass1_entropy),
     ponder_raw=raw,
-    coupon=coupon,
+    coupon=jax.lax.stop_gradient(coupon),
     ponder=ponder,
   )
   return loss, telemetry

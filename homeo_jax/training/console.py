@@ -45,17 +45,17 @@ def ouro_lines(step: int, m: Metrics) -> list[str]:
     f" | GRAD {m['grads/norm']:.3f} | λp {r('price'):.4g}{flags} | CTRL_ERR {r('ctrl_err'):+.3f}"
     f" | P_NR {100 * t('p_low'):.1f}% | BATON {t('baton_rat'):.3f}"
     f" | PL/LM {100 * t('ponder') / max(lm, 1e-9):.2f}%"
-    f" | exec {t('k_exec'):.2f}/k {t('avg_k'):.2f}/gap {t('gap'):+.2f}"
+    f" | exec {t('passes_run'):.2f}/k {t('avg_k'):.2f}/gap {t('gap'):+.2f}"
     f" | dt {1000 * m.get('dt', 0.0):.0f}ms | tok/s {m['tok_s']:,.0f}"
   ]
   delta_ce = t("delta_ce")
   tags = []
   if delta_ce > 0 and t("ponder") == 0 and t("ponder_raw") > 0:
     tags.append("[ECONOMIC WIN]")  # the extra depth paid for itself: coupon ≥ raw cost
-  if t("delta_pred_entropy") > 0:
-    tags.append("[CONFIDENCE+]")  # recurrence made the predictions sharper
-  if r("audit_delta_ce", 0.0) > 0:
-    tags.append("[AUDIT-POS]")
+  if t("delta_pred_entropy") < 0:
+    tags.append("[CONFIDENCE+]")  # recurrence made the predictions sharper (H_final < H₁)
+  if t("forced_k", 0.0) > 0 and step > 0 and delta_ce > 0:
+    tags.append("[AUDIT-POS]")  # this step was an audit, and its forced depth paid off
   lines.append(
     f"         recurrence | ΔCE {delta_ce:+.4f} | ΔH {t('delta_pred_entropy'):+.4f}"
     f" | CE1 {t('pass1_ce'):.4f}"
@@ -69,10 +69,11 @@ def ouro_lines(step: int, m: Metrics) -> list[str]:
 
       tails = "/".join(f"{100 * lt(f'tail{n}'):.0f}" for n in (2, 3, 4))
       lines.append(
-        f"  L{i} k_exec {lt('k_exec'):.2f} E[k] {lt('expected_k'):.2f} s_fin {lt('s_fin'):.3f}"
-        f" avg {lt('k_exec'):.2f} p95 {lt('k_p95'):.1f} tail≥2/3/4 {tails}%"
-        f" H {lt('entropy'):.3f} p {lt('p_mu'):.3f}±{lt('p_std'):.3f} d_rel {lt('d_rel'):.3f}"
-        f" Δh {lt('delta_h'):.3f} Δp {lt('delta_p'):.3f}"
+        f"  L{i} k_exec {lt('passes_run'):.0f} E[k] {lt('expected_k'):.2f}"
+        f" s_fin {lt('s_fin'):.3f} avg {lt('k_exec'):.2f} p95 {lt('k_p95'):.1f}"
+        f" tail≥2/3/4 {tails}% H {lt('entropy'):.3f} p {lt('p_mu'):.3f}±{lt('p_std'):.3f}"
+        f" d_rel {lt('d_rel'):.3f} Δh {lt('delta_h'):.3f} Δp {lt('delta_p'):+.3f}"
+        f" | ponder {t('ponder'):.4f} λp {r('price'):.4g}"
       )
   if step % 50 == 0:
     for i in _layers(m):

@@ -246,7 +246,31 @@ def test_loss_prices_depth_and_pays_the_coupon():
     assert float(out["ponder_raw"]) == pytest.approx(raw, rel=1e-5)
     assert float(out["coupon"]) == pytest.approx(coupon, rel=1e-5, abs=1e-7)
     assert float(loss) == pytest.approx(ce + max(raw - coupon, 0.0), rel=1e-5)
+    assert float(out["delta_ce"]) == pytest.approx(ce1 - ce, rel=1e-5)  # signed
     assert "pass1_logits" not in out
+
+
+def test_coupon_gradient_is_the_seeds_depth_supervision():
+  # While the price is paid (raw > coupon > 0), the coupon −η·(CE₁ − CE) adds η·∇CE: the
+  # loss's gradient is (1 + η)·∇CE; with coupon_gradient=False it is ∇CE.
+  rng = np.random.default_rng(2)
+  pass1 = jnp.asarray(rng.normal(size=(2, 4, 7)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 7, size=(2, 4)))
+  logits = pass1 + 0.3 * jax.nn.one_hot(targets, 7)  # recurrence helped: CE < CE₁
+  tel = {"avg_k": jnp.float32(4.0), "compute_price": jnp.float32(1.0), "pass1_logits": pass1}
+  eta = 0.5
+
+  def loss(lg, coupon_gradient):
+    out = adaptive_lm_loss(lg, targets, tel, reward_eta=eta, coupon_gradient=coupon_gradient)
+    return out[0], out[1]
+
+  _, out = loss(logits, True)
+  assert 0 < float(out["coupon"]) < float(out["ponder_raw"])  # the price is being paid
+  ce_grad = jax.grad(lambda lg: optax.softmax_cross_entropy_with_integer_labels(lg, targets).mean())
+  seed = jax.grad(lambda lg: loss(lg, True)[0])(logits)
+  frozen = jax.grad(lambda lg: loss(lg, False)[0])(logits)
+  np.testing.assert_allclose(seed, (1 + eta) * ce_grad(logits), atol=1e-6)
+  np.testing.assert_allclose(frozen, ce_grad(logits), atol=1e-6)
 
 
 def test_generate_keeps_the_prompt_and_samples_in_vocab():

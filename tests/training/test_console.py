@@ -1,0 +1,38 @@
+from homeo_jax.training.console import ouro_lines
+
+
+def metrics(**overrides):
+  m = {
+    "loss": 2.0, "lr": 1e-3, "grads/norm": 0.5, "dt": 0.01, "tok_s": 1000.0,
+    "telemetry/ce_loss": 1.9, "telemetry/ponder": 0.0, "telemetry/ponder_raw": 0.01,
+    "telemetry/coupon": 0.02, "telemetry/p_low": 0.1, "telemetry/baton_rat": 0.2,
+    "telemetry/passes_run": 3.0, "telemetry/k_exec": 1.6, "telemetry/avg_k": 1.5,
+    "telemetry/gap": 1.5, "telemetry/delta_ce": 0.01, "telemetry/delta_pred_entropy": -0.02,
+    "telemetry/pass1_ce": 1.91, "telemetry/forced_k": 0.0,
+    "telemetry/layer0/passes_run": 3.0, "telemetry/layer0/k_exec": 1.6,
+    "telemetry/layer0/delta_p": -0.05,
+    "regulators/compute_price/price": 0.03, "regulators/compute_price/deadband": 0.0,
+    "regulators/compute_price/ctrl_err": 0.1, "regulators/compute_price/audit_delta_ce": 0.5,
+  }  # fmt: skip
+  m.update({k.replace("__", "/"): v for k, v in overrides.items()})
+  return m
+
+
+def test_ouro_lines_use_the_seeds_semantics():
+  lines = ouro_lines(10, metrics())
+  # exec is the batch's executed passes; the layer line: k_exec = passes run, avg = mean
+  assert "exec 3.00/k 1.50/gap +1.50" in lines[0]
+  assert "L0 k_exec 3 " in lines[2] and "avg 1.60" in lines[2] and "Δp -0.050" in lines[2]
+  assert "ponder 0.0000 λp 0.03" in lines[2]
+  # the coupon covered the raw cost; recurrence sharpened the prediction (ΔH < 0)
+  assert "[ECONOMIC WIN]" in lines[1] and "[CONFIDENCE+]" in lines[1]
+  # a positive ΔCE from an earlier audit does not latch onto a regular step
+  assert "[AUDIT-POS]" not in lines[1] and "[AUDIT]" not in lines[0]
+
+
+def test_ouro_flags_follow_the_step():
+  audit = ouro_lines(11, metrics(telemetry__forced_k=2.0))
+  assert "[AUDIT]" in audit[0] and "[AUDIT-POS]" in audit[1]
+  hurt = ouro_lines(11, metrics(telemetry__delta_ce=-0.01, telemetry__delta_pred_entropy=0.01))
+  assert "ΔCE -0.0100" in hurt[1]  # signed: a step where recurrence hurt is visible
+  assert not any(tag in hurt[1] for tag in ("[ECONOMIC WIN]", "[CONFIDENCE+]", "[AUDIT-POS]"))
