@@ -73,10 +73,11 @@ def test_window_features_against_float64():
 def test_amplitude_channels_tell_a_cliff_from_a_jitter_of_the_same_shape():
   shape = np.zeros(16)
   shape[10] = 1.0
-  jitter, cliff = np.exp(0.01 * shape), np.exp(0.5 * shape)  # +1% vs +65% at step 10
+  jitter, cliff = np.exp(0.05 * shape), np.exp(0.5 * shape)  # +5% vs +65% at step 10
   fj, fc = window_features(jnp.asarray(jitter)), window_features(jnp.asarray(cliff))
-  np.testing.assert_allclose(fj[0], fc[0], atol=0.05)  # the seed's input: nearly alike
-  assert float(fc[2, 10]) > 0.95 > 0.1 > float(fj[2, 10]) > 0  # the change channel differs
+  np.testing.assert_allclose(fj[0], fc[0], atol=0.3)  # the seed's input: nearly alike
+  assert float(fc[2, 10]) > 0.95 > 0.25 > float(fj[2, 10]) > 0  # the change channel differs
+  assert float(fc[1, 10]) > 3 * float(fj[1, 10]) > 0  # and the level channel
   # every channel is unchanged when the window is scaled (tasks of any loss scale)
   np.testing.assert_allclose(window_features(jnp.asarray(cliff * 1e3)), fc, atol=1e-5)
 
@@ -203,21 +204,16 @@ def shakespeare_bytes():
   return thyroid_meta.corpus_bytes("shakespeare", 100_000)
 
 
-@pytest.mark.parametrize(
-  "family, first_seed, count",
-  [("mlp", 2_000_000, 16), ("mlp", 2_000_001, 16), ("lm_2bit", 2_000_000, 4)],
-  ids=["mlp_float", "mlp_2bit", "lm_2bit"],
-)
-def test_meta_gradient_matches_finite_differences(family, first_seed, count, shakespeare_bytes):
+@pytest.mark.parametrize("first_seed", [2_000_000, 2_000_001], ids=["float", "2bit"])
+def test_meta_gradient_matches_finite_differences(first_seed):
   # The meta-gradient through the 32-step unroll must be the objective's true slope, on
-  # float tasks and on 2-bit ones (which is why they train through the soft staircase),
-  # the MLPs' and the LMs' (AdamW through the library's QuantTransformer).
+  # float MLP tasks and on 2-bit ones (which is why they train through the soft
+  # staircase). On the tiny LMs it is not (README: J is rough there, measured).
   start = init_thyroid_params("alpha", 1, 0)
-  seeds = jnp.arange(first_seed, first_seed + 2 * count, 2)
-  corpus = None if family == "mlp" else shakespeare_bytes
+  seeds = jnp.arange(first_seed, first_seed + 32, 2)
 
   def objective(p):
-    return thyroid_meta.mean_objective(p, "alpha", seeds, family, corpus)
+    return thyroid_meta.mean_objective(p, "alpha", seeds)
 
   value_and_grad = jax.jit(jax.value_and_grad(objective))
 
@@ -233,13 +229,14 @@ def test_meta_gradient_matches_finite_differences(family, first_seed, count, sha
 
 
 def test_meta_training_lowers_the_objective_on_held_out_tasks():
-  # A small version of experiments/thyroid_meta_train.py: 16 meta-steps of 16 tasks,
+  # A small version of experiments/thyroid_meta_train.py: 16 meta-steps (Adam 3e-2) of 16 tasks,
   # early stopping on 16 validation tasks, judged on 32 tasks it never saw.
   neutral = init_thyroid_params("alpha_lambda_tau")
   trained, history = thyroid_meta.meta_train(
     "alpha_lambda_tau",
     iterations=16,
     tasks_per_step=16,
+    learning_rate=3e-2,
     init=neutral,
     validation={"mlp": (thyroid_meta.validation_seeds(16), None)},
     eval_every=8,
@@ -248,7 +245,7 @@ def test_meta_training_lowers_the_objective_on_held_out_tasks():
   test = thyroid_meta.held_out_seeds(32)
   before = thyroid_meta.evaluate(neutral, "alpha_lambda_tau", test).mean()
   after = thyroid_meta.evaluate(trained, "alpha_lambda_tau", test).mean()
-  assert after < before - 0.002, (before, after)  # measured: -0.0560 -> -0.0610
+  assert after < before - 0.002, (before, after)  # measured: -0.0560 -> -0.0609
 
 
 @pytest.mark.parametrize("version", ["alpha", "alpha_lambda_tau", "per_group"])
@@ -383,3 +380,20 @@ def test_constant_policy_is_the_bar_on_the_same_tasks():
   single = thyroid_meta.evaluate(thyroid_meta.constant_policy(2.0, 1.0, 0.5), None, seeds)
   np.testing.assert_allclose(grid[1], single, rtol=1e-5, atol=1e-6)
   assert grid[1].mean() < grid[0].mean() - 0.005
+
+
+@pytest.mark.parametrize("family", ["lm", "lm_2bit"])
+def test_lm_tasks_train_the_librarys_models(family, shakespeare_bytes):
+  """The LM families really train: AdamW at the task's lr makes more progress (lower J)
+  than at a tenth of it, on every one of 4 tasks; the objective and its meta-gradient
+  are finite."""
+  seeds = jnp.arange(2_000_000, 2_000_004)
+  grid = thyroid_meta.constant_grid([(1.0, 1.0, 1.0), (0.1, 1.0, 1.0)], family, seeds,
+                                    shakespeare_bytes)  # fmt: skip
+  assert (grid[0] < grid[1]).all(), grid
+  params = init_thyroid_params("alpha_lambda_tau")
+  value, grads = jax.value_and_grad(thyroid_meta.mean_objective)(
+    params, "alpha_lambda_tau", seeds[:2], family, shakespeare_bytes
+  )
+  assert np.isfinite(float(value))
+  assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))

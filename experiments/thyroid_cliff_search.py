@@ -1,0 +1,112 @@
+"""The search for a quantization-cliff regime: manual 2-bit AdamW in harsher and harsher
+settings, one seed each, counting cliff incidents as ``thyroid_2bit.py`` defines them.
+
+    python experiments/thyroid_cliff_search.py
+
+Each setting is ``configs/thyroid_2bit.py:cpu`` with AdamW and the overrides below
+(higher lr, β2 = 0.999 without a gradient clip, lower temperature, constant lr,
+per-tensor scales, ternary levels, wider and deeper models, 1,000–2,000 steps). A regime
+is a cliff regime when a setting has ≥ 3 incidents per run. Prints, per setting: loss
+spikes, cliff incidents, the largest loss / EMA ratio after the burn-in, and the final
+validation loss; writes ``runs/thyroid_cliff_probe/report.md``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from thyroid_2bit import ADAMW, cliff_trace, running_stats, train_with_flip_monitor  # noqa: E402
+
+from homeo_jax.training.config import load_config  # noqa: E402
+from homeo_jax.training.cpu import reexec_with_page_keeping_allocator  # noqa: E402
+from homeo_jax.training.experiment import markdown_table, read_run, run_arms  # noqa: E402
+from homeo_jax.training.loop import hardware_description, load_data  # noqa: E402
+
+LR = "optimizer.learning_rate="
+HARSH = ["optimizer.b2=0.999", "optimizer.grad_clip=0"]
+TENSOR, TERNARY = "model.scale=tensor", "model.levels=ternary"
+SETTINGS = {  # name: (steps, overrides)
+  "lr1e-2": (1000, [LR + "1e-2"]),
+  "lr3e-2": (1000, [LR + "3e-2"]),
+  "lr1e-1": (1000, [LR + "1e-1"]),
+  "lr3e-2_t02": (1000, [LR + "3e-2", "model.base_temperature=0.02"]),
+  "lr3e-2_d128": (1000, [LR + "3e-2", "model.d_model=128"]),
+  "lr1e-2_const": (1000, [LR + "1e-2", "optimizer.schedule=constant"]),
+  "s2k_lr1e-1": (2000, [LR + "1e-1"]),
+  "s2k_lr1e-1_tensor": (2000, [LR + "1e-1", TENSOR]),
+  "s2k_lr3e-2_tensor": (2000, [LR + "3e-2", TENSOR]),
+  "s2k_lr1e-1_tensor_tern": (2000, [LR + "1e-1", TENSOR, TERNARY]),
+  "s2k_lr1e-1_tensor_t02": (2000, [LR + "1e-1", TENSOR, "model.base_temperature=0.02"]),
+  "b999_lr1e-2": (2000, [LR + "1e-2", *HARSH]),
+  "b999_lr3e-2": (2000, [LR + "3e-2", *HARSH]),
+  "b999_lr1e-2_tensor": (2000, [LR + "1e-2", *HARSH, TENSOR]),
+  "b999_lr1e-2_d128": (2000, [LR + "1e-2", *HARSH, "model.d_model=128"]),
+  "p4_tern_tensor_lr3e-2": (1000, [LR + "3e-2", *HARSH, TENSOR, TERNARY]),
+  "p4_tensor_t002_const": (
+    1000,
+    [
+      LR + "3e-2",
+      *HARSH,
+      TENSOR,
+      "model.base_temperature=0.02",
+      "optimizer.schedule=constant",
+      "optimizer.warmup_steps=0",
+    ],
+  ),  # fmt: skip
+  "p4_L4d128_tensor": (
+    1000,
+    [LR + "1e-2", *HARSH, TENSOR, "model.num_layers=4", "model.d_model=128"],
+  ),
+  "p4_wd0_t002": (
+    1000,
+    [LR + "1e-2", *HARSH, "model.base_temperature=0.02", "optimizer.weight_decay=0"],
+  ),
+}
+
+
+def main() -> None:
+  reexec_with_page_keeping_allocator(sys.argv)
+  root = Path(__file__).resolve().parents[1]
+  base = load_config(f"{root}/configs/thyroid_2bit.py:cpu")
+  data = load_data(base)
+  out = Path("runs/thyroid_cliff_probe")
+  arms = {
+    name: [*ADAMW, f"train.steps={steps}", "train.checkpoint_every=100000", *overrides]
+    for name, (steps, overrides) in SETTINGS.items()
+  }
+  runs = run_arms(base, arms, [0], out, data=data, train_fn=train_with_flip_monitor)
+  rows = []
+  for name, (steps, overrides) in SETTINGS.items():
+    records, stats = read_run(runs[name][0])
+    _, loss, _, spike, incident = cliff_trace(records)
+    ema, _ = running_stats(loss)
+    ratio = float(np.max(loss[20:] / ema[20:]))
+    rows.append(
+      [
+        name,
+        steps,
+        " ".join(o for o in overrides),
+        int(spike.sum()),
+        int(incident.sum()),
+        f"{ratio:.3f}",
+        f"{stats['val_loss']:.4f}",
+      ]
+    )
+  table = markdown_table(
+    ["setting", "steps", "overrides", "loss spikes", "cliff incidents", "max loss/EMA",
+     "final val"],
+    rows,
+  )  # fmt: skip
+  print(table)
+  (out / "report.md").write_text(
+    f"# Cliff-regime search (seed 0)\n\n{hardware_description()}\n\n{table}\n"
+  )
+
+
+if __name__ == "__main__":
+  main()
