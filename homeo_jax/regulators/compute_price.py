@@ -15,12 +15,16 @@ Per step t (its batch ran with the controls published at t − 1):
 1. dual ascent, when t ≥ ``warmup_steps``, the step was not an audit and avg_k is
    finite:  λ_p ← clip(λ_p + r·dual_lr·(avg_k − target_k), price_min, price_max),
    r = 1 before the deadband engages;
-2. deadband: once engaged, r = 0 inside [0.98·target_k, 1.05·target_k] and
-   r = ``deadband_rate`` (½) outside. The seed's trigger "λ_p > 0.50 for 100 steps" can
-   never fire under price_max = 0.05, so the trigger here is *settling*: λ_p has stayed
-   within ±``settle_rtol`` (5%) of a reference value for ``settle_steps`` (100)
-   consecutive control steps (the reference resets whenever λ_p leaves that range).
-   Once engaged it stays engaged (it is part of the state and of the checkpoint);
+2. deadband: once engaged, r = 0 inside [0.98·target_k, 1.05·target_k] and, as the
+   seed, outside it the step is measured from the band's nearer *edge* (avg_k − 1.05·
+   target_k above, avg_k − 0.98·target_k below) at r = ``deadband_rate`` (½). The seed's
+   trigger "λ_p > 0.50 for 100 steps" can never fire under price_max = 0.05, so the
+   trigger here is *settling*: λ_p has stayed within ±``settle_rtol`` (5%) of a reference
+   value for ``settle_steps`` (100) consecutive control steps, away from its clamps (a
+   price pinned at price_min or price_max is saturated, not settled: those steps do not
+   count). The reference resets whenever λ_p leaves that range. Once engaged it stays
+   engaged (it is part of the state and of the checkpoint);
+   ``deadband_steps_since_trigger`` counts the steps since;
 3. audit: with probability ``audit_prob`` (5%), from ``audit_start`` on, the next step
    is an audit: the model runs force_k = 2 and the step's avg_k is not fed to the dual
    ascent; its ΔCE is logged as ``audit_delta_ce`` (regular steps: ``delta_ce``).
@@ -81,6 +85,7 @@ class ComputePriceState(NamedTuple):
     "delta_ce",
     "audit_delta_ce",
     "audits",
+    "deadband_steps_since_trigger",
   )
 
   spec: RegulatorSpec  # static: name, telemetry read, controls published
@@ -89,6 +94,7 @@ class ComputePriceState(NamedTuple):
   settle_ref: jax.Array  # shape=(), float32: reference value of the settling test
   settle_count: jax.Array  # shape=(), int32: control steps λ_p stayed near settle_ref
   deadband: jax.Array  # shape=(), int32: 1 once the deadband has engaged
+  deadband_steps_since_trigger: jax.Array  # shape=(), int32: steps since it engaged
   audit: jax.Array  # shape=(), int32: 1 when the step about to run is an audit
   audits: jax.Array  # shape=(), int32: audits run so far
   avg_k: jax.Array  # shape=(), float32: last soft depth seen
@@ -187,6 +193,7 @@ def compute_price(
       settle_ref=fresh(price, jnp.float32),
       settle_count=fresh(0, jnp.int32),
       deadband=fresh(0, jnp.int32),
+      deadband_steps_since_trigger=fresh(0, jnp.int32),
       audit=fresh(0, jnp.int32),
       audits=fresh(0, jnp.int32),
       avg_k=fresh(1.0, jnp.float32),
@@ -205,15 +212,20 @@ def compute_price(
     finite = jnp.isfinite(avg_k)
     control = (state.step >= warmup_steps) & ~was_audit & finite
     err = jnp.where(finite, avg_k - target_k, 0.0)
-    inside = (avg_k >= deadband[0] * target_k) & (avg_k <= deadband[1] * target_k)
-    rate = jnp.where(state.deadband > 0, jnp.where(inside, 0.0, deadband_rate), 1.0)
+    lo_edge, hi_edge = deadband[0] * target_k, deadband[1] * target_k
+    inside = (avg_k >= lo_edge) & (avg_k <= hi_edge)
+    engaged_now = state.deadband > 0
+    rate = jnp.where(engaged_now, jnp.where(inside, 0.0, deadband_rate), 1.0)
+    edge_err = jnp.where(avg_k > hi_edge, avg_k - hi_edge, avg_k - lo_edge)
+    step_err = jnp.where(engaged_now & finite, edge_err, err)
     if fixed_price is None:
       if controller == "log_pi":
-        rel, prev = err / target_k, state.ctrl_err / target_k
-        log_step = rate * (integral_gain * rel + proportional_gain * (rel - prev))
+        # integral on the (edge) error, proportional on the change of the error
+        rel, change = step_err / target_k, (err - state.ctrl_err) / target_k
+        log_step = rate * (integral_gain * rel + proportional_gain * change)
         stepped = jnp.clip(state.price * jnp.exp(log_step), price_min, price_max)
       else:
-        stepped = jnp.clip(state.price + rate * dual_lr * err, price_min, price_max)
+        stepped = jnp.clip(state.price + rate * dual_lr * step_err, price_min, price_max)
       price = jnp.where(control, stepped, state.price)
     else:
       price = state.price
@@ -221,8 +233,9 @@ def compute_price(
       state.settle_ref, price_min
     )
     settle_ref = jnp.where(control & moved, price, state.settle_ref)
+    clamped = (price <= price_min) | (price >= price_max)
     settle_count = jnp.where(
-      control, jnp.where(moved, 0, state.settle_count + 1), state.settle_count
+      control, jnp.where(moved | clamped, 0, state.settle_count + 1), state.settle_count
     )
     engaged = jnp.maximum(state.deadband, (settle_count >= settle_steps).astype(jnp.int32))
 
@@ -237,6 +250,7 @@ def compute_price(
       settle_ref=settle_ref,
       settle_count=settle_count,
       deadband=engaged,
+      deadband_steps_since_trigger=state.deadband_steps_since_trigger + state.deadband,
       audit=audit,
       audits=state.audits + was_audit.astype(jnp.int32),
       avg_k=jnp.where(finite, avg_k, state.avg_k),

@@ -29,11 +29,17 @@ def reference(avg_ks, audits, *, target, lr, lo, hi, warmup, settle_steps, rtol,
   price, ref, count, engaged, out = lo, lo, 0, False, []
   for t, (k, audit) in enumerate(zip(avg_ks, audits, strict=True)):
     if t >= warmup and not audit and np.isfinite(k):
-      inside = band[0] * target <= k <= band[1] * target
-      r = (0.0 if inside else rate) if engaged else 1.0
-      price = float(np.clip(price + r * lr * (k - target), lo, hi))
+      low_edge, high_edge = band[0] * target, band[1] * target
+      if engaged:  # inside the band: hold; outside: half rate, from the nearer edge
+        r = 0.0 if low_edge <= k <= high_edge else rate
+        err = k - high_edge if k > high_edge else k - low_edge
+      else:
+        r, err = 1.0, k - target
+      price = float(np.clip(price + r * lr * err, lo, hi))
       if abs(price - ref) > rtol * max(ref, lo):
         ref, count = price, 0
+      elif price <= lo or price >= hi:  # saturated at a clamp: not settled
+        count = 0
       else:
         count += 1
       engaged = engaged or count >= settle_steps
@@ -84,13 +90,25 @@ def test_clamps_and_bad_telemetry():
   assert bad.avg_k[2] == 1.0 and bad.avg_k[3] == 1.5
 
 
-def test_deadband_holds_inside_and_halves_outside():
+def test_deadband_holds_inside_and_steps_from_the_edge_outside():
   tx = compute_price(dual_lr=1e-2, warmup_steps=0, audit_prob=0.0, settle_steps=3, price_max=5e-2)
-  # at the max clamp from step 0, unmoved for 3 more steps -> settled -> deadband engaged
-  s = run(tx, np.concatenate([np.full(5, 10.0), [1.3 * 1.02, 1.3 * 1.04, 1.0]]))
-  assert list(s.deadband[:5]) == [0, 0, 0, 1, 1]
-  assert s.price[5] == s.price[4] and s.price[6] == s.price[4]  # inside the band: no move
-  np.testing.assert_allclose(s.price[7], s.price[6] + 0.5 * 1e-2 * (1.0 - 1.3), rtol=1e-6)
+  # one step up off the floor, then on target: λ_p unmoved for 3 steps -> settled -> engaged
+  s = run(tx, [1.8, 1.3, 1.3, 1.3, 1.3 * 1.02, 1.3 * 1.04, 1.0, 2.0])
+  np.testing.assert_allclose(s.price[0], 1e-4 + 1e-2 * 0.5, rtol=1e-6)
+  assert list(s.deadband) == [0, 0, 0, 1, 1, 1, 1, 1]
+  assert list(s.deadband_steps_since_trigger) == [0, 0, 0, 0, 1, 2, 3, 4]
+  assert s.price[5] == s.price[3] and s.price[4] == s.price[3]  # inside the band: no move
+  # outside: half rate, measured from the nearer band edge (0.98·1.3 below, 1.05·1.3 above)
+  np.testing.assert_allclose(s.price[6], s.price[5] + 0.5 * 1e-2 * (1.0 - 0.98 * 1.3), rtol=1e-5)
+  np.testing.assert_allclose(s.price[7], s.price[6] + 0.5 * 1e-2 * (2.0 - 1.05 * 1.3), rtol=1e-5)
+
+
+def test_a_price_pinned_at_its_clamp_never_triggers_the_deadband():
+  tx = compute_price(dual_lr=1e-2, warmup_steps=0, audit_prob=0.0, settle_steps=3, price_max=5e-2)
+  high = run(tx, np.full(20, 10.0))  # λ_p saturates at price_max: saturated, not settled
+  low = run(tx, np.full(20, 1.0))  # and at price_min
+  assert high.price[-1] == np.float32(5e-2) and low.price[-1] == np.float32(1e-4)
+  assert high.deadband.max() == 0 and low.deadband.max() == 0
 
 
 def test_audits_are_forced_to_two_passes_and_kept_apart():
