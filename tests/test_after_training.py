@@ -170,6 +170,8 @@ def test_adaptive_bpe_run_samples_with_its_passes(tmp_path, capsys):
   )  # fmt: skip
   train(config)
   capsys.readouterr()  # the training log
+  layers = json.loads((tmp_path / "stats.json").read_text())["layers"]  # per-layer telemetry
+  assert len(layers) == model.num_layers and {"k_exec", "passes_run"} <= set(layers[0])
   argv = ["--run_dir", str(tmp_path), "--prompt", "To be", "--max_new_tokens", "20"]
   assert sample.main([*argv, "--show_passes"]) == 0
   out = capsys.readouterr().out

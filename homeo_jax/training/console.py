@@ -26,6 +26,15 @@ def _layers(m: Metrics) -> list[int]:
   return sorted({int(k.split("/")[1][5:]) for k in m if k.startswith("telemetry/layer")})
 
 
+def layer_rows(m: Metrics) -> list[dict[str, float]]:
+  """The per-layer telemetry ``telemetry/layer{i}/{key}`` as one dict per layer (the
+  ``layers`` list of stats.json); empty for a model without per-layer telemetry."""
+  return [
+    {k.split("/", 2)[2]: v for k, v in m.items() if k.startswith(f"telemetry/layer{i}/")}
+    for i in _layers(m)
+  ]
+
+
 def ouro_lines(step: int, m: Metrics) -> list[str]:
   """TOT, LM, PONDER (RAW, RWD), LR, GRAD, λ_p [DB], CTRL_ERR, P_NR, BATON, PL/LM,
   exec/k/gap, dt, tok/s; per-layer stats every 10 steps; survival every 50."""

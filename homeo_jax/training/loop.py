@@ -39,7 +39,7 @@ from homeo_jax.training import config as config_lib
 from homeo_jax.training import flops as flops_lib
 from homeo_jax.training import sharding as sharding_lib
 from homeo_jax.training.checkpoint import Checkpointer
-from homeo_jax.training.console import LINE_FORMATS
+from homeo_jax.training.console import LINE_FORMATS, layer_rows
 from homeo_jax.training.metrics import RunFiles, atomic_write_text, to_python
 from homeo_jax.training.optimizers import build_optimizer, learning_rate_schedule
 from homeo_jax.training.report import write_report
@@ -468,6 +468,8 @@ def train(
         metrics["lr"] = float(lr_schedule(step - 1))
       files.append_metrics({"step": step, **metrics, "tokens_per_second": tok_s})
       stats["last_metrics"] = metrics
+      if layers := layer_rows(metrics):
+        stats["layers"] = layers
       for line in LINE_FORMATS[t.log_format](step, metrics):
         bar.write(line)
     return step if bad else None

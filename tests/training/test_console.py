@@ -1,4 +1,4 @@
-from homeo_jax.training.console import ouro_lines
+from homeo_jax.training.console import layer_rows, ouro_lines
 
 
 def metrics(**overrides):
@@ -36,3 +36,10 @@ def test_ouro_flags_follow_the_step():
   hurt = ouro_lines(11, metrics(telemetry__delta_ce=-0.01, telemetry__delta_pred_entropy=0.01))
   assert "ΔCE -0.0100" in hurt[1]  # signed: a step where recurrence hurt is visible
   assert not any(tag in hurt[1] for tag in ("[ECONOMIC WIN]", "[CONFIDENCE+]", "[AUDIT-POS]"))
+
+
+def test_layer_rows_group_the_per_layer_telemetry():
+  m = {"telemetry/layer0/k_exec": 1.5, "telemetry/layer1/k_exec": 2.0,
+       "telemetry/layer1/survival2": 0.4, "telemetry/avg_k": 1.7, "loss": 1.0}  # fmt: skip
+  assert layer_rows(m) == [{"k_exec": 1.5}, {"k_exec": 2.0, "survival2": 0.4}]
+  assert layer_rows({"loss": 1.0}) == []
