@@ -61,6 +61,7 @@ from homeo_jax.training.optimizers import build_optimizer  # noqa: E402
 SWEEP = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)  # peak lrs of the manual arm's sweep
 GRID = [(lam, tau) for lam in (0.1, 1.0, 2.0) for tau in (0.5, 1.0, 2.0)]
 ADAMW = ["optimizer.name=adamw", "optimizer.kwargs={}", "model.temperature_from="]
+FLOAT_ADAMW = ADAMW[:2]  # the float model reads no temperature
 THYROID = {
   "thyroid_alpha": ["optimizer.kwargs.version=alpha"],
   "thyroid_alt": ["optimizer.kwargs.version=alpha_lambda_tau"],
@@ -177,7 +178,7 @@ def main() -> None:
   runs.update(
     run_arms(
       as_float(base),
-      {"float_adamw": [*ADAMW, *peak(best_lr)], "float_thyroid": []},
+      {"float_adamw": [*FLOAT_ADAMW, *peak(best_lr)], "float_thyroid": []},
       args.seeds,
       out,
       data=data,

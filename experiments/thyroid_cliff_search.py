@@ -69,6 +69,33 @@ SETTINGS = {  # name: (steps, overrides)
 }
 
 
+SHORT = {
+  LR: "lr ",
+  "optimizer.b2=0.999": "β2 0.999",
+  "optimizer.grad_clip=0": "no clip",
+  TENSOR: "per-tensor scale",
+  TERNARY: "ternary",
+  "model.base_temperature=0.02": "τ₀ 0.02",
+  "model.d_model=128": "d 128",
+  "model.num_layers=4": "4 layers",
+  "optimizer.schedule=constant": "constant lr",
+  "optimizer.warmup_steps=0": "no warm-up",
+  "optimizer.weight_decay=0": "wd 0",
+}
+
+
+def describe(overrides: list[str]) -> str:
+  """The overrides in a few words (``SHORT``)."""
+  words = []
+  for o in overrides:
+    for long, short in SHORT.items():
+      if o.startswith(long):
+        o = short + o[len(long) :] if long == LR else short
+        break
+    words.append(o)
+  return ", ".join(words)
+
+
 def main() -> None:
   reexec_with_page_keeping_allocator(sys.argv)
   root = Path(__file__).resolve().parents[1]
@@ -90,7 +117,7 @@ def main() -> None:
       [
         name,
         steps,
-        " ".join(o for o in overrides),
+        describe(overrides),
         int(spike.sum()),
         int(incident.sum()),
         f"{ratio:.3f}",
