@@ -1,6 +1,10 @@
 """Command-line entry point: ``python -m homeo_jax.train --config configs/X.py[:preset]``.
 
     python -m homeo_jax.train --config configs/shakespeare_char.py:cpu --set train.steps=200
+    python -m homeo_jax.train --resume runs/shakespeare_char_cpu --set train.steps=8000
+
+``--resume`` takes a run folder (or a checkpoint inside it): the run's own config.json is
+the config (``--set`` still applies) and training continues from its latest checkpoint.
 
 Exit status: 0 when the run finished or paused (launch again to resume), 2 on a bad
 config value, data or run folder (one line on stderr naming the key), 3 when non-finite
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from homeo_jax.training import config as config_lib
 from homeo_jax.training.checkpoint import CheckpointError
@@ -20,7 +25,13 @@ from homeo_jax.training.loop import NonFiniteError
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="homeo_jax.train", description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True, help="config file, optionally :preset")
+  parser.add_argument("--config", default=None, help="config file, optionally :preset")
+  parser.add_argument(
+    "--resume",
+    default=None,
+    metavar="RUN",
+    help="continue the run in this folder (or a checkpoint inside it) from its latest checkpoint",
+  )
   parser.add_argument(
     "--set",
     action="append",
@@ -35,7 +46,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default=None,
     help="pin the Ouro-Spec compute price λ_p (optimizer.kwargs.fixed_price)",
   )
-  return parser.parse_args(argv)
+  parser.add_argument(
+    "--gen_every",
+    type=int,
+    default=None,
+    help="generate a sample every N steps (shorthand for --set train.sample_every=N)",
+  )
+  args = parser.parse_args(argv)
+  if (args.config is None) == (args.resume is None):
+    parser.error("give exactly one of --config and --resume")
+  if args.resume is not None and args.run_dir is not None:
+    parser.error("--resume continues the run in its own folder: drop --run_dir")
+  return args
+
+
+def resumed_run(path: str) -> tuple[Path, config_lib.Config]:
+  """The run folder holding ``path`` (itself or a parent with a config.json) and its config."""
+  for folder in (Path(path), *Path(path).parents):
+    if (folder / "config.json").is_file():
+      return folder, config_lib.from_json((folder / "config.json").read_text())
+  raise config_lib.ConfigError(f"--resume {path!r}: no config.json in it or any parent folder")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,11 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.set)
     if args.set_lambda is not None:
       overrides.append(f"optimizer.kwargs.fixed_price={args.set_lambda}")
-    config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
-    if args.run_dir:
-      config = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, run_dir=args.run_dir)
-      )
+    if args.gen_every is not None:
+      overrides.append(f"train.sample_every={args.gen_every}")
+    if args.resume is not None:
+      run_dir, base = resumed_run(args.resume)
+      run_dir = str(run_dir)
+    else:
+      run_dir, base = args.run_dir, config_lib.load_config(args.config)
+    config = config_lib.apply_overrides(base, overrides)
+    if run_dir:
+      config = dataclasses.replace(config, train=dataclasses.replace(config.train, run_dir=run_dir))
     config_lib.validate_config(config)
     from homeo_jax.training.cpu import split_cpu_cores
     from homeo_jax.training.loop import train

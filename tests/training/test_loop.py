@@ -132,6 +132,22 @@ def test_cli_end_to_end(tmp_path):
   assert (tmp_path / "cli" / "loss.png").stat().st_size > 10_000
 
 
+def test_cli_resume_continues_a_run_from_its_folder(tmp_path):
+  run = tmp_path / "run"
+  first = run_cli("--config", "configs/shakespeare_char.py:smoke", "--run_dir", str(run))
+  assert first.returncode == 0, first.stderr
+  # the run's own config.json is the config; --set extends it; a checkpoint path works too
+  proc = run_cli("--resume", str(run / "checkpoints"), "--set", "train.steps=8", "--gen_every", "8")
+  assert proc.returncode == 0, proc.stderr
+  records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+  steps = [r["step"] for r in records if "loss" in r]
+  assert steps == sorted(set(steps)) and steps[-1] == 8 and steps.count(1) == 1  # continued
+  assert [r["step"] for r in records if "sample" in r] == [8]
+  missing = run_cli("--resume", str(tmp_path / "nowhere"))
+  assert missing.returncode == 2
+  assert missing.stderr.strip().splitlines()[-1].startswith("config error: --resume")
+
+
 def test_extra_eval_sets_and_custom_batch_stream(tmp_path, tiny_data):
   from homeo_jax.data import SwitchedBatches, window_batches
 
@@ -204,6 +220,10 @@ def adaptive_config(run_dir):
         "audit_start": 2,
         "audit_prob": 0.3,
         "settle_steps": 2,
+        # a wide tolerance and a high cap: λ_p settles off its clamps within 8 steps (a price
+        # pinned at a clamp never engages the deadband)
+        "settle_rtol": 10.0,
+        "price_max": 1.0,
         "dual_lr": 0.1,
         "reference_steps": 8,
       },
@@ -227,7 +247,7 @@ def test_adaptive_lm_resumes_price_and_deadband_exactly(tmp_path, tiny_data, cap
   from homeo_jax.regulators import regulator_states
 
   (price,) = regulator_states(full.state.opt_state)
-  assert int(price.deadband) == 1 and float(price.price) == pytest.approx(5e-2)
+  assert int(price.deadband) == 1 and 1e-4 < float(price.price) < 1.0
   assert "λp" in capsys.readouterr().out  # the operators' per-step line
   records = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
   assert {"telemetry/avg_k", "telemetry/layer1/survival2", "regulators/compute_price/price"} <= set(
