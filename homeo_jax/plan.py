@@ -56,6 +56,7 @@ def plan(config: config_lib.Config, *, target: str | None = None) -> Plan:
   """Lower and compile ``config``'s train step on abstract values; see the module docstring."""
   from flax import nnx
 
+  from homeo_jax.models.losses import lm_loss, with_z_loss
   from homeo_jax.models.roles import param_roles
   from homeo_jax.training.loop import build_model, load_data, model_config
   from homeo_jax.training.optimizers import build_optimizer
@@ -64,9 +65,7 @@ def plan(config: config_lib.Config, *, target: str | None = None) -> Plan:
     as_extra_args,
     functional_model,
     init_train_state,
-    lm_loss,
     make_train_step,
-    with_z_loss,
   )
 
   config_lib.validate_config(config)
