@@ -5,7 +5,7 @@
 The tiny Ouro-Spec preset (``configs/ouro_spec.py:tiny``, Kmax 4, the seed's schedule
 scaled to the run) with the compute price held at each target by the seed's additive dual
 ascent (``seed``: λ_p in [1e-4, 0.05]) or by the log-domain PI variant (``log_pi``: λ_p in
-[1e-3, 10], κ_i 0.1, κ_p 0.5; ``regulators/compute_price.py``). The criterion (issue 20):
+[1e-3, 10], κ_i 0.1, κ_p 0.5; ``log_pi_fast``: κ_i 1; ``regulators/compute_price.py``). The criterion (issue 20):
 |avg_k − target| ≤ 0.1 over the last quarter of training (non-audit steps), in every seed.
 """
 
@@ -46,6 +46,15 @@ CONTROLLERS = {
     "optimizer.kwargs.price_min=1e-3",
     "optimizer.kwargs.price_max=10.0",
     "optimizer.kwargs.integral_gain=0.1",
+    "optimizer.kwargs.proportional_gain=0.5",
+  ],
+  # κ_i 1: λ_p crosses two decades in ~20 steps; at 0.1 it still climbed when the tiny
+  # run ended (measured: 1e-3 at step 300 → 0.09 at step 590, depth rising regardless).
+  "log_pi_fast": [
+    "optimizer.kwargs.controller=log_pi",
+    "optimizer.kwargs.price_min=1e-3",
+    "optimizer.kwargs.price_max=10.0",
+    "optimizer.kwargs.integral_gain=1.0",
     "optimizer.kwargs.proportional_gain=0.5",
   ],
 }
