@@ -5,8 +5,9 @@
 The tiny Ouro-Spec preset (``configs/ouro_spec.py:tiny``, Kmax 4, the seed's schedule
 scaled to the run) with the compute price held at each target by the seed's additive dual
 ascent (``seed``: λ_p in [1e-4, 0.05]) or by the log-domain PI variant (``log_pi``: λ_p in
-[1e-3, 10], κ_i 0.1, κ_p 0.5; ``log_pi_fast``: κ_i 1; ``regulators/compute_price.py``). The criterion (issue 20):
-|avg_k − target| ≤ 0.1 over the last quarter of training (non-audit steps), in every seed.
+[1e-3, 10], κ_i 0.1, κ_p 0.5; ``log_pi_fast``: κ_i 1; ``regulators/compute_price.py``).
+The criterion (issue 20): |avg_k − target| ≤ 0.1 over the last quarter of training
+(non-audit steps), in every seed.
 """
 
 from __future__ import annotations
