@@ -20,8 +20,8 @@ meta-gradient of the quantized tasks had the opposite sign of the finite differe
 Every task takes the step optax.adamw takes when the thyroid steers it: p ← p − lr·α·(u +
 wd·λ·p), u the inner direction (momentum for the MLP, Adam's for the LM), α and λ of the
 parameter's group (v0.3: the MLP's two layers, the LM's organelles; tied heads). The tiny
-LMs decay every parameter; ``thyroid_adamw`` in a training run leaves gains, biases and
-embeddings undecayed (the shipped weights were trained this way).
+LMs decay every parameter, while ``thyroid_adamw`` in a training run leaves gains and
+biases undecayed (the shipped weights were trained this way).
 
 One meta-step, per task: 16 steps run with the multipliers at 1 to fill the windows
 (no gradient flows through them), then the thyroid steers every step of a K = 32 step
