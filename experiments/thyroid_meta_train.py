@@ -94,13 +94,14 @@ def main() -> None:
   grid_val = {f: meta.constant_grid(GRID, f, *validation[f]) for f in validation}
   # Families weigh alike, as in meta-training.
   best = int(np.argmin(np.mean([grid_val[f].mean(1) for f in grid_val], 0)))
-  constant = meta.constant_policy(*GRID[best])
-  constant_scores = {f: meta.evaluate(constant, None, *held_out[f][:1], f, held_out[f][1])
-                     for f in held_out}  # fmt: skip
-  neutral_scores = {
-    f: meta.evaluate(meta.constant_policy(1.0, 1.0, 1.0), None, held_out[f][0], f, held_out[f][1])
-    for f in held_out
-  }
+
+  def held_out_scores(policy):
+    return {
+      f: meta.evaluate(policy, None, seeds, f, corpus) for f, (seeds, corpus) in held_out.items()
+    }
+
+  constant_scores = held_out_scores(meta.constant_policy(*GRID[best]))
+  neutral_scores = held_out_scores(meta.constant_policy(1.0, 1.0, 1.0))
   grid_seconds = time.perf_counter() - start
   print(f"best constant (α, λ, τ) = {GRID[best]} on validation ({grid_seconds:.0f} s)", flush=True)
 

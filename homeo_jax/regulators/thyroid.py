@@ -243,15 +243,17 @@ def load_thyroid_params(version: str, weights: str | os.PathLike, num_groups: in
         )
       loaded.append(jnp.asarray(flat[key], jnp.float32))
     params = treedef.unflatten(loaded)
-  if version == "per_group":
-    params = {
-      **params,
-      **{
-        h: jax.tree.map(lambda x: jnp.broadcast_to(x[0], (num_groups, *x.shape[1:])), params[h])
-        for h in ("alpha", "lam")
-      },
-    }
-  return params
+  return tie_group_heads(params, num_groups) if version == "per_group" else params
+
+
+def tie_group_heads(params: dict, num_groups: int) -> dict:
+  """v0.3 weights with every group's (α, λ) head a copy of the first group's (the shipped
+  file holds one head; meta-training ties them)."""
+  tied = {
+    h: jax.tree.map(lambda x: jnp.broadcast_to(x[0], (num_groups, *x.shape[1:])), params[h])
+    for h in ("alpha", "lam")
+  }
+  return {**params, **tied}
 
 
 def save_thyroid_params(

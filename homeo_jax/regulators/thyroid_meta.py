@@ -65,7 +65,12 @@ from homeo_jax.models import roles
 from homeo_jax.models.layers import TransformerConfig
 from homeo_jax.models.quant import QuantTransformer, QuantTransformerConfig, quantize
 from homeo_jax.models.transformer import Transformer
-from homeo_jax.regulators.thyroid import WINDOW, init_thyroid_params, thyroid_forward
+from homeo_jax.regulators.thyroid import (
+  WINDOW,
+  init_thyroid_params,
+  thyroid_forward,
+  tie_group_heads,
+)
 
 FAMILIES = ("mlp", "lm", "lm_2bit")
 D_IN, HIDDEN, BATCH, UNROLL = 8, 16, 32, 32
@@ -92,14 +97,7 @@ def thyroid_policy(thyroid: dict, version: str) -> PolicyFactory:
   def factory(groups: int) -> tuple[Policy, int]:
     if version != "per_group":
       return functools.partial(thyroid_forward, thyroid, version), 1
-    tied = {
-      **thyroid,
-      **{
-        h: jax.tree.map(lambda x: jnp.broadcast_to(x[:1], (groups, *x.shape[1:])), thyroid[h])
-        for h in ("alpha", "lam")
-      },
-    }
-    return functools.partial(thyroid_forward, tied, version), groups
+    return functools.partial(thyroid_forward, tie_group_heads(thyroid, groups), version), groups
 
   return factory
 
