@@ -32,7 +32,7 @@ from homeo_jax.training.loop import hardware_description  # noqa: E402
 
 
 class PrefixGate(AdaptiveDecoderLayer):
-  def continue_gate(self, features):
+  def continue_gate(self, features, bias=0.0):
     return jnp.where(features[..., 1] > 0.9999, 0.9, 0.05)
 
 

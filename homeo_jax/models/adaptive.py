@@ -35,7 +35,8 @@ Control flow (static shapes throughout):
   tokens past C are treated as halted and counted in ``overflow``.
 * ``force_k`` (config, or the ``force_k`` control for audits and warm-up): every token
   runs exactly k passes (s = 1 for the first k, 0 after); ``hard_kill`` = one pass.
-* the ``gate_clamp`` control clamps p to [0.01, 0.95] (early training).
+* the ``gate_clamp`` control clamps p to [0.01, 0.95] (early training); the ``halt_bias``
+  control b shifts the gate's logit, p = sigmoid(z + b) (the ``gate_bias`` controller).
 * the controls come from the regulator named by ``price_from`` (``"compute_price"``);
   with ``price_from=""`` the model reads none: price 0, no forcing, no clamp.
 
@@ -132,7 +133,8 @@ class AdaptiveConfig(TransformerConfig):
   # The seed's coupon: its gradient flows through the final CE (models/losses.py).
   # False: a stop-gradient reward, this library's earlier form.
   coupon_gradient: bool = True
-  price_from: str = ""  # regulator publishing compute_price/force_k/gate_clamp ("": none)
+  # regulator publishing compute_price/force_k/gate_clamp/halt_bias ("": none)
+  price_from: str = ""
 
   def validate(self, prefix: str = "model") -> None:
     super().validate(prefix)
@@ -237,13 +239,13 @@ class AdaptiveDecoderLayer(nnx.Module):
     )
     self.damping = tuple(float(a) for a in cfg.pass_damping[: cfg.max_passes])
 
-  def continue_gate(self, features: jax.Array) -> jax.Array:
-    """``[..., 5]`` features -> p ∈ (0, 1) ``[...]``."""
+  def continue_gate(self, features: jax.Array, bias: jax.Array | float = 0.0) -> jax.Array:
+    """``[..., 5]`` features -> p ∈ (0, 1) ``[...]``; ``bias`` shifts the logit."""
     embed = jnp.broadcast_to(
       self.layer_embedding[...], (*features.shape[:-1], self.cfg.layer_embed_dim)
     )
     z = jnp.concatenate([features, embed.astype(features.dtype)], axis=-1)
-    return jax.nn.sigmoid(self.gate_out(jax.nn.gelu(self.gate_hidden(z)))[..., 0])
+    return jax.nn.sigmoid(self.gate_out(jax.nn.gelu(self.gate_hidden(z)))[..., 0] + bias)
 
   def _static_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keys and values ``[B, T, heads, head_dim]`` of the layer input, fixed for all passes."""
@@ -272,7 +274,7 @@ class AdaptiveDecoderLayer(nnx.Module):
     return max(1, math.ceil(self.cfg.gather_capacity * t)) if self.cfg.gather_capacity else 0
 
   def _pass(
-    self, carry: Carry, kv, force, clamp, controls, gather: bool, decode=None
+    self, carry: Carry, kv, force, clamp, halt_bias, controls, gather: bool, decode=None
   ) -> tuple[Carry, object]:
     """One pass. ``decode`` = (position ``[B, 1]``, FFN decode state) runs it for one new
     token against cached keys (``decode_step``); returns (carry, new FFN decode state)."""
@@ -332,7 +334,7 @@ class AdaptiveDecoderLayer(nnx.Module):
     )
     cosine = safe_cosine(dh, dh_prev)
     features = GateFeatures(entropy, top_mass, agreement, d_rel, cosine)
-    p = self.continue_gate(features.stacked())
+    p = self.continue_gate(features.stacked(), halt_bias)
     p = jnp.where(clamp > 0, jnp.clip(p, 0.01, 0.95), p)
 
     w = jnp.where(alive, s, 0.0)
@@ -389,11 +391,13 @@ class AdaptiveDecoderLayer(nnx.Module):
     num_passes: int,
     path: str,
     controls: Mapping[str, jax.Array] | None = None,
+    halt_bias: jax.Array | float = 0.0,
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``x [B, T, d]`` -> (output ``[B, T, d]``, this layer's telemetry).
 
-    ``force``/``clamp`` are traced int32 scalars (0 = off); ``num_passes`` the static
-    pass limit; ``path`` "scan" (differentiable) or "while" (early exit).
+    ``force``/``clamp`` are traced int32 scalars (0 = off), ``halt_bias`` the gate-logit
+    offset; ``num_passes`` the static pass limit; ``path`` "scan" (differentiable) or
+    "while" (early exit).
     """
     cfg = self.cfg
     t = x.shape[1]
@@ -401,7 +405,7 @@ class AdaptiveDecoderLayer(nnx.Module):
     carry = self._initial_carry(x, force)
     # Pass 1 runs for every token, outside the loop: it fixes the FFN telemetry's
     # structure (the loop carry needs it) and is the one-pass state of the coupon.
-    first, _ = self._pass(carry, kv, force, clamp, controls, gather=False)
+    first, _ = self._pass(carry, kv, force, clamp, halt_bias, controls, gather=False)
     carry = first
     gather = self._capacity(t) > 0
 
@@ -410,7 +414,7 @@ class AdaptiveDecoderLayer(nnx.Module):
       return jnp.logical_and(frac > 0, frac >= cfg.min_alive_fraction)
 
     def run(c: Carry) -> Carry:
-      return self._pass(c, kv, force, clamp, controls, gather)[0]
+      return self._pass(c, kv, force, clamp, halt_bias, controls, gather)[0]
 
     def skip(c: Carry) -> Carry:
       return c._replace(k=c.k + 1)
@@ -437,7 +441,7 @@ class AdaptiveDecoderLayer(nnx.Module):
     ffn = [self.mlp.init_decode_state(batch) for _ in range(cfg.max_passes)]
     return {"keys": jnp.zeros(shape, dtype), "values": jnp.zeros(shape, dtype), "ffn": ffn}
 
-  def decode(self, x, cache, pos, *, force, clamp, num_passes, controls=None):
+  def decode(self, x, cache, pos, *, force, clamp, num_passes, controls=None, halt_bias=0.0):
     """One new token ``x [B, 1, d]`` at position ``pos``: (output, cache, passes executed
     ``[B]``). The same passes as the inference forward gives that position when
     ``min_alive_fraction`` is 0 (tested): a halted token stops here. A feed-forward that
@@ -453,7 +457,9 @@ class AdaptiveDecoderLayer(nnx.Module):
     states = list(cache["ffn"])
 
     def run(c: Carry, state):
-      return self._pass(c, (keys, values), force, clamp, controls, False, (position, state))
+      return self._pass(
+        c, (keys, values), force, clamp, halt_bias, controls, False, (position, state)
+      )
 
     if jax.tree.leaves(states):  # stateful FFN: every pass, as the full forward
       for k in range(num_passes):
@@ -578,7 +584,7 @@ class AdaptiveTransformer(nnx.Module):
     cfg = self.cfg
     reads = []
     if cfg.price_from:
-      reads += [(cfg.price_from, k) for k in ("compute_price", "gate_clamp")]
+      reads += [(cfg.price_from, k) for k in ("compute_price", "gate_clamp", "halt_bias")]
       if not cfg.static_passes:
         reads.append((cfg.price_from, "force_k"))
     if cfg.ffn == "moe" and control_read(cfg.moe) is not None:
@@ -594,21 +600,30 @@ class AdaptiveTransformer(nnx.Module):
       return neutral
     return read_control(controls, self.cfg.price_from, key)
 
-  def _depth_controls(self, controls) -> tuple[jax.Array, int, jax.Array]:
-    """(forced passes, static pass limit, gate clamp) from the config and the controls."""
+  def _depth_controls(self, controls) -> tuple[jax.Array, int, jax.Array, jax.Array]:
+    """(forced passes, static pass limit, gate clamp, halting bias) from the config and
+    the controls."""
     cfg = self.cfg
     if cfg.static_passes:
       force, num_passes = jnp.int32(cfg.static_passes), cfg.static_passes
     else:
       force = jnp.asarray(self._control(controls, "force_k", 0), jnp.int32)
       num_passes = cfg.max_passes
-    return force, num_passes, jnp.asarray(self._control(controls, "gate_clamp", 0), jnp.int32)
+    clamp = jnp.asarray(self._control(controls, "gate_clamp", 0), jnp.int32)
+    return force, num_passes, clamp, jnp.asarray(self._control(controls, "halt_bias", 0.0))
 
-  def _depth(self, x, force, clamp, num_passes, path, controls):
+  def _depth(self, x, depth_controls, num_passes, path, controls):
+    force, clamp, halt_bias = depth_controls
     per_layer = []
     for layer in self.layers:
       x, telemetry = layer(
-        x, force=force, clamp=clamp, num_passes=num_passes, path=path, controls=controls
+        x,
+        force=force,
+        clamp=clamp,
+        num_passes=num_passes,
+        path=path,
+        controls=controls,
+        halt_bias=halt_bias,
       )
       per_layer.append(telemetry)
     return x, per_layer
@@ -634,16 +649,16 @@ class AdaptiveTransformer(nnx.Module):
     if self.baton is not None:
       x, baton_telemetry = self.baton(x)
       telemetry.update(baton_telemetry)
-    force, num_passes, clamp = self._depth_controls(controls)
+    force, num_passes, clamp, halt_bias = self._depth_controls(controls)
     path = path or ("while" if deterministic else "scan")
-    h, per_layer = self._depth(x, force, clamp, num_passes, path, controls)
+    h, per_layer = self._depth(x, (force, clamp, halt_bias), num_passes, path, controls)
     telemetry.update(self._merge(per_layer))
     telemetry["compute_price"] = jnp.asarray(
       self._control(controls, "compute_price", 0.0), jnp.float32
     )
     telemetry["forced_k"] = force.astype(jnp.float32)
     if not deterministic and cfg.coupon:
-      one_pass, _ = self._depth(x, jnp.int32(1), clamp, 1, path, controls)
+      one_pass, _ = self._depth(x, (jnp.int32(1), clamp, halt_bias), 1, path, controls)
       telemetry["pass1_logits"] = jax.lax.stop_gradient(self.logits(one_pass))
     return self.logits(h), telemetry
 
@@ -664,11 +679,18 @@ class AdaptiveTransformer(nnx.Module):
     previous = x
     if self.baton is not None:
       x = self.baton.decode(x, cache["previous"])
-    force, num_passes, clamp = self._depth_controls(controls)
+    force, num_passes, clamp, halt_bias = self._depth_controls(controls)
     layers, passes = [], []
     for layer, layer_cache in zip(self.layers, cache["layers"], strict=True):
       x, layer_cache, executed = layer.decode(
-        x, layer_cache, pos, force=force, clamp=clamp, num_passes=num_passes, controls=controls
+        x,
+        layer_cache,
+        pos,
+        force=force,
+        clamp=clamp,
+        num_passes=num_passes,
+        controls=controls,
+        halt_bias=halt_bias,
       )
       layers.append(layer_cache)
       passes.append(executed)

@@ -8,7 +8,9 @@ controls the model reads at the next step:
   ``adaptive_lm_loss`` as relu(λ_p·relu(avg_k − 1)/(Kmax − 1) − coupon);
 * ``force_k`` — 2 during the force-2 warm-up (steps < ``warmup_steps``), 2 on an audit
   step, 0 (adaptive) otherwise;
-* ``gate_clamp`` — 1 while steps < ``clamp_until`` (the model clamps p to [0.01, 0.95]).
+* ``gate_clamp`` — 1 while steps < ``clamp_until`` (the model clamps p to [0.01, 0.95]);
+* ``halt_bias`` — b, added to the continue gate's logit, p = sigmoid(z + b): 0 unless
+  ``controller="gate_bias"``.
 
 Per step t (its batch ran with the controls published at t − 1):
 
@@ -44,11 +46,26 @@ pushes depth down to 1.3. A multiplicative step crosses decades in tens of steps
 wide range (``price_max`` 10 in the experiments) costs no settling time, and the
 proportional term damps the overshoot an integral-only loop has on a lagging depth.
 
-Deployment (``deployment_controls()``, used by evaluation and generation): the current
-λ_p, no forced depth, no audit, no gate clamp — the model runs as it will be deployed.
+``controller="gate_bias"`` (a documented variant) steers the gate instead of pricing the
+loss: λ_p stays at its initial value (``fixed_price``, else ``price_min``) and the dual
+variable is the halting bias b,
 
-Reads ``avg_k`` (and ``delta_ce`` when present); publishes ``compute_price``, ``force_k``
-and ``gate_clamp`` under its ``name`` (default ``"compute_price"``). Numeric arguments
+    b ← clip(b − r·κ_b·(e_t + κ_p·(e_t − e_{t−1})), −bias_max, bias_max),   e = avg_k − target_k
+
+(κ_b = ``bias_gain``, κ_p = ``proportional_gain``, r the deadband rate). Why (issue 20,
+measured): a price in the loss acts only through the gate's gradient, so it is one-sided
+(relu(ponder) ≥ 0 can lower depth, never raise it: targets above the model's own depth
+are out of reach) and k = 1 is absorbing (once p → 0 the sigmoid's gradient vanishes
+with it). Depth is monotone in b, which needs no gradient: the same actuator as the
+loss-free balancing bias of an MoE router (DeepSeek-V3; ``load_balance.py``). The learned
+gate still decides *which* tokens go deeper; b sets *how many*.
+
+Deployment (``deployment_controls()``, used by evaluation and generation): the current
+λ_p and halting bias, no forced depth, no audit, no gate clamp — the model runs as it will
+be deployed.
+
+Reads ``avg_k`` (and ``delta_ce`` when present); publishes ``compute_price``, ``force_k``,
+``gate_clamp`` and ``halt_bias`` under its ``name`` (default ``"compute_price"``). Numeric arguments
 may be traced (``optax.inject_hyperparams``); ``max_passes`` and ``seed`` are Python ints.
 
 Bad telemetry (NaN/Inf avg_k) skips the dual step; λ_p stays finite and in its clamp.
@@ -71,13 +88,14 @@ from homeo_jax.regulators.base import (
   static_int,
 )
 
-PUBLISHED = ("compute_price", "force_k", "gate_clamp")
-CONTROLLERS = ("seed", "log_pi")
+PUBLISHED = ("compute_price", "force_k", "gate_clamp", "halt_bias")
+CONTROLLERS = ("seed", "log_pi", "gate_bias")
 
 
 class ComputePriceState(NamedTuple):
   logged_fields = (
     "price",
+    "halt_bias",
     "avg_k",
     "ctrl_err",
     "deadband",
@@ -91,6 +109,7 @@ class ComputePriceState(NamedTuple):
   spec: RegulatorSpec  # static: name, telemetry read, controls published
   step: jax.Array  # shape=(), int32: steps seen
   price: jax.Array  # shape=(), float32: λ_p
+  halt_bias: jax.Array  # shape=(), float32: b, the gate-logit offset ("gate_bias")
   settle_ref: jax.Array  # shape=(), float32: reference value of the settling test
   settle_count: jax.Array  # shape=(), int32: control steps λ_p stayed near settle_ref
   deadband: jax.Array  # shape=(), int32: 1 once the deadband has engaged
@@ -102,14 +121,16 @@ class ComputePriceState(NamedTuple):
   delta_ce: jax.Array  # shape=(), float32: last regular step's ΔCE
   audit_delta_ce: jax.Array  # shape=(), float32: last audit step's ΔCE
   key: jax.Array  # uint32[2]: PRNG key data for the audit draws
-  controls: dict  # compute_price, force_k, gate_clamp for the next step
+  controls: dict  # compute_price, force_k, gate_clamp, halt_bias for the next step
 
   def deployment_controls(self) -> dict:
-    """The current price with no forced depth and no gate clamp (evaluation, generation)."""
+    """The current price and halting bias with no forced depth and no gate clamp
+    (evaluation, generation)."""
     return {
       "compute_price": self.controls["compute_price"],
       "force_k": jnp.zeros((), jnp.int32),
       "gate_clamp": jnp.zeros((), jnp.int32),
+      "halt_bias": self.controls["halt_bias"],
     }
 
 
@@ -135,6 +156,8 @@ def compute_price(
   controller: str = "seed",
   integral_gain: float = 0.05,
   proportional_gain: float = 0.5,
+  bias_gain: float = 0.1,
+  bias_max: float = 8.0,
   seed: int = 0,
   name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -149,8 +172,9 @@ def compute_price(
     audit_prob, audit_start, audit_force: audits (5%, from 1200, depth 2).
     deadband, deadband_rate, settle_steps, settle_rtol: the deadband (module docstring).
     fixed_price: pin λ_p (None: dual ascent).
-    controller: ``"seed"`` (additive dual ascent) or ``"log_pi"`` (the module docstring);
-      integral_gain, proportional_gain: κ_i and κ_p of ``"log_pi"`` (0.05, 0.5).
+    controller: ``"seed"`` (additive dual ascent), ``"log_pi"`` or ``"gate_bias"`` (the
+      module docstring); integral_gain: κ_i of ``"log_pi"`` (0.05); proportional_gain: κ_p
+      of both (0.5); bias_gain, bias_max: κ_b and the clamp of b (0.1, 8).
     seed: PRNG seed of the audit draws; name: instance name (``"compute_price"``).
 
   State: ``ComputePriceState`` (fields commented in the class).
@@ -172,14 +196,17 @@ def compute_price(
     raise ValueError(f"{kind}: controller must be one of {CONTROLLERS}, got {controller!r}")
   check(kind, "integral_gain", integral_gain, lambda v: v >= 0, ">= 0")
   check(kind, "proportional_gain", proportional_gain, lambda v: v >= 0, ">= 0")
+  check(kind, "bias_gain", bias_gain, lambda v: v >= 0, ">= 0")
+  check(kind, "bias_max", bias_max, lambda v: v > 0, "> 0")
   spec = regulator_spec(kind, name, reads=("avg_k",), publishes=PUBLISHED)
 
-  def publish(next_step, price, audit):
+  def publish(next_step, price, audit, bias):
     force = jnp.where(next_step < warmup_steps, warmup_force, jnp.where(audit > 0, audit_force, 0))
     return {
       "compute_price": jnp.where(next_step >= ponder_start, price, 0.0).astype(jnp.float32),
       "force_k": force.astype(jnp.int32),
       "gate_clamp": (next_step < clamp_until).astype(jnp.int32),
+      "halt_bias": jnp.asarray(bias, jnp.float32),
     }
 
   def init_fn(params):
@@ -190,7 +217,8 @@ def compute_price(
       spec=spec,
       step=fresh(0, jnp.int32),
       price=fresh(price, jnp.float32),
-      settle_ref=fresh(price, jnp.float32),
+      halt_bias=fresh(0.0, jnp.float32),
+      settle_ref=fresh(0.0 if controller == "gate_bias" else price, jnp.float32),
       settle_count=fresh(0, jnp.int32),
       deadband=fresh(0, jnp.int32),
       deadband_steps_since_trigger=fresh(0, jnp.int32),
@@ -201,7 +229,7 @@ def compute_price(
       delta_ce=fresh(0.0, jnp.float32),
       audit_delta_ce=fresh(0.0, jnp.float32),
       key=jax.random.key_data(jax.random.key(seed)),
-      controls=publish(zero_i, jnp.asarray(price, jnp.float32), zero_i),
+      controls=publish(zero_i, jnp.asarray(price, jnp.float32), zero_i, 0.0),
     )
 
   def update_fn(updates, state: ComputePriceState, params=None, **extra_args):
@@ -218,7 +246,14 @@ def compute_price(
     rate = jnp.where(engaged_now, jnp.where(inside, 0.0, deadband_rate), 1.0)
     edge_err = jnp.where(avg_k > hi_edge, avg_k - hi_edge, avg_k - lo_edge)
     step_err = jnp.where(engaged_now & finite, edge_err, err)
-    if fixed_price is None:
+    bias = state.halt_bias
+    if controller == "gate_bias":
+      # the bias is the dual variable; the settling test below watches it instead of λ_p
+      bias_step = bias_gain * (step_err + proportional_gain * (err - state.ctrl_err))
+      stepped = jnp.clip(bias - rate * bias_step, -bias_max, bias_max)
+      bias = jnp.where(control, stepped, bias)
+      price = state.price
+    elif fixed_price is None:
       if controller == "log_pi":
         # integral on the (edge) error, proportional on the change of the error
         rel, change = step_err / target_k, (err - state.ctrl_err) / target_k
@@ -229,11 +264,15 @@ def compute_price(
       price = jnp.where(control, stepped, state.price)
     else:
       price = state.price
-    moved = jnp.abs(price - state.settle_ref) > settle_rtol * jnp.maximum(
-      state.settle_ref, price_min
+    if controller == "gate_bias":
+      dual, lo, hi, floor = bias, -bias_max, bias_max, 0.1
+    else:
+      dual, lo, hi, floor = price, price_min, price_max, price_min
+    moved = jnp.abs(dual - state.settle_ref) > settle_rtol * jnp.maximum(
+      jnp.abs(state.settle_ref), floor
     )
-    settle_ref = jnp.where(control & moved, price, state.settle_ref)
-    clamped = (price <= price_min) | (price >= price_max)
+    settle_ref = jnp.where(control & moved, dual, state.settle_ref)
+    clamped = (dual <= lo) | (dual >= hi)
     settle_count = jnp.where(
       control, jnp.where(moved | clamped, 0, state.settle_count + 1), state.settle_count
     )
@@ -247,6 +286,7 @@ def compute_price(
       spec=spec,
       step=next_step,
       price=price,
+      halt_bias=bias,
       settle_ref=settle_ref,
       settle_count=settle_count,
       deadband=engaged,
@@ -258,7 +298,7 @@ def compute_price(
       delta_ce=jnp.where(~was_audit & ok_ce, delta_ce, state.delta_ce),
       audit_delta_ce=jnp.where(was_audit & ok_ce, delta_ce, state.audit_delta_ce),
       key=jax.random.key_data(key),
-      controls=publish(next_step, price, audit),
+      controls=publish(next_step, price, audit, bias),
     )
     return updates, new_state
 

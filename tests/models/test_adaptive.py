@@ -35,13 +35,14 @@ CFG = AdaptiveConfig(
 )
 
 
-def ctl(compute_price=0.0, force_k=0, gate_clamp=0):
+def ctl(compute_price=0.0, force_k=0, gate_clamp=0, halt_bias=0.0):
   """The controls of a regulator named "price", as ``homeo_jax.controls`` nests them."""
   return {
     "price": {
       "compute_price": jnp.float32(compute_price),
       "force_k": jnp.int32(force_k),
       "gate_clamp": jnp.int32(gate_clamp),
+      "halt_bias": jnp.float32(halt_bias),
     }
   }
 
@@ -109,7 +110,7 @@ def test_causal_masking_holds_through_all_passes(path):
 class TopMassGate(AdaptiveDecoderLayer):
   """p = 0.9 where the top-16 attention mass is 1 (positions < 16), else 0.05."""
 
-  def continue_gate(self, features):
+  def continue_gate(self, features, bias=0.0):
     return jnp.where(features[..., 1] > 0.9999, 0.9, 0.05)
 
 
@@ -185,7 +186,7 @@ def test_forcing_and_hard_kill():
 class ExtremeGate(AdaptiveDecoderLayer):
   """p = 1 where the top-16 attention mass is 1 (positions < 16), else 0."""
 
-  def continue_gate(self, features):
+  def continue_gate(self, features, bias=0.0):
     return jnp.where(features[..., 1] > 0.9999, 1.0, 0.0)
 
 
@@ -201,6 +202,20 @@ def test_gate_clamp_control():
   np.testing.assert_allclose(clamped[:2], [1.0, (0.95 + 0.01) / 2], atol=1e-6)
   # pass 3: the p = 0.01 tokens have halted (s < 0.1); the others carry 0.95²
   np.testing.assert_allclose(clamped[2], (0.95**2 + 0.01) / 2, atol=1e-6)
+
+
+def test_halt_bias_control_shifts_the_gate_logit():
+  """With the gate's output kernel zeroed its logit is its bias z₀ for every token, so the
+  survival entering pass 2 is sigmoid(z₀ + b) exactly, and depth rises with b."""
+  model = build(dataclasses.replace(CFG, min_alive_fraction=0.0, gate_bias_init=0.3))
+  for layer in model.layers:
+    layer.gate_out.kernel[...] = jnp.zeros_like(layer.gate_out.kernel[...])
+  depths = []
+  for b in (-2.0, 0.0, 1.5):
+    _, tel = forward(model, TOKENS, ctl(halt_bias=b))
+    np.testing.assert_allclose(tel["survival"][:, 1], 1 / (1 + np.exp(-(0.3 + b))), rtol=1e-5)
+    depths.append(float(tel["avg_k"]))
+  assert depths[0] < depths[1] < depths[2]
 
 
 def test_one_token_sequences_and_degenerate_features_are_finite():

@@ -50,7 +50,7 @@ def test_bad_name_is_rejected():
 def test_specs_declare_reads_and_publications():
   (price,) = regulator_specs(jax.eval_shape(compute_price().init, {}))
   assert price.reads == ("avg_k",)
-  assert price.publishes == ("compute_price", "force_k", "gate_clamp")
+  assert price.publishes == ("compute_price", "force_k", "gate_clamp", "halt_bias")
   (horn,) = regulator_specs(spechorn_balancer(1, 4, 8).init({}))
   assert horn.reads == ("moe_load", "moe_mean_input", "moe_sinkhorn_dual")
   (no_ortho,) = regulator_specs(spechorn_balancer(1, 4, 8, orthogonality=False).init({}))
