@@ -103,4 +103,29 @@ def get_config(arg: str | None = None) -> Config:
       data=dataclasses.replace(tiny.data, corpus="shakespeare_algorithmic"),
       train=dataclasses.replace(tiny.train, run_dir="runs/ouro_spec_tiny_algorithmic"),
     )
-  raise ValueError(f"unknown preset {arg!r} for ouro_spec (tiny, tiny_algorithmic, seed)")
+  if arg == "depth":
+    # The depth task (experiments/ouro_frontier.py): characters, so each answer is its own
+    # tokens; 2 layers, so one pass resolves at most 2 hops of a chain snippet, Kmax 4.
+    tiny = get_config("tiny")
+    steps = 1000
+    return dataclasses.replace(
+      tiny,
+      name="ouro_spec_depth",
+      model=dataclasses.replace(
+        tiny.model, num_layers=2, d_model=64, d_ff=192, max_seq_len=128, embedding="learned"
+      ),
+      data=dataclasses.replace(
+        tiny.data, corpus="shakespeare_algorithmic", tokenizer="char", seq_len=128
+      ),
+      optimizer=dataclasses.replace(
+        tiny.optimizer, warmup_steps=round(500 * steps / REFERENCE_STEPS)
+      ),
+      train=dataclasses.replace(
+        tiny.train,
+        steps=steps,
+        eval_every=steps,
+        checkpoint_every=steps,
+        run_dir="runs/ouro_spec_depth",
+      ),
+    )
+  raise ValueError(f"unknown preset {arg!r} for ouro_spec (tiny, tiny_algorithmic, depth, seed)")

@@ -5,7 +5,8 @@
 The tiny Ouro-Spec preset (``configs/ouro_spec.py:tiny``, Kmax 4, the seed's schedule
 scaled to the run) with the compute price held at each target by the seed's additive dual
 ascent (``seed``: λ_p in [1e-4, 0.05]) or by the log-domain PI variant (``log_pi``: λ_p in
-[1e-3, 10], κ_i 0.1, κ_p 0.5; ``log_pi_fast``: κ_i 1; ``regulators/compute_price.py``).
+[1e-3, 10], κ_i 0.1, κ_p 0.5; ``log_pi_fast``: κ_i 1) or by a halting bias on the gate's
+logit (``gate_bias``, λ_p at its floor; ``regulators/compute_price.py``).
 The criterion (issue 20): |avg_k − target| ≤ 0.1 over the last quarter of training
 (non-audit steps), in every seed.
 """
@@ -57,6 +58,21 @@ CONTROLLERS = {
     "optimizer.kwargs.price_max=10.0",
     "optimizer.kwargs.integral_gain=1.0",
     "optimizer.kwargs.proportional_gain=0.5",
+  ],
+  # The dual variable is a bias on the gate's logit (κ_b 0.1, κ_p 0.5); λ_p stays at its
+  # floor. Band ±2%: the seed's upper edge 1.05·3 would sit 0.15 above target 3.
+  "gate_bias": [
+    "optimizer.kwargs.controller=gate_bias",
+    "optimizer.kwargs.deadband=(0.98, 1.02)",
+  ],
+  # κ_b 1 and a clamp of ±30: measured with κ_b 0.1, AdamW moves the gate's own logit
+  # against the bias (layer 1's p fell to 0.05 with b pinned at +8), and an integral loop
+  # holds a ramp only with error = drift/κ_b.
+  "gate_bias_fast": [
+    "optimizer.kwargs.controller=gate_bias",
+    "optimizer.kwargs.deadband=(0.98, 1.02)",
+    "optimizer.kwargs.bias_gain=1.0",
+    "optimizer.kwargs.bias_max=30.0",
   ],
 }
 

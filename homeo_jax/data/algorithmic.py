@@ -10,7 +10,15 @@ data:
 * ``parity``: ``parity 0110100 = 1`` (8–16 bits);
 * ``copy``: copying at an offset, ``copy k7r2p9 from 2 = r2p9k7`` (a rotation);
 * ``qa``: a question, its reasoning, its answer:
-  ``Q: Ann has 3 figs, gets 4, gives 2. R: 3+4=7, 7-2=5. A: 5``.
+  ``Q: Ann has 3 figs, gets 4, gives 2. R: 3+4=7, 7-2=5. A: 5``;
+* ``chain``: pointer chasing over 1–4 hops, ``chain k7 yq m3 qk ? y=7`` (y→q→k→7; each
+  pair names its target, pairs shuffled, two distractors). Each hop is one attention
+  lookup, so the hops one pass of an L-layer model can resolve are bounded by L: the
+  kind on which recurrence (more passes of the same layers) has something to win.
+
+``answer_span(line)`` locates a snippet's answer (the characters a model can only get
+right by computing them); ``labelled(text)`` gives every character of an interleaved
+text its class (``TOKEN_CLASSES``), for validation per token class.
 
 ``snippets(n, seed)`` gives snippets alone (one per line), for a validation set of the
 algorithmic class; the Shakespeare validation split is the text class.
@@ -20,10 +28,20 @@ from __future__ import annotations
 
 import random
 
-KINDS = ("add", "parity", "copy", "qa")
+KINDS = ("add", "parity", "copy", "qa", "chain")
+MAX_HOPS = 4
+# Per-character classes: Shakespeare, snippet text that is not an answer, and each kind's
+# answer (chain answers also per hop count).
+TOKEN_CLASSES = (
+  "text",
+  "prompt",
+  *(f"answer_{k}" for k in KINDS if k != "chain"),
+  *(f"answer_chain{h}" for h in range(1, MAX_HOPS + 1)),
+)
 NAMES = ("Ann", "Ben", "Cleo", "Dion", "Edgar", "Fenton", "Gower", "Hero")
 ITEMS = ("figs", "coins", "rings", "books", "swords", "crowns")
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def snippet(rng: random.Random, kind: str | None = None) -> str:
@@ -47,7 +65,45 @@ def snippet(rng: random.Random, kind: str | None = None) -> str:
       f"Q: {name} has {x} {item}, gets {y}, gives {z}. "
       f"R: {x}+{y}={x + y}, {x + y}-{z}={x + y - z}. A: {x + y - z}"
     )
+  if kind == "chain":
+    hops = rng.randint(1, MAX_HOPS)
+    names = rng.sample(LETTERS, hops + 2)
+    path, distractors = names[:hops], names[hops:]
+    answer = str(rng.randrange(10))
+    pairs = [a + b for a, b in zip(path, [*path[1:], answer], strict=True)]
+    pairs += [d + str(rng.randrange(10)) for d in distractors]
+    rng.shuffle(pairs)
+    return f"chain {' '.join(pairs)} ? {path[0]}={answer}"
   raise ValueError(f"snippet kind must be one of {KINDS}, got {kind!r}")
+
+
+def kind_of(line: str) -> str:
+  """The kind of a snippet line (``ValueError`` for a line that is not one)."""
+  for prefix, kind in (
+    ("parity ", "parity"),
+    ("copy ", "copy"),
+    ("Q: ", "qa"),
+    ("chain ", "chain"),
+  ):
+    if line.startswith(prefix):
+      return kind
+  if line[:1].isdigit() and "+" in line and "=" in line:
+    return "add"
+  raise ValueError(f"not a snippet line: {line!r}")
+
+
+def answer_span(line: str) -> tuple[int, int]:
+  """[start, end) of the answer in a snippet line: after ``A: `` for qa, else after the
+  last ``=``."""
+  start = line.rindex("A: ") + 3 if kind_of(line) == "qa" else line.rindex("=") + 1
+  return start, len(line)
+
+
+def answer_class(line: str) -> str:
+  kind = kind_of(line)
+  if kind == "chain":
+    return f"answer_chain{len(line.split('?')[0].split()) - 3}"  # pairs − 2 distractors
+  return f"answer_{kind}"
 
 
 def snippets(n: int, seed: int = 0) -> str:
@@ -58,12 +114,31 @@ def snippets(n: int, seed: int = 0) -> str:
 
 def interleave(text: str, *, chunk_chars: int = 100, seed: int = 0) -> str:
   """``text`` with a snippet line after every ~``chunk_chars`` characters (at a line end)."""
+  return "".join(piece for piece, _ in _pieces(text, chunk_chars, seed))
+
+
+def labelled(text: str, *, chunk_chars: int = 100, seed: int = 0) -> tuple[str, list[str]]:
+  """``interleave(text)`` and the class of each of its characters (``TOKEN_CLASSES``)."""
+  out, classes = [], []
+  for piece, is_snippet in _pieces(text, chunk_chars, seed):
+    out.append(piece)
+    if not is_snippet:
+      classes += ["text"] * len(piece)
+      continue
+    start, end = answer_span(piece[:-1])
+    classes += ["prompt"] * start + [answer_class(piece[:-1])] * (end - start) + ["prompt"]
+  return "".join(out), classes
+
+
+def _pieces(text: str, chunk_chars: int, seed: int):
+  """(piece, is_snippet): the text cut at line ends, a snippet line after each cut."""
   rng = random.Random(seed)
-  out, start = [], 0
+  start = 0
   while start < len(text):
     end = text.find("\n", start + chunk_chars)
-    end = len(text) if end < 0 else end + 1
-    out.append(text[start:end])
-    out.append(snippet(rng) + "\n")
-    start = end
-  return "".join(out)
+    if end < 0:  # the tail: no line end to put a snippet after
+      yield text[start:], False
+      return
+    yield text[start : end + 1], False
+    yield snippet(rng) + "\n", True
+    start = end + 1

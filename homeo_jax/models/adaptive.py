@@ -495,6 +495,7 @@ class AdaptiveDecoderLayer(nnx.Module):
       "overflow": jnp.sum(stats["overflow"]),
       "passes_run": passes_run,
       "survival": stats["survival"],  # [max_passes]: mean s entering each pass
+      "token_passes": executed,  # [B, T]; the model keeps it only when asked (per_token)
     }
     for n in range(2, self.cfg.max_passes + 1):
       telemetry[f"tail{n}"] = jnp.mean((executed >= n).astype(jnp.float32))
@@ -636,10 +637,13 @@ class AdaptiveTransformer(nnx.Module):
     deterministic: bool = True,
     rngs: nnx.Rngs | None = None,
     path: str | None = None,
+    per_token: bool = False,
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``tokens [B, T]`` -> (logits ``[B, T, V]``, telemetry); see the module docstring.
 
-    ``path`` overrides the recurrence path ("scan" in training, "while" otherwise).
+    ``path`` overrides the recurrence path ("scan" in training, "while" otherwise);
+    ``per_token`` adds ``token_passes`` ``[B, T]``, each token's executed passes averaged
+    over layers (the depth the gate gave it).
     """
     cfg = self.cfg
 
@@ -652,7 +656,10 @@ class AdaptiveTransformer(nnx.Module):
     force, num_passes, clamp, halt_bias = self._depth_controls(controls)
     path = path or ("while" if deterministic else "scan")
     h, per_layer = self._depth(x, (force, clamp, halt_bias), num_passes, path, controls)
+    token_passes = jnp.mean(jnp.stack([t.pop("token_passes") for t in per_layer]), axis=0)
     telemetry.update(self._merge(per_layer))
+    if per_token:
+      telemetry["token_passes"] = token_passes
     telemetry["compute_price"] = jnp.asarray(
       self._control(controls, "compute_price", 0.0), jnp.float32
     )

@@ -6,6 +6,7 @@ are the logged scalars of one step (train-step metrics plus ``lr``, ``dt``, ``to
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 Metrics = dict[str, float]
@@ -47,7 +48,9 @@ def ouro_lines(step: int, m: Metrics) -> list[str]:
 
   lm = t("ce_loss")
   flags = " [DB]" if r("deadband", 0.0) > 0 else ""
-  flags += " [AUDIT]" if t("forced_k", 0.0) > 0 and step > 0 else ""
+  # Forced depth is an audit only under a compute price (a fixed-depth model forces always).
+  audit = t("forced_k", 0.0) > 0 and step > 0 and math.isfinite(r("price"))
+  flags += " [AUDIT]" if audit else ""
   lines = [
     f"step {step:6d} | TOT {m['loss']:.4f} LM {lm:.4f} | PONDER {t('ponder'):.4f}"
     f" (RAW {t('ponder_raw'):.4f} RWD {t('coupon'):.4f}) | LR {m.get('lr', float('nan')):.2e}"
@@ -63,7 +66,7 @@ def ouro_lines(step: int, m: Metrics) -> list[str]:
     tags.append("[ECONOMIC WIN]")  # the extra depth paid for itself: coupon ≥ raw cost
   if t("delta_pred_entropy") < 0:
     tags.append("[CONFIDENCE+]")  # recurrence made the predictions sharper (H_final < H₁)
-  if t("forced_k", 0.0) > 0 and step > 0 and delta_ce > 0:
+  if audit and delta_ce > 0:
     tags.append("[AUDIT-POS]")  # this step was an audit, and its forced depth paid off
   lines.append(
     f"         recurrence | ΔCE {delta_ce:+.4f} | ΔH {t('delta_pred_entropy'):+.4f}"

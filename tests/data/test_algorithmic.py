@@ -23,6 +23,15 @@ def test_every_snippet_states_a_true_answer(kind):
     elif kind == "copy":
       s, k, r = re.fullmatch(r"copy (\w+) from (\d+) = (\w+)", line).groups()
       assert r == s[int(k) :] + s[: int(k)] and 0 < int(k) < len(s)
+    elif kind == "chain":
+      pairs, start, answer = re.fullmatch(r"chain ((?:\w\w ?)+) \? (\w)=(\d)", line).groups()
+      targets = dict(p for p in pairs.split())  # each letter names one target
+      assert len(targets) == len(pairs.split())
+      node, hops = start, 0
+      while not node.isdigit():
+        node, hops = targets[node], hops + 1
+      assert node == answer and 1 <= hops <= algorithmic.MAX_HOPS
+      assert algorithmic.answer_class(line) == f"answer_chain{hops}"
     else:
       x, y, z, s1, d1, r1, ans = map(
         int,
@@ -42,3 +51,22 @@ def test_corpus_is_shakespeare_with_snippets_and_reproducible():
   assert text.startswith(load_corpus("shakespeare", 100)[:100])
   assert re.search(r"\n\d+\+\d+=\d+\n", text) and "parity " in text and "Q: " in text
   assert algorithmic.snippets(5, seed=1) != algorithmic.snippets(5, seed=2)
+
+
+def test_labels_mark_each_answer_and_nothing_else():
+  """Every snippet's answer characters carry its class, the rest of the snippet is prompt,
+  and the Shakespeare is text; the labelled text is the interleaved one."""
+  plain = load_corpus("shakespeare", 5_000)
+  text, classes = algorithmic.labelled(plain, seed=3)
+  assert text == algorithmic.interleave(plain, seed=3) and len(classes) == len(text)
+  assert set(classes) <= set(algorithmic.TOKEN_CLASSES)
+  answers = "".join(c for c, k in zip(text, classes, strict=True) if k.startswith("answer"))
+  expected = ""
+  for line in text.split("\n"):
+    try:
+      kind = algorithmic.kind_of(line)
+    except ValueError:
+      continue
+    expected += line.split("A: ")[-1] if kind == "qa" else line.split("=")[-1]
+  assert answers == expected and len(expected) > 20
+  assert "".join(c for c, k in zip(text, classes, strict=True) if k == "text") == plain

@@ -52,12 +52,15 @@ def test_cached_decoding_gives_the_evaluation_logits(case):
   model, controls = build(CASES[case])
   if CASES[case][0] == "adaptive_transformer":
     mixed_depth(model)
-  full, telemetry = model(TOKENS, controls=controls, deterministic=True)
+  adaptive = CASES[case][0] == "adaptive_transformer"
+  kw = {"per_token": True} if adaptive else {}
+  full, telemetry = model(TOKENS, controls=controls, deterministic=True, **kw)
   logits, info = cached_logits(model, controls, TOKENS)
   np.testing.assert_allclose(logits, full, atol=3e-5)
-  if "passes" in info:  # the adaptive model: each token's passes, as the forward ran them
+  if adaptive:  # each token's passes, as the forward ran them
     assert 1.5 < float(telemetry["k_exec"]) < 3.5  # tokens really exit at different depths
     assert float(telemetry["tail4"]) < 1.0
+    np.testing.assert_allclose(info["passes"], telemetry["token_passes"], rtol=1e-6)
     np.testing.assert_allclose(np.mean(info["passes"]), telemetry["k_exec"], rtol=1e-6)
 
 

@@ -1,0 +1,314 @@
+"""The Ouro-Spec frontier on a task where depth matters: loss per token class against
+executed FLOPs and wall-clock, fixed depth k ∈ {1..Kmax} against adaptive depth.
+
+    python experiments/ouro_frontier.py [--seeds 0 1 2] [--targets 1.3 2.0 3.0]
+
+``configs/ouro_spec.py:depth``: a 2-layer character model (Kmax 4) on Shakespeare
+interleaved with algorithmic snippets (``data/algorithmic.py``; the ``chain`` kind needs
+one attention hop per link, so one pass of 2 layers resolves at most 2 hops).
+
+Arms:
+
+* ``fixed_k``: every token runs k passes (no price, no coupon; the ablation's fixed arms);
+* ``adaptive_k<t>``: the compute price's ``gate_bias`` controller holds the soft depth
+  avg_k at target t (deadband ±2%), trained and evaluated on the gathered path
+  (``gather_capacity`` c(t) = min(1, 0.5·(t − 1) + 0.1): passes 2..Kmax run on the
+  ⌈c·T⌉ most-alive tokens of each row, the overflow is counted). The coupon's one-pass
+  forward is off: with λ_p at its floor it prices nothing and would cost a forward.
+
+Validation per token class, after training, with the deployment controls: 300K held-out
+characters (the last 10% of the plain Shakespeare, snippets from a generator seed never
+used in training), labelled by ``algorithmic.labelled``: ``text`` (Shakespeare),
+``prompt`` (snippet characters that are not answers), the answers of each kind, and the
+chain answers by hop count. Per class: the loss and the passes the gate gave the position
+that predicts it. FLOPs per token: ``training.flops.forward_flops_per_token`` at the
+executed passes (each token's own) and at the paid passes (what the gathered block
+computes: pass 1 for all, then c of a pass for each pass run). Wall-clock: the measured
+training seconds per step and the deployment forward's tokens per second.
+
+Verdicts: an adaptive arm is "below the frontier" when its loss sits more than 2 standard
+errors below the fixed-k frontier interpolated (piecewise linear in FLOPs) at its paid
+FLOPs; the gate "gives answers more passes" when the per-seed difference in passes,
+answers − text, is positive beyond 2 standard errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ouro_spec_ablation import FIXED, not_audit, tail_mean  # noqa: E402
+
+from homeo_jax.data import algorithmic, corpora  # noqa: E402
+from homeo_jax.training.config import load_config  # noqa: E402
+from homeo_jax.training.cpu import reexec_with_page_keeping_allocator  # noqa: E402
+from homeo_jax.training.experiment import (  # noqa: E402
+  markdown_table,
+  mean_std,
+  read_run,
+  run_arms,
+  write_experiment_report,
+)
+from homeo_jax.training.flops import forward_flops_per_token  # noqa: E402
+from homeo_jax.training.loop import load_data, model_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = (1.3, 2.0, 3.0)
+TOLERANCE = 0.1
+HELD_OUT_SEED = 10_001
+EVAL_CHARS = 300_000
+EVAL_BATCH = 32
+SUMMARY = ("text", "prompt", "answers")
+
+
+def capacity(target: float) -> float:
+  """Gathered share of each row for passes 2..Kmax at soft-depth target t."""
+  return min(1.0, round(0.5 * (target - 1.0) + 0.1, 2))
+
+
+def arms(kmax: int, targets) -> dict[str, list[str]]:
+  fixed = {f"fixed_{k}": [*FIXED, f"model.force_k={k}"] for k in range(1, kmax + 1)}
+  adaptive = {
+    f"adaptive_k{t:g}": [
+      "optimizer.kwargs.controller=gate_bias",
+      "optimizer.kwargs.deadband=(0.98, 1.02)",
+      f"optimizer.kwargs.target_k={t}",
+      "model.coupon=False",
+      f"model.gather_capacity={capacity(t)}",
+    ]
+    for t in targets
+  }
+  return fixed | adaptive
+
+
+def held_out(tokenizer, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Non-overlapping windows ``[N, T + 1]`` of the labelled held-out text and the class
+  index (into ``algorithmic.TOKEN_CLASSES``) of each window's T targets."""
+  plain = corpora.shakespeare_text()
+  text, classes = algorithmic.labelled(
+    plain[int(0.9 * len(plain)) :][:EVAL_CHARS], seed=HELD_OUT_SEED
+  )
+  # characters the training slice never showed (a "/" in the tail) read as spaces
+  vocab = set(tokenizer.token_strings)
+  text = "".join(c if c in vocab else " " for c in text)
+  tokens = np.asarray(tokenizer.encode(text))
+  if len(tokens) != len(classes):
+    raise ValueError("the depth task's held-out set needs a character tokenizer")
+  index = np.asarray([algorithmic.TOKEN_CLASSES.index(c) for c in classes])
+  n = (len(tokens) - 1) // seq_len
+  n -= n % EVAL_BATCH
+  starts = np.arange(n) * seq_len
+  windows = np.stack([tokens[s : s + seq_len + 1] for s in starts])
+  targets = np.stack([index[s + 1 : s + seq_len + 1] for s in starts])
+  return windows, targets
+
+
+def evaluate_by_class(run_dir: Path, windows: np.ndarray, targets: np.ndarray) -> dict:
+  """Per-class loss and passes of a trained run under its deployment controls, the
+  deployment forward's tokens/s, and the passes the gathered block paid per layer."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax import nnx
+
+  from homeo_jax.training.trained import load_run
+
+  run = load_run(run_dir)
+  graphdef, state = nnx.split(run.model)
+
+  @jax.jit
+  def forward(batch):
+    model = nnx.merge(graphdef, state)
+    logits, tel = model(batch[:, :-1], controls=run.controls, deterministic=True, per_token=True)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:])
+    runs = jnp.stack([tel[f"layer{i}/passes_run"] for i in range(run.config.model.num_layers)])
+    return ce, tel["token_passes"], runs
+
+  batches = windows.reshape(-1, EVAL_BATCH, windows.shape[1])
+  jax.block_until_ready(forward(batches[0]))  # compile outside the timing
+  ce, passes, runs = [], [], []
+  start = time.perf_counter()
+  for batch in batches:
+    c, p, r = jax.device_get(forward(batch))
+    ce.append(c)
+    passes.append(p)
+    runs.append(r)
+  seconds = time.perf_counter() - start
+  ce, passes = np.concatenate(ce).ravel(), np.concatenate(passes).ravel()
+  labels = targets.ravel()
+  names = algorithmic.TOKEN_CLASSES
+  out = {"loss/all": float(ce.mean()), "passes/all": float(passes.mean())}
+  groups = {name: labels == i for i, name in enumerate(names)}
+  groups["answers"] = np.isin(labels, [i for i, n in enumerate(names) if n.startswith("answer")])
+  for name, mask in groups.items():
+    out[f"loss/{name}"] = float(ce[mask].mean()) if mask.any() else float("nan")
+    out[f"passes/{name}"] = float(passes[mask].mean()) if mask.any() else float("nan")
+    out[f"count/{name}"] = int(mask.sum())
+  out["eval_tokens_per_second"] = ce.size / seconds
+  out["passes_run"] = np.mean(np.stack(runs), axis=0).tolist()  # per layer
+  return out
+
+
+def frontier_at(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
+  """The fixed-k frontier (piecewise linear through its points, sorted by x) at x."""
+  order = np.argsort(xs)
+  return float(np.interp(x, xs[order], ys[order]))
+
+
+def main() -> None:
+  reexec_with_page_keeping_allocator(sys.argv)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
+  parser.add_argument("--arms", nargs="*", help="run only these arms")
+  parser.add_argument("--out", default="runs/ouro_frontier")
+  args = parser.parse_args()
+  base = load_config(f"{ROOT}/configs/ouro_spec.py:depth")
+  data = load_data(base)
+  kmax, seq = base.model.max_passes, base.data.seq_len
+  arm_set = arms(kmax, args.targets)
+  if args.arms:
+    arm_set = {a: arm_set[a] for a in args.arms}
+  out = Path(args.out)
+  runs = run_arms(base, arm_set, args.seeds, out, data=data)
+  model_cfg = model_config(base, data.vocab_size)  # the shape every arm shares
+  windows, targets = held_out(data.tokenizer, seq)
+
+  results: dict[str, list[dict]] = {}
+  for arm, dirs in runs.items():
+    results[arm] = []
+    for run_dir in dirs:
+      cache = run_dir / "eval_by_class.json"
+      if not cache.exists():
+        cache.write_text(json.dumps(evaluate_by_class(run_dir, windows, targets)))
+      records, stats = read_run(run_dir)
+      r = json.loads(cache.read_text())
+      c = json.loads((run_dir / "config.json").read_text())["model"]["gather_capacity"] or 1.0
+      executed = [r["passes/all"]] * model_cfg.num_layers
+      paid = [1 + (k - 1) * c for k in r["passes_run"]]
+      r.update(
+        flops_executed=forward_flops_per_token(model_cfg, seq, executed),
+        flops_paid=forward_flops_per_token(model_cfg, seq, paid),
+        seconds_per_step=stats.get("seconds_per_step", float("nan")),
+        avg_k=tail_mean(records, "telemetry/avg_k", where=not_audit),
+        k_exec=tail_mean(records, "telemetry/k_exec", where=not_audit),
+        overflow=tail_mean(records, "telemetry/overflow", where=not_audit),
+      )
+      results[arm].append(r)
+
+  def col(arm, key):
+    return [r[key] for r in results[arm]]
+
+  fixed = [a for a in results if a.startswith("fixed")]
+  front_x = {key: np.array([np.mean(col(a, "flops_paid")) for a in fixed]) for key in ("paid",)}
+  rows, verdicts = [], []
+  for arm in results:
+    target = float(arm.split("_k")[1]) if arm.startswith("adaptive") else None
+    err = [abs(k - target) for k in col(arm, "avg_k")] if target else None
+    rows.append(
+      [
+        arm,
+        mean_std(col(arm, "passes/all"), 2),
+        mean_std([f / 1e6 for f in col(arm, "flops_executed")], 3),
+        mean_std([f / 1e6 for f in col(arm, "flops_paid")], 3),
+        mean_std([1e3 * s for s in col(arm, "seconds_per_step")], 0),
+        mean_std(col(arm, "eval_tokens_per_second"), 0),
+        mean_std(col(arm, "loss/all"), 4),
+        *(mean_std(col(arm, f"loss/{k}"), 3) for k in SUMMARY),
+        *(mean_std(col(arm, f"loss/answer_chain{h}"), 3) for h in range(1, 5)),
+        mean_std(col(arm, "passes/text"), 2),
+        mean_std(col(arm, "passes/answers"), 2),
+        f"{mean_std(col(arm, 'avg_k'), 3)} ({sum(e <= TOLERANCE for e in err)}/{len(err)})"
+        if target
+        else "—",
+        mean_std(col(arm, "overflow"), 3) if target else "—",
+      ]
+    )
+    if target:
+      for key in ("all", "answers", "text"):
+        ys = np.array([np.mean(col(a, f"loss/{key}")) for a in fixed])
+        gaps = [
+          r[f"loss/{key}"] - frontier_at(r["flops_paid"], front_x["paid"], ys) for r in results[arm]
+        ]
+        se = np.std(gaps, ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
+        side = "below" if np.mean(gaps) < -2 * se else "above" if np.mean(gaps) > 2 * se else "on"
+        verdicts.append(
+          f"{arm}, {key} loss: {np.mean(gaps):+.4f} ± {se:.4f} (s.e.) vs the fixed-k frontier "
+          f"at its paid FLOPs: {side} the frontier"
+        )
+      diff = [r["passes/answers"] - r["passes/text"] for r in results[arm]]
+      se = np.std(diff, ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+      more = "yes" if np.mean(diff) > 2 * se else "no"
+      verdicts.append(
+        f"{arm}: passes on answers − on text = {np.mean(diff):+.3f} ± {se:.3f} (s.e.): "
+        f"answers get more passes: {more}"
+      )
+  headers = [
+    "arm",
+    "executed passes/token",
+    "fwd MFLOPs/token (executed)",
+    "fwd MFLOPs/token (paid)",
+    "train ms/step",
+    "eval tok/s",
+    "val loss, all",
+    *(f"loss, {k}" for k in SUMMARY),
+    *(f"loss, chain {h} hop{'s' * (h > 1)}" for h in range(1, 5)),
+    "passes on text",
+    "passes on answers",
+    f"avg_k last ¼ (seeds within {TOLERANCE})",
+    "overflow",
+  ]
+  table = markdown_table(headers, rows)
+  print(table)
+  print("\n".join(verdicts))
+
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+  for arm in results:
+    style = dict(marker="o" if arm.startswith("fixed") else "s", label=arm)
+    for ax, key, x in (
+      (axes[0], "loss/all", "flops_paid"),
+      (axes[1], "loss/answers", "flops_paid"),
+      (axes[2], "loss/all", "seconds_per_step"),
+    ):
+      xs, ys = col(arm, x), col(arm, key)
+      scale = 1e6 if x.startswith("flops") else 1e-3
+      ax.errorbar(
+        np.mean(xs) / scale, np.mean(ys), xerr=np.std(xs) / scale, yerr=np.std(ys), **style
+      )
+  axes[0].set(xlabel="fwd MFLOPs/token (paid)", ylabel="val loss, all tokens")
+  axes[1].set(xlabel="fwd MFLOPs/token (paid)", ylabel="val loss, answer tokens")
+  axes[2].set(xlabel="train ms/step", ylabel="val loss, all tokens")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out / "frontier.png", dpi=110)
+  write_experiment_report(
+    out,
+    "Ouro-Spec frontier on the depth task",
+    [
+      f"seeds {args.seeds}; configs/ouro_spec.py:depth: {base.train.steps} steps of "
+      f"{base.data.batch_size}x{seq} characters, {base.model.num_layers} layers x "
+      f"{base.model.d_model}, Kmax {kmax}",
+      f"validation: {windows.size:,} held-out characters, per token class; mean ± std over "
+      "seeds; avg_k over the non-audit steps of training's last quarter",
+      *verdicts,
+    ],
+    table,
+    "frontier.png",
+  )
+
+
+if __name__ == "__main__":
+  main()
