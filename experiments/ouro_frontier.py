@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ouro_spec_ablation import FIXED, not_audit, tail_mean  # noqa: E402
 
 from homeo_jax.data import algorithmic, corpora  # noqa: E402
-from homeo_jax.training.config import load_config  # noqa: E402
+from homeo_jax.training.config import apply_overrides, load_config  # noqa: E402
 from homeo_jax.training.cpu import reexec_with_page_keeping_allocator  # noqa: E402
 from homeo_jax.training.experiment import (  # noqa: E402
   markdown_table,
@@ -173,8 +173,13 @@ def main() -> None:
   parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
   parser.add_argument("--arms", nargs="*", help="run only these arms")
   parser.add_argument("--out", default="runs/ouro_frontier")
+  parser.add_argument("--steps", type=int, help="train this many steps (a smoke test)")
   args = parser.parse_args()
   base = load_config(f"{ROOT}/configs/ouro_spec.py:depth")
+  if args.steps:
+    base = apply_overrides(
+      base, [f"train.{k}={args.steps}" for k in ("steps", "eval_every", "checkpoint_every")]
+    )
   data = load_data(base)
   kmax, seq = base.model.max_passes, base.data.seq_len
   arm_set = arms(kmax, args.targets)
