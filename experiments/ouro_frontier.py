@@ -216,7 +216,7 @@ def main() -> None:
     return [r[key] for r in results[arm]]
 
   fixed = [a for a in results if a.startswith("fixed")]
-  front_x = {key: np.array([np.mean(col(a, "flops_paid")) for a in fixed]) for key in ("paid",)}
+  front_x = np.array([np.mean(col(a, "flops_paid")) for a in fixed])
   rows, verdicts = [], []
   for arm in results:
     target = float(arm.split("_k")[1]) if arm.startswith("adaptive") else None
@@ -243,9 +243,7 @@ def main() -> None:
     if target:
       for key in ("all", "answers", "text"):
         ys = np.array([np.mean(col(a, f"loss/{key}")) for a in fixed])
-        gaps = [
-          r[f"loss/{key}"] - frontier_at(r["flops_paid"], front_x["paid"], ys) for r in results[arm]
-        ]
+        gaps = [r[f"loss/{key}"] - frontier_at(r["flops_paid"], front_x, ys) for r in results[arm]]
         se = np.std(gaps, ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
         side = "below" if np.mean(gaps) < -2 * se else "above" if np.mean(gaps) > 2 * se else "on"
         verdicts.append(

@@ -656,10 +656,10 @@ class AdaptiveTransformer(nnx.Module):
     force, num_passes, clamp, halt_bias = self._depth_controls(controls)
     path = path or ("while" if deterministic else "scan")
     h, per_layer = self._depth(x, (force, clamp, halt_bias), num_passes, path, controls)
-    token_passes = jnp.mean(jnp.stack([t.pop("token_passes") for t in per_layer]), axis=0)
+    token_passes = [t.pop("token_passes") for t in per_layer]
     telemetry.update(self._merge(per_layer))
     if per_token:
-      telemetry["token_passes"] = token_passes
+      telemetry["token_passes"] = jnp.mean(jnp.stack(token_passes), axis=0)
     telemetry["compute_price"] = jnp.asarray(
       self._control(controls, "compute_price", 0.0), jnp.float32
     )
