@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from homeo_jax.models.adaptive import AdaptiveConfig, AdaptiveDecoderLayer  # noqa: E402
+from homeo_jax.models.adaptive_layer import AdaptiveConfig, AdaptiveDecoderLayer  # noqa: E402
 from homeo_jax.training.experiment import markdown_table  # noqa: E402
 from homeo_jax.training.loop import hardware_description  # noqa: E402
 

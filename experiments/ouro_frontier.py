@@ -92,12 +92,15 @@ def arms(kmax: int, targets) -> dict[str, list[str]]:
   return fixed | adaptive
 
 
-def held_out(tokenizer, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-  """Non-overlapping windows ``[N, T + 1]`` of the labelled held-out text and the class
-  index (into ``algorithmic.TOKEN_CLASSES``) of each window's T targets."""
+def held_out(tokenizer, corpus: str, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Non-overlapping windows ``[N, T + 1]`` of the labelled held-out text (generated as
+  ``corpus`` is) and the class index (into ``algorithmic.TOKEN_CLASSES``) of each
+  window's T targets."""
   plain = corpora.shakespeare_text()
   text, classes = algorithmic.labelled(
-    plain[int(0.9 * len(plain)) :][:EVAL_CHARS], seed=HELD_OUT_SEED
+    plain[int(0.9 * len(plain)) :][:EVAL_CHARS],
+    **algorithmic.GENERATED[corpus],
+    seed=HELD_OUT_SEED,
   )
   # characters the training slice never showed (a "/" in the tail) read as spaces
   vocab = set(tokenizer.token_strings)
@@ -174,12 +177,11 @@ def main() -> None:
   parser.add_argument("--arms", nargs="*", help="run only these arms")
   parser.add_argument("--out", default="runs/ouro_frontier")
   parser.add_argument("--steps", type=int, help="train this many steps (a smoke test)")
+  parser.add_argument("--set", action="append", default=[], help="override the base config")
   args = parser.parse_args()
   base = load_config(f"{ROOT}/configs/ouro_spec.py:depth")
-  if args.steps:
-    base = apply_overrides(
-      base, [f"train.{k}={args.steps}" for k in ("steps", "eval_every", "checkpoint_every")]
-    )
+  steps = [f"train.{k}={args.steps}" for k in ("steps", "eval_every", "checkpoint_every")]
+  base = apply_overrides(base, [*(steps if args.steps else []), *args.set])
   data = load_data(base)
   kmax, seq = base.model.max_passes, base.data.seq_len
   arm_set = arms(kmax, args.targets)
@@ -188,7 +190,7 @@ def main() -> None:
   out = Path(args.out)
   runs = run_arms(base, arm_set, args.seeds, out, data=data)
   model_cfg = model_config(base, data.vocab_size)  # the shape every arm shares
-  windows, targets = held_out(data.tokenizer, seq)
+  windows, targets = held_out(data.tokenizer, base.data.corpus, seq)
 
   results: dict[str, list[dict]] = {}
   for arm, dirs in runs.items():

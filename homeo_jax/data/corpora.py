@@ -1,10 +1,10 @@
 """Text corpora: the shipped Shakespeare, the Python standard library, and user text.
 
 Everything here is offline. ``load_corpus`` takes a name (``"shakespeare"``,
-``"python_stdlib"``, ``"shakespeare_algorithmic"`` — generated from the first, see
-``data/algorithmic.py``) or a path to a text file or a folder of text files, and returns
-one string. Folders are read in sorted path order so the corpus, and every split and
-batch derived from it, is deterministic across machines.
+``"python_stdlib"``, ``"shakespeare_algorithmic"`` and ``"shakespeare_chains"`` —
+generated from the first, see ``data/algorithmic.py``) or a path to a text file or a
+folder of text files, and returns one string. Folders are read in sorted path order so
+the corpus, and every split and batch derived from it, is deterministic across machines.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 
+from homeo_jax.data import algorithmic
+
 SHAKESPEARE = "shakespeare"
 PYTHON_STDLIB = "python_stdlib"
-SHAKESPEARE_ALGORITHMIC = "shakespeare_algorithmic"  # generated: data/algorithmic.py
-BUILTIN_CORPORA = (SHAKESPEARE, PYTHON_STDLIB, SHAKESPEARE_ALGORITHMIC)
+BUILTIN_CORPORA = (SHAKESPEARE, PYTHON_STDLIB, *algorithmic.GENERATED)
 
 # Files in a user folder that are read as text; anything else is skipped.
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".rst", ".py", ".text", ""})
@@ -65,10 +66,8 @@ def load_corpus(name_or_path: str, max_chars: int | None = None) -> str:
   """Load a built-in corpus by name or a user corpus from a file or folder path."""
   if name_or_path == SHAKESPEARE:
     text = shakespeare_text()
-  elif name_or_path == SHAKESPEARE_ALGORITHMIC:
-    from homeo_jax.data import algorithmic
-
-    text = algorithmic.interleave(shakespeare_text())
+  elif name_or_path in algorithmic.GENERATED:
+    text = algorithmic.interleave(shakespeare_text(), **algorithmic.GENERATED[name_or_path])
   elif name_or_path == PYTHON_STDLIB:
     return python_stdlib_text(max_chars)
   else:

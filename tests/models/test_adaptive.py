@@ -10,10 +10,10 @@ import optax
 import pytest
 from flax import nnx
 
-from homeo_jax.models.adaptive import (
+from homeo_jax.models.adaptive import AdaptiveTransformer
+from homeo_jax.models.adaptive_layer import (
   AdaptiveConfig,
   AdaptiveDecoderLayer,
-  AdaptiveTransformer,
   attention_features,
   safe_cosine,
 )
