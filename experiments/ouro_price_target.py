@@ -6,7 +6,9 @@ The tiny Ouro-Spec preset (``configs/ouro_spec.py:tiny``, Kmax 4, the seed's sch
 scaled to the run) with the compute price held at each target by the seed's additive dual
 ascent (``seed``: λ_p in [1e-4, 0.05]) or by the log-domain PI variant (``log_pi``: λ_p in
 [1e-3, 10], κ_i 0.1, κ_p 0.5; ``log_pi_fast``: κ_i 1) or by a halting bias on the gate's
-logit (``gate_bias``, λ_p at its floor; ``regulators/compute_price.py``).
+logit (``gate_bias``, λ_p at its floor; ``regulators/compute_price.py``), or by a constant
+bias (``constant_bias``: the best-constant baseline of ``gate_bias_fast``, b fixed from the
+first step at the value that controller settled to for the target).
 The criterion (issue 20): |avg_k − target| ≤ 0.1 over the last quarter of training
 (non-audit steps), in every seed.
 """
@@ -74,7 +76,25 @@ CONTROLLERS = {
     "optimizer.kwargs.bias_gain=1.0",
     "optimizer.kwargs.bias_max=30.0",
   ],
+  # bias_gain 0: b stays at initial_bias (set per target below)
+  "constant_bias": [
+    "optimizer.kwargs.controller=gate_bias",
+    "optimizer.kwargs.bias_gain=0.0",
+    "optimizer.kwargs.bias_max=30.0",
+  ],
 }
+# The constant bias per target: gate_bias_fast's b over the last quarter, mean of its 3
+# seeds (measured, session 8: −2.54/−1.49/−2.33, 8.00/8.61/7.32, 29.09/29.71/29.89).
+CONSTANT_BIAS = {1.3: -2.12, 2.0: 7.97, 3.0: 29.56}
+
+
+def arm_overrides(controller: str, target: float) -> list[str]:
+  extra = [f"optimizer.kwargs.initial_bias={CONSTANT_BIAS[target]}"]
+  return [
+    *CONTROLLERS[controller],
+    f"optimizer.kwargs.target_k={target}",
+    *(extra if controller == "constant_bias" else []),
+  ]
 
 
 def main() -> None:
@@ -87,7 +107,7 @@ def main() -> None:
   data = load_data(base)
   out = Path("runs/ouro_price_target_tiny")
   arms = {
-    f"{ctrl}_k{target:g}": [*CONTROLLERS[ctrl], f"optimizer.kwargs.target_k={target}"]
+    f"{ctrl}_k{target:g}": arm_overrides(ctrl, target)
     for ctrl in args.controllers
     for target in TARGETS
   }
@@ -101,6 +121,7 @@ def main() -> None:
     soft = [tail_mean(r, "telemetry/avg_k", where=not_audit) for r in records]
     executed = [tail_mean(r, "telemetry/k_exec", where=not_audit) for r in records]
     price = [tail_mean(r, "regulators/compute_price/price") for r in records]
+    bias = [tail_mean(r, "regulators/compute_price/halt_bias") for r in records]
     err = [abs(k - target) for k in soft]
     hit = sum(e <= TOLERANCE for e in err)
     final = [read_run(d)[1]["val_loss"] for d in dirs]
@@ -113,6 +134,7 @@ def main() -> None:
         f"{hit}/{len(dirs)}",
         mean_std(executed, 3),
         mean_std(price, 4),
+        mean_std(bias, 2),
         mean_std(final, 3),
       ]
     )
@@ -138,6 +160,7 @@ def main() -> None:
       f"seeds within {TOLERANCE}",
       "executed passes (last ¼)",
       "λ_p (last ¼)",
+      "halting bias b (last ¼)",
       "final val loss",
     ],
     rows,

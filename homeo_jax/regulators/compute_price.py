@@ -89,6 +89,10 @@ from homeo_jax.regulators.base import (
 )
 
 PUBLISHED = ("compute_price", "force_k", "gate_clamp", "halt_bias")
+# The settling test is relative (|Δ| > settle_rtol·|ref|); near b = 0 that would call any
+# change a move, so the bias's reference is floored at 0.1 logit: settled means b stayed
+# within 0.005 logit (≈ 0.1% of p at p = 0.5) when |b| < 0.1.
+BIAS_SETTLE_FLOOR = 0.1
 CONTROLLERS = ("seed", "log_pi", "gate_bias")
 
 
@@ -158,6 +162,7 @@ def compute_price(
   proportional_gain: float = 0.5,
   bias_gain: float = 0.1,
   bias_max: float = 8.0,
+  initial_bias: float = 0.0,
   seed: int = 0,
   name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -175,6 +180,8 @@ def compute_price(
     controller: ``"seed"`` (additive dual ascent), ``"log_pi"`` or ``"gate_bias"`` (the
       module docstring); integral_gain: κ_i of ``"log_pi"`` (0.05); proportional_gain: κ_p
       of both (0.5); bias_gain, bias_max: κ_b and the clamp of b (0.1, 8).
+    initial_bias: b before the first step (0); with ``bias_gain=0`` it stays there, a
+      constant halting bias (the best-constant baseline of the controller).
     seed: PRNG seed of the audit draws; name: instance name (``"compute_price"``).
 
   State: ``ComputePriceState`` (fields commented in the class).
@@ -198,6 +205,9 @@ def compute_price(
   check(kind, "proportional_gain", proportional_gain, lambda v: v >= 0, ">= 0")
   check(kind, "bias_gain", bias_gain, lambda v: v >= 0, ">= 0")
   check(kind, "bias_max", bias_max, lambda v: v > 0, "> 0")
+  check(
+    kind, "initial_bias", initial_bias, lambda v: abs(v) <= bias_max, "in [-bias_max, bias_max]"
+  )
   spec = regulator_spec(kind, name, reads=("avg_k",), publishes=PUBLISHED)
 
   def publish(next_step, price, audit, bias):
@@ -217,8 +227,8 @@ def compute_price(
       spec=spec,
       step=fresh(0, jnp.int32),
       price=fresh(price, jnp.float32),
-      halt_bias=fresh(0.0, jnp.float32),
-      settle_ref=fresh(0.0 if controller == "gate_bias" else price, jnp.float32),
+      halt_bias=fresh(initial_bias, jnp.float32),
+      settle_ref=fresh(initial_bias if controller == "gate_bias" else price, jnp.float32),
       settle_count=fresh(0, jnp.int32),
       deadband=fresh(0, jnp.int32),
       deadband_steps_since_trigger=fresh(0, jnp.int32),
@@ -229,7 +239,7 @@ def compute_price(
       delta_ce=fresh(0.0, jnp.float32),
       audit_delta_ce=fresh(0.0, jnp.float32),
       key=jax.random.key_data(jax.random.key(seed)),
-      controls=publish(zero_i, jnp.asarray(price, jnp.float32), zero_i, 0.0),
+      controls=publish(zero_i, jnp.asarray(price, jnp.float32), zero_i, initial_bias),
     )
 
   def update_fn(updates, state: ComputePriceState, params=None, **extra_args):
@@ -246,27 +256,23 @@ def compute_price(
     rate = jnp.where(engaged_now, jnp.where(inside, 0.0, deadband_rate), 1.0)
     edge_err = jnp.where(avg_k > hi_edge, avg_k - hi_edge, avg_k - lo_edge)
     step_err = jnp.where(engaged_now & finite, edge_err, err)
-    bias = state.halt_bias
+    bias, price = state.halt_bias, state.price
     if controller == "gate_bias":
       # the bias is the dual variable; the settling test below watches it instead of λ_p
       bias_step = bias_gain * (step_err + proportional_gain * (err - state.ctrl_err))
       stepped = jnp.clip(bias - rate * bias_step, -bias_max, bias_max)
       bias = jnp.where(control, stepped, bias)
-      price = state.price
-    elif fixed_price is None:
-      if controller == "log_pi":
-        # integral on the (edge) error, proportional on the change of the error
-        rel, change = step_err / target_k, (err - state.ctrl_err) / target_k
-        log_step = rate * (integral_gain * rel + proportional_gain * change)
-        stepped = jnp.clip(state.price * jnp.exp(log_step), price_min, price_max)
-      else:
-        stepped = jnp.clip(state.price + rate * dual_lr * step_err, price_min, price_max)
-      price = jnp.where(control, stepped, state.price)
+      dual, lo, hi, floor = bias, -bias_max, bias_max, BIAS_SETTLE_FLOOR
     else:
-      price = state.price
-    if controller == "gate_bias":
-      dual, lo, hi, floor = bias, -bias_max, bias_max, 0.1
-    else:
+      if fixed_price is None:
+        if controller == "log_pi":
+          # integral on the (edge) error, proportional on the change of the error
+          rel, change = step_err / target_k, (err - state.ctrl_err) / target_k
+          log_step = rate * (integral_gain * rel + proportional_gain * change)
+          stepped = jnp.clip(state.price * jnp.exp(log_step), price_min, price_max)
+        else:
+          stepped = jnp.clip(state.price + rate * dual_lr * step_err, price_min, price_max)
+        price = jnp.where(control, stepped, state.price)
       dual, lo, hi, floor = price, price_min, price_max, price_min
     moved = jnp.abs(dual - state.settle_ref) > settle_rtol * jnp.maximum(
       jnp.abs(state.settle_ref), floor

@@ -218,6 +218,18 @@ def test_gate_bias_controller_holds_a_drifting_plant_at_its_target(target):
   assert max(abs(np.array(ks[600:]) - target)) <= 0.1
 
 
+def test_a_constant_halting_bias_is_published_from_the_first_step():
+  """``bias_gain=0`` with ``initial_bias``: the best-constant baseline of the controller."""
+  tx = compute_price(controller="gate_bias", bias_gain=0.0, initial_bias=2.5, warmup_steps=0)
+  states = run(tx, np.linspace(1.0, 4.0, 30))
+  assert float(tx.init(PARAMS).controls["halt_bias"]) == 2.5
+  np.testing.assert_array_equal(states.controls["halt_bias"], 2.5)
+  with pytest.raises(
+    ValueError, match="initial_bias must be in \\[-bias_max, bias_max\\], got 9.0"
+  ):
+    compute_price(controller="gate_bias", initial_bias=9.0)
+
+
 def test_deployment_controls_keep_the_halting_bias():
   tx = compute_price(warmup_steps=0, ponder_start=0, controller="gate_bias", clamp_until=10)
   state = tx.init(PARAMS)
