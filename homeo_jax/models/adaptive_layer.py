@@ -471,6 +471,10 @@ class AdaptiveDecoderLayer(nnx.Module):
     p_n = jnp.maximum(jnp.sum(stats["alive"]) * x.shape[0] * x.shape[1], 1.0)
     p_mu = jnp.sum(stats["p_sum"]) / p_n
     executed = last.executed
+    # What the passes cost per token: pass 1 for every token, then each later pass the
+    # batch ran costs a full pass (dense) or the gathered share C/T.
+    share = self._capacity(x.shape[1]) / x.shape[1] if self.cfg.gather_capacity else 1.0
+    paid = 1.0 + jnp.maximum(passes_run - 1.0, 0.0) * share
     telemetry = {
       "expected_k": jnp.mean(last.expected),  # differentiable: the ponder cost reads it
       "k_exec": jnp.mean(executed),
@@ -483,8 +487,10 @@ class AdaptiveDecoderLayer(nnx.Module):
       "p_low": jnp.sum(stats["p_low_sum"]) / p_n,  # share of gates ≤ 0.05
       "delta_p": jnp.sum(stats["dp_sum"]) / jnp.maximum(p_n - n_alive[0], 1.0),
       "delta_h": jnp.linalg.norm(last.h - first.h) / (jnp.linalg.norm(first.h) + 1e-6),
-      "overflow": jnp.sum(stats["overflow"]),
+      "overflow": jnp.sum(stats["overflow"]),  # alive token-passes dropped, per token
       "passes_run": passes_run,
+      # share of the paid pass-compute spent on tokens that were not alive
+      "wasted_compute": 1.0 - jnp.mean(executed) / paid,
       "survival": stats["survival"],  # [max_passes]: mean s entering each pass
       "token_passes": executed,  # [B, T]; the model keeps it only when asked (per_token)
     }

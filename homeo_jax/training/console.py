@@ -58,6 +58,7 @@ def ouro_lines(step: int, m: Metrics) -> list[str]:
     f" | P_NR {100 * t('p_low'):.1f}% | BATON {t('baton_rat'):.3f}"
     f" | PL/LM {100 * t('ponder') / max(lm, 1e-9):.2f}%"
     f" | exec {t('passes_run'):.2f}/k {t('avg_k'):.2f}/gap {t('gap'):+.2f}"
+    f" | waste {100 * t('wasted_compute'):.0f}%"
     f" | dt {1000 * m.get('dt', 0.0):.0f}ms | tok/s {m['tok_s']:,.0f}"
   ]
   delta_ce = t("delta_ce")

@@ -128,6 +128,9 @@ def test_gathered_block_equals_the_full_path_and_counts_overflow():
   np.testing.assert_allclose(full[1]["expected_k"], half[1]["expected_k"], atol=1e-6)
   assert float(half[1]["overflow"]) == 0.0
   assert float(full[1]["k_exec"]) == pytest.approx((16 * 4 + 16 * 1) / 32)
+  # wasted compute: dense pays 4 passes for 2.5 executed; the block of 16 pays 1 + 3·½.
+  assert float(full[1]["wasted_compute"]) == pytest.approx(1 - 2.5 / 4)
+  assert float(half[1]["wasted_compute"]) == pytest.approx(0.0, abs=1e-6)
   # C = 8: half of the alive tokens are treated as halted and counted.
   assert float(quarter[1]["overflow"]) > 0.0
   assert float(quarter[1]["k_exec"]) < float(full[1]["k_exec"])
@@ -178,6 +181,7 @@ def test_forcing_and_hard_kill():
   for k in (1, 2, 4):
     _, tel = forward(model, TOKENS, ctl(force_k=k))
     assert float(tel["k_exec"]) == k and float(tel["avg_k"]) == k
+    assert float(tel["wasted_compute"]) == 0.0
   killed = build(dataclasses.replace(CFG, hard_kill=True))
   _, tel = forward(killed, TOKENS, ctl(force_k=3))  # static config wins
   assert float(tel["k_exec"]) == 1.0 and float(tel["passes_run"]) == 1.0

@@ -7,7 +7,8 @@ def metrics(**overrides):
     "telemetry/ce_loss": 1.9, "telemetry/ponder": 0.0, "telemetry/ponder_raw": 0.01,
     "telemetry/coupon": 0.02, "telemetry/p_low": 0.1, "telemetry/baton_rat": 0.2,
     "telemetry/passes_run": 3.0, "telemetry/k_exec": 1.6, "telemetry/avg_k": 1.5,
-    "telemetry/gap": 1.5, "telemetry/delta_ce": 0.01, "telemetry/delta_pred_entropy": -0.02,
+    "telemetry/gap": 1.5, "telemetry/wasted_compute": 0.4667, "telemetry/delta_ce": 0.01,
+    "telemetry/delta_pred_entropy": -0.02,
     "telemetry/pass1_ce": 1.91, "telemetry/forced_k": 0.0,
     "telemetry/layer0/passes_run": 3.0, "telemetry/layer0/k_exec": 1.6,
     "telemetry/layer0/delta_p": -0.05,
@@ -21,7 +22,7 @@ def metrics(**overrides):
 def test_ouro_lines_use_the_seeds_semantics():
   lines = ouro_lines(10, metrics())
   # exec is the batch's executed passes; the layer line: k_exec = passes run, avg = mean
-  assert "exec 3.00/k 1.50/gap +1.50" in lines[0]
+  assert "exec 3.00/k 1.50/gap +1.50 | waste 47%" in lines[0]
   assert "L0 k_exec 3 " in lines[2] and "avg 1.60" in lines[2] and "Δp -0.050" in lines[2]
   assert "ponder 0.0000 λp 0.03" in lines[2]
   # the coupon covered the raw cost; recurrence sharpened the prediction (ΔH < 0)
