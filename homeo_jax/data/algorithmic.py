@@ -12,7 +12,7 @@ data:
 * ``qa``: a question, its reasoning, its answer:
   ``Q: Ann has 3 figs, gets 4, gives 2. R: 3+4=7, 7-2=5. A: 5``;
 * ``chain``: pointer chasing over 1–4 hops, ``chain k7 yq m3 qk ? y=7`` (y→q→k→7; each
-  pair names its target, pairs shuffled, two distractors). Each hop is one attention
+  pair names its target, pairs shuffled, 0–2 distractors). Each hop is one attention
   lookup, so the hops one pass of an L-layer model can resolve are bounded by L: the
   kind on which recurrence (more passes of the same layers) has something to win.
 
@@ -30,6 +30,7 @@ import random
 
 KINDS = ("add", "parity", "copy", "qa", "chain")
 MAX_HOPS = 4
+MAX_DISTRACTORS = 2
 # Per-character classes: Shakespeare, snippet text that is not an answer, and each kind's
 # answer (chain answers also per hop count).
 TOKEN_CLASSES = (
@@ -76,7 +77,7 @@ def snippet(rng: random.Random, kind: str | None = None, kinds: tuple[str, ...] 
     )
   if kind == "chain":
     hops = rng.randint(1, MAX_HOPS)
-    names = rng.sample(LETTERS, hops + 2)
+    names = rng.sample(LETTERS, hops + rng.randint(0, MAX_DISTRACTORS))
     path, distractors = names[:hops], names[hops:]
     answer = str(rng.randrange(10))
     pairs = [a + b for a, b in zip(path, [*path[1:], answer], strict=True)]
@@ -111,8 +112,17 @@ def answer_span(line: str) -> tuple[int, int]:
 def answer_class(line: str) -> str:
   kind = kind_of(line)
   if kind == "chain":
-    return f"answer_chain{len(line.split('?')[0].split()) - 3}"  # pairs − 2 distractors
+    return f"answer_chain{chain_hops(line)}"
   return f"answer_{kind}"
+
+
+def chain_hops(line: str) -> int:
+  """The hops of a chain line: links followed from the query letter to a digit."""
+  pairs = dict(pair for pair in line.split("?")[0].split()[1:])
+  node, hops = line.split("?")[1].strip()[0], 0
+  while not node.isdigit():
+    node, hops = pairs[node], hops + 1
+  return hops
 
 
 def snippets(n: int, seed: int = 0) -> str:

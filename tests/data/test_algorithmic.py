@@ -31,6 +31,7 @@ def test_every_snippet_states_a_true_answer(kind):
       while not node.isdigit():
         node, hops = targets[node], hops + 1
       assert node == answer and 1 <= hops <= algorithmic.MAX_HOPS
+      assert hops <= len(targets) <= hops + algorithmic.MAX_DISTRACTORS
       assert algorithmic.answer_class(line) == f"answer_chain{hops}"
     else:
       x, y, z, s1, d1, r1, ans = map(
