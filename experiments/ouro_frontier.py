@@ -3,14 +3,16 @@ executed FLOPs and wall-clock, fixed depth k ∈ {1..Kmax} against adaptive dept
 
     python experiments/ouro_frontier.py [--seeds 0 1 2] [--targets 1.3 2.0 3.0]
 
-``configs/ouro_spec.py:depth``: a 2-layer character model (Kmax 4) on Shakespeare
-interleaved with algorithmic snippets (``data/algorithmic.py``; the ``chain`` kind needs
-one attention hop per link, so one pass of 2 layers resolves at most 2 hops).
+``configs/ouro_spec.py:depth``: a 2-layer character model (width 128, Kmax 4) on
+Shakespeare with a pointer-chasing ``chain`` snippet after nearly every line
+(``shakespeare_chains``, ``data/algorithmic.py``): each link is one attention lookup, so
+the hops one pass can follow are bounded by the layers, and more passes can follow more.
 
 Arms:
 
 * ``fixed_k``: every token runs k passes (no price, no coupon; the ablation's fixed arms);
-* ``adaptive_k<t>``: the compute price's ``gate_bias`` controller holds the soft depth
+* ``adaptive_k<t>``: the compute price's ``gate_bias`` controller (κ_b 1, |b| ≤ 30: the
+  setting that reached every target in ``ouro_price_target.py``) holds the soft depth
   avg_k at target t (deadband ±2%), trained and evaluated on the gathered path
   (``gather_capacity`` c(t) = min(1, 0.5·(t − 1) + 0.1): passes 2..Kmax run on the
   ⌈c·T⌉ most-alive tokens of each row, the overflow is counted). The coupon's one-pass
@@ -83,6 +85,8 @@ def arms(kmax: int, targets) -> dict[str, list[str]]:
     f"adaptive_k{t:g}": [
       "optimizer.kwargs.controller=gate_bias",
       "optimizer.kwargs.deadband=(0.98, 1.02)",
+      "optimizer.kwargs.bias_gain=1.0",  # gate_bias_fast of ouro_price_target.py
+      "optimizer.kwargs.bias_max=30.0",
       f"optimizer.kwargs.target_k={t}",
       "model.coupon=False",
       f"model.gather_capacity={capacity(t)}",
@@ -220,6 +224,16 @@ def main() -> None:
   fixed = [a for a in results if a.startswith("fixed")]
   front_x = np.array([np.mean(col(a, "flops_paid")) for a in fixed])
   rows, verdicts = [], []
+  # Does depth matter? Each fixed-k arm against one pass, on the answers (seeds paired).
+  for arm in fixed[1:] if fixed and fixed[0] == "fixed_1" else []:
+    for key in ("answers", *(f"answer_chain{h}" for h in range(1, 5))):
+      pairs = zip(col(arm, f"loss/{key}"), col("fixed_1", f"loss/{key}"), strict=True)
+      gaps = [a - b for a, b in pairs]
+      se = np.std(gaps, ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
+      verdicts.append(
+        f"{arm} − fixed_1, {key} loss: {np.mean(gaps):+.3f} ± {se:.3f} (s.e., seeds paired)"
+        f"{': depth helps' if np.mean(gaps) < -2 * se else ''}"
+      )
   for arm in results:
     target = float(arm.split("_k")[1]) if arm.startswith("adaptive") else None
     err = [abs(k - target) for k in col(arm, "avg_k")] if target else None
