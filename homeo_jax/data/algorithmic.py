@@ -43,14 +43,16 @@ NAMES = ("Ann", "Ben", "Cleo", "Dion", "Edgar", "Fenton", "Gower", "Hero")
 ITEMS = ("figs", "coins", "rings", "books", "swords", "crowns")
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-# The generated corpora (``corpora.load_corpus`` names): Shakespeare with snippets of
-# ``kinds`` after every ~``chunk_chars`` characters. The chain corpus puts a chain after
-# nearly every line (~40% of the characters), so a small model sees enough lookups to
-# learn them in a CPU-sized run; at one snippet per ~100 characters, a fifth of them
-# chains, a 2-layer model left chain answers at chance after 1,000 steps (session 8).
+# The generated corpora (``corpora.load_corpus`` names): Shakespeare with ``per_cut``
+# snippets of ``kinds`` after every ~``chunk_chars`` characters. The chain corpus puts
+# three chains after nearly every line (~60% of the characters), so a small model sees
+# enough lookups to learn them in a CPU-sized run. Measured (session 9, 2 layers, 2,000
+# steps, one pass): at one snippet per ~100 characters, a fifth of them chains, and at one
+# chain per line, the lookup did not form at all (chain answers at ln 10); on chain lines
+# alone it did.
 GENERATED = {
   "shakespeare_algorithmic": {"chunk_chars": 100, "kinds": KINDS},
-  "shakespeare_chains": {"chunk_chars": 30, "kinds": ("chain",)},
+  "shakespeare_chains": {"chunk_chars": 30, "kinds": ("chain",), "per_cut": 3},
 }
 
 
@@ -132,19 +134,29 @@ def snippets(n: int, seed: int = 0) -> str:
 
 
 def interleave(
-  text: str, *, chunk_chars: int = 100, kinds: tuple[str, ...] = KINDS, seed: int = 0
+  text: str,
+  *,
+  chunk_chars: int = 100,
+  kinds: tuple[str, ...] = KINDS,
+  per_cut: int = 1,
+  seed: int = 0,
 ) -> str:
-  """``text`` with a snippet line (of ``kinds``) after every ~``chunk_chars`` characters,
-  cut at a line end."""
-  return "".join(piece for piece, _ in _pieces(text, chunk_chars, kinds, seed))
+  """``text`` with ``per_cut`` snippet lines (of ``kinds``) after every ~``chunk_chars``
+  characters, cut at a line end."""
+  return "".join(piece for piece, _ in _pieces(text, chunk_chars, kinds, per_cut, seed))
 
 
 def labelled(
-  text: str, *, chunk_chars: int = 100, kinds: tuple[str, ...] = KINDS, seed: int = 0
+  text: str,
+  *,
+  chunk_chars: int = 100,
+  kinds: tuple[str, ...] = KINDS,
+  per_cut: int = 1,
+  seed: int = 0,
 ) -> tuple[str, list[str]]:
   """``interleave(text)`` and the class of each of its characters (``TOKEN_CLASSES``)."""
   out, classes = [], []
-  for piece, is_snippet in _pieces(text, chunk_chars, kinds, seed):
+  for piece, is_snippet in _pieces(text, chunk_chars, kinds, per_cut, seed):
     out.append(piece)
     if not is_snippet:
       classes += ["text"] * len(piece)
@@ -154,7 +166,7 @@ def labelled(
   return "".join(out), classes
 
 
-def _pieces(text: str, chunk_chars: int, kinds: tuple[str, ...], seed: int):
+def _pieces(text: str, chunk_chars: int, kinds: tuple[str, ...], per_cut: int, seed: int):
   """(piece, is_snippet): the text cut at line ends, a snippet line after each cut."""
   rng = random.Random(seed)
   start = 0
@@ -164,5 +176,6 @@ def _pieces(text: str, chunk_chars: int, kinds: tuple[str, ...], seed: int):
       yield text[start:], False
       return
     yield text[start : end + 1], False
-    yield snippet(rng, kinds=kinds) + "\n", True
+    for _ in range(per_cut):
+      yield snippet(rng, kinds=kinds) + "\n", True
     start = end + 1
