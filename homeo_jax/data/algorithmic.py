@@ -3,8 +3,8 @@
 Generated, not downloaded: ``load_corpus("shakespeare_algorithmic")`` builds it from the
 shipped Shakespeare and a seeded generator, the same text on every machine. After every
 ``chunk_chars`` (≈ 100) characters of Shakespeare, cut at a line end, one snippet line is
-inserted, drawn uniformly from four kinds, in the spirit of the Ouro-Spec seed's SYNTH
-data:
+inserted, drawn uniformly from five kinds, in the spirit of the Ouro-Spec seed's SYNTH
+data (``"shakespeare_chains"``: three chain lines after nearly every line; ``GENERATED``):
 
 * ``add``: multi-digit addition, ``4821+3967=8788`` (3–5 digits; carries chain);
 * ``parity``: ``parity 0110100 = 1`` (8–16 bits);
@@ -45,11 +45,11 @@ ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 # The generated corpora (``corpora.load_corpus`` names): Shakespeare with ``per_cut``
 # snippets of ``kinds`` after every ~``chunk_chars`` characters. The chain corpus puts
-# three chains after nearly every line (~60% of the characters), so a small model sees
-# enough lookups to learn them in a CPU-sized run. Measured (session 9, 2 layers, 2,000
-# steps, one pass): at one snippet per ~100 characters, a fifth of them chains, and at one
-# chain per line, the lookup did not form at all (chain answers at ln 10); on chain lines
-# alone it did.
+# three chains after nearly every line (58% of the characters), so a small model sees
+# enough lookups to learn them in a CPU-sized run. Measured (2 layers, one pass): at one
+# snippet per ~100 characters, a fifth of them chains (width 64, 1,000 steps), and at one
+# chain per line (31%; width 128, 2,000 steps), the lookup did not form (chain answers at
+# ln 10); at three per line it formed in 1 of 3 seeds (README, Ouro-Spec).
 GENERATED = {
   "shakespeare_algorithmic": {"chunk_chars": 100, "kinds": KINDS},
   "shakespeare_chains": {"chunk_chars": 30, "kinds": ("chain",), "per_cut": 3},
