@@ -167,6 +167,11 @@ def evaluate_by_class(run_dir: Path, windows: np.ndarray, targets: np.ndarray) -
   return out
 
 
+def standard_error(values) -> float:
+  """s.e. of the mean over seeds (NaN for one seed)."""
+  return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
 def frontier_at(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
   """The fixed-k frontier (piecewise linear through its points, sorted by x) at x."""
   order = np.argsort(xs)
@@ -229,7 +234,7 @@ def main() -> None:
     for key in ("answers", *(f"answer_chain{h}" for h in range(1, 5))):
       pairs = zip(col(arm, f"loss/{key}"), col("fixed_1", f"loss/{key}"), strict=True)
       gaps = [a - b for a, b in pairs]
-      se = np.std(gaps, ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
+      se = standard_error(gaps)
       verdicts.append(
         f"{arm} − fixed_1, {key} loss: {np.mean(gaps):+.3f} ± {se:.3f} (s.e., seeds paired)"
         f"{': depth helps' if np.mean(gaps) < -2 * se else ''}"
@@ -260,14 +265,14 @@ def main() -> None:
       for key in ("all", "answers", "text"):
         ys = np.array([np.mean(col(a, f"loss/{key}")) for a in fixed])
         gaps = [r[f"loss/{key}"] - frontier_at(r["flops_paid"], front_x, ys) for r in results[arm]]
-        se = np.std(gaps, ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
+        se = standard_error(gaps)
         side = "below" if np.mean(gaps) < -2 * se else "above" if np.mean(gaps) > 2 * se else "on"
         verdicts.append(
           f"{arm}, {key} loss: {np.mean(gaps):+.4f} ± {se:.4f} (s.e.) vs the fixed-k frontier "
           f"at its paid FLOPs: {side} the frontier"
         )
       diff = [r["passes/answers"] - r["passes/text"] for r in results[arm]]
-      se = np.std(diff, ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+      se = standard_error(diff)
       more = "yes" if np.mean(diff) > 2 * se else "no"
       verdicts.append(
         f"{arm}: passes on answers − on text = {np.mean(diff):+.3f} ± {se:.3f} (s.e.): "

@@ -89,12 +89,10 @@ CONSTANT_BIAS = {1.3: -2.12, 2.0: 7.97, 3.0: 29.56}
 
 
 def arm_overrides(controller: str, target: float) -> list[str]:
-  extra = [f"optimizer.kwargs.initial_bias={CONSTANT_BIAS[target]}"]
-  return [
-    *CONTROLLERS[controller],
-    f"optimizer.kwargs.target_k={target}",
-    *(extra if controller == "constant_bias" else []),
-  ]
+  overrides = [*CONTROLLERS[controller], f"optimizer.kwargs.target_k={target}"]
+  if controller == "constant_bias":  # only this arm needs (and has) a measured constant
+    overrides.append(f"optimizer.kwargs.initial_bias={CONSTANT_BIAS[target]}")
+  return overrides
 
 
 def main() -> None:
