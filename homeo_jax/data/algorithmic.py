@@ -53,6 +53,7 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 GENERATED = {
   "shakespeare_algorithmic": {"chunk_chars": 100, "kinds": KINDS},
   "shakespeare_chains": {"chunk_chars": 30, "kinds": ("chain",), "per_cut": 3},
+  "shakespeare_copies": {"chunk_chars": 30, "kinds": ("copy",), "per_cut": 3},
 }
 
 

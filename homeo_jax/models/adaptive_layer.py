@@ -33,6 +33,10 @@ Control flow (static shapes throughout):
   projection, FFN and gate run on the block only, so a pass costs c of a full one.
   When at most C tokens per row are alive this equals the full path (tested); alive
   tokens past C are treated as halted and counted in ``overflow``.
+* ``kv_per_pass``: keys/values of the current state h before every pass instead of x's
+  (a token's own after it changed; in the gathered path only the block's are recomputed),
+  so pass k+1 reads what pass k wrote and one layer's passes compose lookups as a
+  weight-tied stack does. Decoding caches one set of keys/values per pass.
 * ``force_k`` (config, or the ``force_k`` control for audits and warm-up): every token
   runs exactly k passes (s = 1 for the first k, 0 after); ``hard_kill`` = one pass.
 * the ``gate_clamp`` control clamps p to [0.01, 0.95] (early training); the ``halt_bias``
@@ -117,6 +121,12 @@ class AdaptiveConfig(TransformerConfig):
   ffn: str = "mlp"
   moe: MoEConfig = dataclasses.field(default_factory=MoEConfig)
   gather_capacity: float = 0.0  # 0: off; else the fraction of each row gathered per pass
+  # The seed's keys/values come from the layer input once (static KV), so a later pass can
+  # only re-read what the input held: one layer's passes cannot compose lookups (an
+  # induction head needs keys that carry the previous token). True: keys/values of the
+  # current state before every pass, so k passes of one layer are a weight-tied k-layer
+  # stack (README, Ouro-Spec: the depth task).
+  kv_per_pass: bool = False
   force_k: int = 0  # 0: adaptive; k: every token runs exactly k passes
   hard_kill: bool = False  # recurrence off: one pass (same as force_k=1)
   coupon: bool = True  # compute the one-pass logits in training for the coupon reward
@@ -203,10 +213,11 @@ class Carry(NamedTuple):
   executed: jax.Array  # [B, T] passes executed
   stats: PassStats  # per-pass sums
   ffn_telemetry: dict  # summed over executed passes
+  kv: tuple | None = None  # (keys, values) of h for the next pass (kv_per_pass), else None
 
 
 class AdaptiveDecoderLayer(nnx.Module):
-  """One layer with static KV and 1..Kmax passes; see the module docstring."""
+  """One layer with static (or per-pass) KV and 1..Kmax passes; see the module docstring."""
 
   def __init__(self, cfg: AdaptiveConfig, layer: int, *, rngs: nnx.Rngs):
     self.cfg, self.layer = cfg, layer
@@ -238,15 +249,16 @@ class AdaptiveDecoderLayer(nnx.Module):
     z = jnp.concatenate([features, embed.astype(features.dtype)], axis=-1)
     return jax.nn.sigmoid(self.gate_out(jax.nn.gelu(self.gate_hidden(z)))[..., 0] + bias)
 
-  def _static_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Keys and values ``[B, T, heads, head_dim]`` of the layer input, fixed for all passes."""
+  def _keys_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Keys and values ``[B, T, heads, head_dim]`` of the states ``x``."""
     b, t, d = x.shape
     heads = self.cfg.num_heads
     kv = self.key_value(self.attn_norm(x)).reshape(b, t, 2, heads, d // heads)
     return kv[:, :, 0], kv[:, :, 1]
 
-  def _initial_carry(self, x: jax.Array, force: jax.Array) -> Carry:
-    """The recurrence state before pass 1 for ``x [B, T, d]`` (h = x, survival 1)."""
+  def _initial_carry(self, x: jax.Array, force: jax.Array, kv=None) -> Carry:
+    """The recurrence state before pass 1 for ``x [B, T, d]`` (h = x, survival 1); ``kv``
+    the keys/values of x when they follow the state (``kv_per_pass``)."""
     b, t, d = x.shape
     zeros = jnp.zeros((b, t), jnp.float32)
     return Carry(
@@ -259,6 +271,7 @@ class AdaptiveDecoderLayer(nnx.Module):
       executed=zeros,
       stats=PassStats.zeros(self.cfg.max_passes),
       ffn_telemetry=None,
+      kv=kv,
     )
 
   def _capacity(self, t: int) -> int:
@@ -268,11 +281,12 @@ class AdaptiveDecoderLayer(nnx.Module):
     self, carry: Carry, kv, force, clamp, halt_bias, controls, gather: bool, decode=None
   ) -> tuple[Carry, object]:
     """One pass. ``decode`` = (position ``[B, 1]``, FFN decode state) runs it for one new
-    token against cached keys (``decode_step``); returns (carry, new FFN decode state)."""
+    token against cached keys (``decode_step``); returns (carry, new FFN decode state).
+    ``kv``: the keys/values to read, unless the carry holds the state's own."""
     cfg = self.cfg
     b, t, d = carry.h.shape
     heads = cfg.num_heads
-    keys, values = kv
+    keys, values = kv if carry.kv is None else carry.kv
     n_keys = keys.shape[1]
     alive_all = carry.s >= cfg.halt_threshold
     if decode is not None:
@@ -352,12 +366,16 @@ class AdaptiveDecoderLayer(nnx.Module):
         return full.at[jnp.arange(b)[:, None], idx].set(part.astype(full.dtype))
 
       h_out = put(carry.h, new_h)
+      kv_out = None
+      if carry.kv is not None:
+        kv_out = tuple(map(put, carry.kv, self._keys_values(new_h.astype(carry.h.dtype))))
       s_out = forced_survival(put(carry.s, new_s), carry.k + 1, force)
       dh_out, p_out = put(carry.dh_prev, new_dh), put(carry.p_prev, new_p)
       expected = put(carry.expected, take(carry.expected) + w)
       executed = put(carry.executed, take(carry.executed) + fa)
     else:
       h_out, s_out, dh_out, p_out = new_h.astype(carry.h.dtype), new_s, new_dh, new_p
+      kv_out = None if carry.kv is None else self._keys_values(h_out)
       expected, executed = carry.expected + w, carry.executed + fa
     return Carry(
       k=carry.k + 1,
@@ -371,6 +389,7 @@ class AdaptiveDecoderLayer(nnx.Module):
       ffn_telemetry=ffn_telemetry
       if carry.ffn_telemetry is None or decode is not None
       else jax.tree.map(jnp.add, carry.ffn_telemetry, ffn_telemetry),
+      kv=kv_out,
     ), ffn_state
 
   def __call__(
@@ -392,8 +411,8 @@ class AdaptiveDecoderLayer(nnx.Module):
     """
     cfg = self.cfg
     t = x.shape[1]
-    kv = self._static_kv(x)
-    carry = self._initial_carry(x, force)
+    kv = self._keys_values(x)
+    carry = self._initial_carry(x, force, kv if cfg.kv_per_pass else None)
     # Pass 1 runs for every token, outside the loop: it fixes the FFN telemetry's
     # structure (the loop carry needs it) and is the one-pass state of the coupon.
     first, _ = self._pass(carry, kv, force, clamp, halt_bias, controls, gather=False)
@@ -426,9 +445,12 @@ class AdaptiveDecoderLayer(nnx.Module):
     return carry.h.astype(x.dtype), self._telemetry(x, first, carry)
 
   def init_cache(self, batch: int, length: int, dtype) -> dict:
-    """Static keys/values of ``length`` positions, and the FFN's decode state per pass."""
+    """Keys/values of ``length`` positions (one set per pass with ``kv_per_pass``), and
+    the FFN's decode state per pass."""
     cfg = self.cfg
     shape = (batch, length, cfg.num_heads, cfg.d_model // cfg.num_heads)
+    if cfg.kv_per_pass:
+      shape = (cfg.max_passes, *shape)
     ffn = [self.mlp.init_decode_state(batch) for _ in range(cfg.max_passes)]
     return {"keys": jnp.zeros(shape, dtype), "values": jnp.zeros(shape, dtype), "ffn": ffn}
 
@@ -438,30 +460,45 @@ class AdaptiveDecoderLayer(nnx.Module):
     ``min_alive_fraction`` is 0 (tested): a halted token stops here. A feed-forward that
     carries state from token to token (the MoE's GRU gate, its capacity slots) sees, in
     the full forward, every earlier token at every pass that runs, halted or not — so
-    then all ``num_passes`` passes run and a halted token's state stays frozen."""
+    then all ``num_passes`` passes run and a halted token's state stays frozen.
+
+    With ``kv_per_pass`` pass k reads the cache's k-th keys/values and writes the token's
+    own there first; after its last pass the token's final state fills the passes it did
+    not run, since the forward's later tokens read a halted token's frozen state."""
     cfg = self.cfg
-    new_keys, new_values = self._static_kv(x)
-    keys = jax.lax.dynamic_update_slice_in_dim(cache["keys"], new_keys, pos, 1)
-    values = jax.lax.dynamic_update_slice_in_dim(cache["values"], new_values, pos, 1)
+    per_pass = cfg.kv_per_pass
+    kv = (cache["keys"], cache["values"])
+    if not per_pass:
+      kv = tuple(map(lambda full, new: _write(full, new, pos), kv, self._keys_values(x)))
     position = jnp.broadcast_to(pos, (x.shape[0], 1))
-    carry = self._initial_carry(x, force)
     states = list(cache["ffn"])
 
-    def run(c: Carry, state):
-      return self._pass(
-        c, (keys, values), force, clamp, halt_bias, controls, False, (position, state)
-      )
+    def run(c: Carry, kv, state):
+      if per_pass:  # this pass's keys/values, the token's own from its current state
+        kv = tuple(map(lambda full, new: _write(full, new, pos, c.k), kv, self._keys_values(c.h)))
+        read = tuple(full[c.k] for full in kv)
+      else:
+        read = kv
+      c, state = self._pass(c, read, force, clamp, halt_bias, controls, False, (position, state))
+      return c, kv, state
 
+    carry = self._initial_carry(x, force)
     if jax.tree.leaves(states):  # stateful FFN: every pass, as the full forward
       for k in range(num_passes):
-        carry, states[k] = run(carry, states[k])
+        carry, kv, states[k] = run(carry, kv, states[k])
     else:
-      carry = jax.lax.while_loop(
-        lambda c: (c.k < num_passes) & jnp.any(c.s >= cfg.halt_threshold),
-        lambda c: run(c, states[0])[0],
-        carry,
+      carry, kv = jax.lax.while_loop(
+        lambda ckv: (ckv[0].k < num_passes) & jnp.any(ckv[0].s >= cfg.halt_threshold),
+        lambda ckv: run(*ckv, states[0])[:2],
+        (carry, kv),
       )
-    cache = {"keys": keys, "values": values, "ffn": states}
+    if per_pass:
+      final = self._keys_values(carry.h)
+      kv = tuple(
+        _fill_from(full, new, pos, carry.k, cfg.max_passes)
+        for full, new in zip(kv, final, strict=True)
+      )
+    cache = {"keys": kv[0], "values": kv[1], "ffn": states}
     return carry.h.astype(x.dtype), cache, carry.executed[:, 0]
 
   def _telemetry(self, x: jax.Array, first: Carry, last: Carry) -> dict[str, jax.Array]:
@@ -502,3 +539,20 @@ class AdaptiveDecoderLayer(nnx.Module):
         ffn[key] = ffn[key] / jnp.maximum(passes_run, 1.0)
     telemetry.update(ffn)
     return telemetry
+
+
+def _write(full: jax.Array, new: jax.Array, pos, k=None) -> jax.Array:
+  """``full [(P,) B, L, H, D]`` with ``new [B, 1, H, D]`` at position ``pos`` (of pass k)."""
+  if k is None:
+    return jax.lax.dynamic_update_slice_in_dim(full, new.astype(full.dtype), pos, 1)
+  return jax.lax.dynamic_update_slice(full, new[None].astype(full.dtype), (k, 0, pos, 0, 0))
+
+
+def _fill_from(full: jax.Array, new: jax.Array, pos, first, passes: int) -> jax.Array:
+  """``full [P, B, L, H, D]`` with ``new`` at position ``pos`` of every pass ≥ ``first``."""
+  for k in range(passes):
+    old = jax.lax.dynamic_slice(full, (k, 0, pos, 0, 0), (1, *new.shape))
+    full = jax.lax.dynamic_update_slice(
+      full, jnp.where(k >= first, new[None].astype(full.dtype), old), (k, 0, pos, 0, 0)
+    )
+  return full

@@ -133,11 +133,14 @@ def forward_flops_per_token(
   (``models.adaptive.AdaptiveConfig``), given the passes it runs per
   layer (a number, or one per layer). Attention is counted over all ``seq_len`` keys, as
   the implementation computes it (the causal mask does not skip work); the gate is
-  negligible (< 0.1%) and left out."""
+  negligible (< 0.1%) and left out. Keys/values are computed once per layer, or for every
+  pass with ``kv_per_pass``."""
   d, ff = cfg.d_model, cfg.ff_dim
   per_layer = passes if isinstance(passes, list) else [passes] * cfg.num_layers
   per_pass = 4 * d * d + 4 * seq_len * d + 4 * d * ff  # q, out; scores + values; FFN
   kv = 4 * d * d
+  if getattr(cfg, "kv_per_pass", False):
+    per_pass, kv = per_pass + kv, 0.0
   return float(sum(kv + k * per_pass for k in per_layer) + 2 * d * cfg.vocab_size) + (
     2.0 * semantic_dim * d
   )

@@ -114,8 +114,9 @@ class TopMassGate(AdaptiveDecoderLayer):
     return jnp.where(features[..., 1] > 0.9999, 0.9, 0.05)
 
 
-def test_gathered_block_equals_the_full_path_and_counts_overflow():
-  base = dataclasses.replace(CFG, num_layers=1, min_alive_fraction=0.0)
+@pytest.mark.parametrize("kv_per_pass", [False, True], ids=["static_kv", "kv_per_pass"])
+def test_gathered_block_equals_the_full_path_and_counts_overflow(kv_per_pass):
+  base = dataclasses.replace(CFG, num_layers=1, min_alive_fraction=0.0, kv_per_pass=kv_per_pass)
   x = jax.random.normal(jax.random.key(3), (2, 32, 16))
   force, clamp = jnp.int32(0), jnp.int32(0)
   outs = {}
@@ -136,10 +137,11 @@ def test_gathered_block_equals_the_full_path_and_counts_overflow():
   assert float(quarter[1]["k_exec"]) < float(full[1]["k_exec"])
 
 
-def test_gathered_training_gradients_equal_the_dense_path():
+@pytest.mark.parametrize("kv_per_pass", [False, True], ids=["static_kv", "kv_per_pass"])
+def test_gathered_training_gradients_equal_the_dense_path(kv_per_pass):
   """Training on the gathered path: where nothing overflows, the parameter and input
   gradients are the dense path's (the scan, as in training)."""
-  base = dataclasses.replace(CFG, num_layers=1, min_alive_fraction=0.0)
+  base = dataclasses.replace(CFG, num_layers=1, min_alive_fraction=0.0, kv_per_pass=kv_per_pass)
   x = jax.random.normal(jax.random.key(3), (2, 32, 16))
   grads = {}
   for capacity in (0.0, 0.5):
@@ -155,6 +157,43 @@ def test_gathered_training_gradients_equal_the_dense_path():
     grads[capacity] = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
   for a, b in zip(jax.tree.leaves(grads[0.0]), jax.tree.leaves(grads[0.5]), strict=True):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def reference_passes(layer, x, kv_per_pass):
+  """Two forced passes of ``layer`` written out in jnp: pass 2 reads keys/values of x
+  (static) or of the state after pass 1 (per pass)."""
+  b, t, d = x.shape
+  heads = layer.cfg.num_heads
+
+  def split(y):
+    return y.reshape(b, t, heads, d // heads)
+
+  def one_pass(h, source, k):
+    q = split(layer.query(layer.attn_norm(h)))
+    kv = layer.key_value(layer.attn_norm(source)).reshape(b, t, 2, heads, d // heads)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, kv[:, :, 0]) / np.sqrt(d // heads)
+    scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, -jnp.inf)
+    attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, -1), kv[:, :, 1])
+    a = layer.out(attn.reshape(b, t, d))
+    f, _ = layer.mlp(layer.mlp_norm(h + a), deterministic=True, rngs=None, controls=None)
+    return h + layer.damping[k] * (a + f)
+
+  h1 = one_pass(x, x, 0)
+  return one_pass(h1, h1 if kv_per_pass else x, 1)
+
+
+def test_kv_per_pass_reads_the_state_after_each_pass():
+  # a small input, so that pass 1's update moves the normalized state visibly
+  x = 0.05 * jax.random.normal(jax.random.key(4), (2, 12, 16))
+  outs = {}
+  for kv_per_pass in (False, True):
+    cfg = dataclasses.replace(CFG, num_layers=1, kv_per_pass=kv_per_pass)
+    layer = AdaptiveDecoderLayer(cfg, 0, rngs=nnx.Rngs(0))
+    layer.out.kernel[...] = 5.0 * layer.out.kernel[...]  # attention that moves the state
+    out, _ = layer(x, force=jnp.int32(2), clamp=jnp.int32(0), num_passes=4, path="while")
+    np.testing.assert_allclose(out, reference_passes(layer, x, kv_per_pass), atol=2e-5)
+    outs[kv_per_pass] = out
+  assert np.abs(np.asarray(outs[True] - outs[False])).max() > 1e-3  # the two really differ
 
 
 def test_gradients_reach_the_continue_head():

@@ -52,9 +52,11 @@ def build(case):
     return MoETransformer(cfg, rngs=nnx.Rngs(0)), moe_controls(cfg.moe)
   # The adaptive model's batch-level exit (min_alive_fraction > 0) is a compute shortcut
   # that couples rows; at 0 a pass is skipped only when no token is alive, which is exact.
-  ffn = {"ffn": "moe", "moe": moe(**options)} if options else {}
-  cfg = AdaptiveConfig(**SHAPE, embedding="learned", min_alive_fraction=0.0, **ffn)
-  controls = moe_controls(cfg.moe) if options else {}
+  layer = {k: options[k] for k in ("kv_per_pass",) if k in options}
+  moe_options = {k: v for k, v in options.items() if k not in layer}
+  ffn = {"ffn": "moe", "moe": moe(**moe_options)} if moe_options else {}
+  cfg = AdaptiveConfig(**SHAPE, embedding="learned", min_alive_fraction=0.0, **ffn, **layer)
+  controls = moe_controls(cfg.moe) if moe_options else {}
   return AdaptiveTransformer(cfg, rngs=nnx.Rngs(0)), controls
 
 
@@ -64,6 +66,11 @@ CASES = {
   "quant": ("quant_transformer", {}),
   "adaptive": ("adaptive_transformer", {}),
   "adaptive_moe_spechorn": ("adaptive_transformer", {"router": "spechorn", "capacity_factor": 1.0}),
+  "adaptive_kv_per_pass": ("adaptive_transformer", {"kv_per_pass": True}),
+  "adaptive_moe_kv_per_pass": (
+    "adaptive_transformer",
+    {"kv_per_pass": True, "router": "spechorn", "capacity_factor": 1.0},
+  ),
   **{
     f"moe_{router}_capacity": ("moe_transformer", {"router": router, "capacity_factor": 1.0})
     for router in ("softmax_aux", "deepseek", "spechorn")

@@ -94,3 +94,16 @@ def test_plan_keeps_buffers_abstract_too():
   )
   p = plan_lib.plan(config)
   assert p.flops_per_step > p.analytic_flops  # extra passes beyond the one-pass count
+
+
+@pytest.mark.parametrize("kv_per_pass", [False, True])
+def test_adaptive_forward_flops_count_keys_values_once_or_per_pass(kv_per_pass):
+  from homeo_jax.models.adaptive_layer import AdaptiveConfig
+
+  cfg = AdaptiveConfig(vocab_size=10, num_layers=2, d_model=8, d_ff=16, kv_per_pass=kv_per_pass)
+  # by hand, per pass: q + out 4·64, scores + values 4·32·8, FFN 4·8·16; keys/values 4·64
+  per_pass, kv = 256 + 1024 + 512, 256
+  head = 2 * 8 * 10
+  layers = [1.0, 3.0]
+  expected = sum((k * (per_pass + kv) if kv_per_pass else kv + k * per_pass) for k in layers)
+  assert flops.forward_flops_per_token(cfg, 32, layers) == pytest.approx(expected + head)
