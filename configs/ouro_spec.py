@@ -137,4 +137,22 @@ def get_config(arg: str | None = None) -> Config:
         run_dir="runs/ouro_spec_depth",
       ),
     )
-  raise ValueError(f"unknown preset {arg!r} for ouro_spec (tiny, tiny_algorithmic, depth, seed)")
+  if arg == "looped":
+    # The depth task that separates (experiments/ouro_frontier.py --preset looped): one
+    # layer whose passes recompute keys/values (kv_per_pass), so k passes are a weight-tied
+    # k-layer stack, on Shakespeare with three copy-at-an-offset lines after nearly every
+    # line. Copying a string at an unknown offset needs an induction head (a key that holds
+    # the previous character), which one attention layer cannot build and two can. Measured
+    # (session 10, 1,000 steps, seed 0, copy answers; chance ln 36 = 3.58): one pass 3.25,
+    # two passes 2.50, two separate layers 2.09.
+    depth = get_config("depth")
+    return dataclasses.replace(
+      depth,
+      name="ouro_spec_looped",
+      model=dataclasses.replace(depth.model, num_layers=1, kv_per_pass=True),
+      data=dataclasses.replace(depth.data, corpus="shakespeare_copies"),
+      train=dataclasses.replace(depth.train, run_dir="runs/ouro_spec_looped"),
+    )
+  raise ValueError(
+    f"unknown preset {arg!r} for ouro_spec (tiny, tiny_algorithmic, depth, looped, seed)"
+  )

@@ -184,11 +184,12 @@ def main() -> None:
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
   parser.add_argument("--arms", nargs="*", help="run only these arms")
-  parser.add_argument("--out", default="runs/ouro_frontier")
+  parser.add_argument("--preset", default="depth", help="configs/ouro_spec.py preset")
+  parser.add_argument("--out", help="default runs/ouro_frontier_<preset>")
   parser.add_argument("--steps", type=int, help="train this many steps (a smoke test)")
   parser.add_argument("--set", action="append", default=[], help="override the base config")
   args = parser.parse_args()
-  base = load_config(f"{ROOT}/configs/ouro_spec.py:depth")
+  base = load_config(f"{ROOT}/configs/ouro_spec.py:{args.preset}")
   steps = [f"train.{k}={args.steps}" for k in ("steps", "eval_every", "checkpoint_every")]
   base = apply_overrides(base, [*(steps if args.steps else []), *args.set])
   data = load_data(base)
@@ -196,7 +197,7 @@ def main() -> None:
   arm_set = arms(kmax, args.targets)
   if args.arms:
     arm_set = {a: arm_set[a] for a in args.arms}
-  out = Path(args.out)
+  out = Path(args.out or f"runs/ouro_frontier_{args.preset}")
   runs = run_arms(base, arm_set, args.seeds, out, data=data)
   model_cfg = model_config(base, data.vocab_size)  # the shape every arm shares
   windows, targets = held_out(data.tokenizer, base.data.corpus, seq)
@@ -226,12 +227,17 @@ def main() -> None:
   def col(arm, key):
     return [r[key] for r in results[arm]]
 
+  # the answer classes this corpus has (the chain corpus: one per hop count)
+  first = next(iter(results.values()))[0]
+  answer_classes = [
+    n for n in algorithmic.TOKEN_CLASSES if n.startswith("answer") and first[f"count/{n}"] > 0
+  ]
   fixed = [a for a in results if a.startswith("fixed")]
   front_x = np.array([np.mean(col(a, "flops_paid")) for a in fixed])
   rows, verdicts = [], []
   # Does depth matter? Each fixed-k arm against one pass, on the answers (seeds paired).
   for arm in fixed[1:] if fixed and fixed[0] == "fixed_1" else []:
-    for key in ("answers", *(f"answer_chain{h}" for h in range(1, 5))):
+    for key in ("answers", *answer_classes):
       pairs = zip(col(arm, f"loss/{key}"), col("fixed_1", f"loss/{key}"), strict=True)
       gaps = [a - b for a, b in pairs]
       se = standard_error(gaps)
@@ -252,7 +258,7 @@ def main() -> None:
         mean_std(col(arm, "eval_tokens_per_second"), 0),
         mean_std(col(arm, "loss/all"), 4),
         *(mean_std(col(arm, f"loss/{k}"), 3) for k in SUMMARY),
-        *(mean_std(col(arm, f"loss/answer_chain{h}"), 3) for h in range(1, 5)),
+        *(mean_std(col(arm, f"loss/{k}"), 3) for k in answer_classes),
         mean_std(col(arm, "passes/text"), 2),
         mean_std(col(arm, "passes/answers"), 2),
         f"{mean_std(col(arm, 'avg_k'), 3)} ({sum(e <= TOLERANCE for e in err)}/{len(err)})"
@@ -287,7 +293,7 @@ def main() -> None:
     "eval tok/s",
     "val loss, all",
     *(f"loss, {k}" for k in SUMMARY),
-    *(f"loss, chain {h} hop{'s' * (h > 1)}" for h in range(1, 5)),
+    *(f"loss, {k.removeprefix('answer_')}" for k in answer_classes),
     "passes on text",
     "passes on answers",
     f"avg_k last ¼ (seeds within {TOLERANCE})",
