@@ -1,6 +1,7 @@
 """Does gathering the alive tokens make adaptive depth cheaper? Dense vs gathered passes.
 
     python experiments/bench_adaptive_gather.py [--width 256] [--seq 256] [--batch 8]
+                                                [--kv-per-pass]
 
 A stack of ``AdaptiveDecoderLayer``s whose continue gate keeps a chosen fraction f of
 each sequence alive after the first pass (p = 0.9 for the first f·T positions, 0.05 for
@@ -9,7 +10,8 @@ first k positions), Kmax = 4. For each f the dense path (every pass computes eve
 token) and the gathered path (``gather_capacity`` = f: passes 2..4 run on a [B, f·T, d]
 block) are timed side by side in one process — forward (inference, while_loop) and
 forward + backward (training, scan) — after checking that both give the same output.
-Prints a table of times and speed-ups; nothing is asserted.
+With ``--kv-per-pass`` the layers recompute keys/values before every pass (the gathered
+path only the block's). Prints a table of times and speed-ups; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--layers", type=int, default=4)
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--kv-per-pass", action="store_true", help="model.kv_per_pass")
   args = parser.parse_args()
   print(hardware_description())
   x = jax.random.normal(jax.random.key(0), (args.batch, args.seq, args.width))
@@ -78,6 +81,7 @@ def main() -> None:
       max_seq_len=args.seq,
       min_alive_fraction=0.0,
       top_mass_k=max(1, round(frac * args.seq)),
+      kv_per_pass=args.kv_per_pass,
     )
     results = {}
     for name, capacity in (("dense", 0.0), ("gathered", frac)):
@@ -131,7 +135,7 @@ def main() -> None:
   )
   print(
     f"{args.layers} layers, d={args.width}, T={args.seq}, batch {args.batch}, Kmax 4, "
-    f"median of {args.repeats}"
+    f"kv_per_pass {args.kv_per_pass}, median of {args.repeats}"
   )
 
 
