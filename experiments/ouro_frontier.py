@@ -1,12 +1,17 @@
 """The Ouro-Spec frontier on a task where depth matters: loss per token class against
 executed FLOPs and wall-clock, fixed depth k ∈ {1..Kmax} against adaptive depth.
 
-    python experiments/ouro_frontier.py [--seeds 0 1 2] [--targets 1.3 2.0 3.0]
+    python experiments/ouro_frontier.py [--preset looped] [--seeds 0 1 2]
+                                        [--targets 1.3 2.0 3.0]
 
-``configs/ouro_spec.py:depth``: a 2-layer character model (width 128, Kmax 4) on
-Shakespeare with a pointer-chasing ``chain`` snippet after nearly every line
+``--preset depth`` (``configs/ouro_spec.py``): a 2-layer character model (width 128,
+Kmax 4) on Shakespeare with three pointer-chasing ``chain`` lines after nearly every line
 (``shakespeare_chains``, ``data/algorithmic.py``): each link is one attention lookup, so
 the hops one pass can follow are bounded by the layers, and more passes can follow more.
+``--preset looped``: one layer whose passes recompute keys/values (``kv_per_pass``) on
+Shakespeare with three copy-at-an-offset lines after nearly every line
+(``shakespeare_copies``): the copy needs an induction head, which one pass of one
+attention layer cannot build and two passes can.
 
 Arms:
 
