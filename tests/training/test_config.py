@@ -63,7 +63,7 @@ SHIPPED_PRESETS = {
   "ars_narcissus": ("cpu", "gpu"),
   "lr_sensitivity": ("cpu",),
   "ord_muon": ("cpu", "gpu", "seed"),
-  "ouro_spec": ("tiny", "tiny_algorithmic", "depth", "seed"),
+  "ouro_spec": ("tiny", "tiny_algorithmic", "depth", "looped", "seed"),
   "spechorn": ("cpu", "cpu_long", "gpu"),
   "thyroid_2bit": ("cpu", "stress", "gpu"),
 }
