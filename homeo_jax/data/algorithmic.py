@@ -4,7 +4,8 @@ Generated, not downloaded: ``load_corpus("shakespeare_algorithmic")`` builds it 
 shipped Shakespeare and a seeded generator, the same text on every machine. After every
 ``chunk_chars`` (≈ 100) characters of Shakespeare, cut at a line end, one snippet line is
 inserted, drawn uniformly from five kinds, in the spirit of the Ouro-Spec seed's SYNTH
-data (``"shakespeare_chains"``: three chain lines after nearly every line; ``GENERATED``):
+data (``"shakespeare_chains"`` and ``"shakespeare_copies"``: three chain or copy lines
+after nearly every line; ``GENERATED``):
 
 * ``add``: multi-digit addition, ``4821+3967=8788`` (3–5 digits; carries chain);
 * ``parity``: ``parity 0110100 = 1`` (8–16 bits);
@@ -49,7 +50,9 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 # enough lookups to learn them in a CPU-sized run. Measured (2 layers, one pass): at one
 # snippet per ~100 characters, a fifth of them chains (width 64, 1,000 steps), and at one
 # chain per line (31%; width 128, 2,000 steps), the lookup did not form (chain answers at
-# ln 10); at three per line it formed in 1 of 3 seeds (README, Ouro-Spec).
+# ln 10); at three per line it left chance in 1 of 3 seeds, by copying a digit of the line
+# rather than following links (README, Ouro-Spec). The copy corpus is the looped preset's:
+# a copy at an unknown offset needs an induction head.
 GENERATED = {
   "shakespeare_algorithmic": {"chunk_chars": 100, "kinds": KINDS},
   "shakespeare_chains": {"chunk_chars": 30, "kinds": ("chain",), "per_cut": 3},

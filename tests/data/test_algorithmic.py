@@ -73,11 +73,14 @@ def test_labels_mark_each_answer_and_nothing_else():
   assert "".join(c for c, k in zip(text, classes, strict=True) if k == "text") == plain
 
 
-def test_chain_corpus_puts_a_chain_after_nearly_every_line():
-  """``shakespeare_chains``: only chain snippets, about one per Shakespeare line, and the
-  held-out labelling (``labelled`` with the same generator settings) matches it."""
-  settings = algorithmic.GENERATED["shakespeare_chains"]
-  text = load_corpus("shakespeare_chains", 20_000)
+@pytest.mark.parametrize(
+  "corpus, kind", [("shakespeare_chains", "chain"), ("shakespeare_copies", "copy")]
+)
+def test_single_kind_corpus_puts_snippets_after_nearly_every_line(corpus, kind):
+  """The chain and copy corpora: only their kind's snippets, about one per Shakespeare
+  line, and the held-out labelling (``labelled`` with the same settings) matches them."""
+  settings = algorithmic.GENERATED[corpus]
+  text = load_corpus(corpus, 20_000)
   lines = [line for line in text.split("\n") if line]
   kinds = []
   for line in lines:
@@ -85,10 +88,13 @@ def test_chain_corpus_puts_a_chain_after_nearly_every_line():
       kinds.append(algorithmic.kind_of(line))
     except ValueError:
       continue
-  assert set(kinds) == {"chain"} and len(kinds) > 0.3 * len(lines)
+  assert set(kinds) == {kind} and len(kinds) > 0.3 * len(lines)
   plain = load_corpus("shakespeare")
   labelled, classes = algorithmic.labelled(plain[:5_000], **settings)
   assert labelled == text[: len(labelled)]
-  assert {c for c in classes if c.startswith("answer")} == {
-    f"answer_chain{h}" for h in range(1, algorithmic.MAX_HOPS + 1)
-  }
+  expected = (
+    {f"answer_chain{h}" for h in range(1, algorithmic.MAX_HOPS + 1)}
+    if kind == "chain"
+    else {f"answer_{kind}"}
+  )
+  assert {c for c in classes if c.startswith("answer")} == expected
