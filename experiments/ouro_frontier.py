@@ -84,7 +84,9 @@ def capacity(target: float) -> float:
   return min(1.0, round(0.5 * (target - 1.0) + 0.1, 2))
 
 
-def arms(kmax: int, targets) -> dict[str, list[str]]:
+def arms(kmax: int, targets, gather: float | None = None) -> dict[str, list[str]]:
+  """The fixed-k and adaptive arms; ``gather`` fixes every adaptive arm's capacity
+  (default: ``capacity(target)``)."""
   fixed = {f"fixed_{k}": [*FIXED, f"model.force_k={k}"] for k in range(1, kmax + 1)}
   adaptive = {
     f"adaptive_k{t:g}": [
@@ -94,7 +96,7 @@ def arms(kmax: int, targets) -> dict[str, list[str]]:
       "optimizer.kwargs.bias_max=30.0",
       f"optimizer.kwargs.target_k={t}",
       "model.coupon=False",
-      f"model.gather_capacity={capacity(t)}",
+      f"model.gather_capacity={capacity(t) if gather is None else gather}",
     ]
     for t in targets
   }
@@ -189,6 +191,7 @@ def main() -> None:
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
   parser.add_argument("--arms", nargs="*", help="run only these arms")
+  parser.add_argument("--capacity", type=float, help="gathered share for every adaptive arm")
   parser.add_argument("--preset", default="depth", help="configs/ouro_spec.py preset")
   parser.add_argument("--out", help="default runs/ouro_frontier_<preset>")
   parser.add_argument("--steps", type=int, help="train this many steps (a smoke test)")
@@ -199,7 +202,7 @@ def main() -> None:
   base = apply_overrides(base, [*(steps if args.steps else []), *args.set])
   data = load_data(base)
   kmax, seq = base.model.max_passes, base.data.seq_len
-  arm_set = arms(kmax, args.targets)
+  arm_set = arms(kmax, args.targets, args.capacity)
   if args.arms:
     arm_set = {a: arm_set[a] for a in args.arms}
   out = Path(args.out or f"runs/ouro_frontier_{args.preset}")
