@@ -276,7 +276,7 @@ def main() -> None:
       ]
     )
     if target:
-      for key in ("all", "answers", "text"):
+      for key in ("all", "answers", "text") if fixed else ():  # no fixed arms: no frontier
         ys = np.array([np.mean(col(a, f"loss/{key}")) for a in fixed])
         gaps = [r[f"loss/{key}"] - frontier_at(r["flops_paid"], front_x, ys) for r in results[arm]]
         se = standard_error(gaps)
