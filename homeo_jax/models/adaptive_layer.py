@@ -469,13 +469,14 @@ class AdaptiveDecoderLayer(nnx.Module):
     per_pass = cfg.kv_per_pass
     kv = (cache["keys"], cache["values"])
     if not per_pass:
-      kv = tuple(map(lambda full, new: _write(full, new, pos), kv, self._keys_values(x)))
+      kv = tuple(_write(full, new, pos) for full, new in zip(kv, self._keys_values(x), strict=True))
     position = jnp.broadcast_to(pos, (x.shape[0], 1))
     states = list(cache["ffn"])
 
     def run(c: Carry, kv, state):
       if per_pass:  # this pass's keys/values, the token's own from its current state
-        kv = tuple(map(lambda full, new: _write(full, new, pos, c.k), kv, self._keys_values(c.h)))
+        own = self._keys_values(c.h)
+        kv = tuple(_write(full, new, pos, c.k) for full, new in zip(kv, own, strict=True))
         read = tuple(full[c.k] for full in kv)
       else:
         read = kv
@@ -551,8 +552,6 @@ def _write(full: jax.Array, new: jax.Array, pos, k=None) -> jax.Array:
 def _fill_from(full: jax.Array, new: jax.Array, pos, first, passes: int) -> jax.Array:
   """``full [P, B, L, H, D]`` with ``new`` at position ``pos`` of every pass ≥ ``first``."""
   for k in range(passes):
-    old = jax.lax.dynamic_slice(full, (k, 0, pos, 0, 0), (1, *new.shape))
-    full = jax.lax.dynamic_update_slice(
-      full, jnp.where(k >= first, new[None].astype(full.dtype), old), (k, 0, pos, 0, 0)
-    )
+    old = jax.lax.dynamic_slice(full, (k, 0, pos, 0, 0), (1, *new.shape))[0]
+    full = _write(full, jnp.where(k >= first, new.astype(full.dtype), old), pos, k)
   return full
