@@ -73,6 +73,9 @@ def get_config(arg: str | None = None) -> Config:
         max_seq_len=64,
         char_dim=32,
         pos_dim=8,
+        # A dense FFN, not the seed's MoE: the CPU budget, and every tiny, depth and looped
+        # result in the README was measured with it.
+        ffn="mlp",
       ),
       data=dataclasses.replace(
         seed.data, bpe_vocab_size=512, seq_len=64, batch_size=16, max_chars=1_000_000

@@ -82,6 +82,7 @@ def main() -> None:
       min_alive_fraction=0.0,
       top_mass_k=max(1, round(frac * args.seq)),
       kv_per_pass=args.kv_per_pass,
+      ffn="mlp",
     )
     results = {}
     for name, capacity in (("dense", 0.0), ("gathered", frac)):

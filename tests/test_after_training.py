@@ -162,7 +162,13 @@ def test_adaptive_bpe_run_samples_with_its_passes(tmp_path, capsys):
   config = tiny_config(tmp_path, data={"tokenizer": "bpe", "bpe_vocab_size": 300})
   shape = {f: getattr(config.model, f) for f in ("num_layers", "num_heads", "d_model")}
   model = AdaptiveConfig(
-    vocab_size=0, max_seq_len=32, char_dim=8, pos_dim=4, min_alive_fraction=0.0, **shape
+    vocab_size=0,
+    max_seq_len=32,
+    char_dim=8,
+    pos_dim=4,
+    min_alive_fraction=0.0,
+    ffn="mlp",
+    **shape,
   )
   config = config.__class__(
     **{**vars(config), "model_type": "adaptive_transformer", "model": model,

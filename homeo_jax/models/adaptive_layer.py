@@ -113,12 +113,19 @@ class AdaptiveConfig(TransformerConfig):
   gate_hidden: int = 32
   top_mass_k: int = 16
   gate_bias_init: float = 0.0
+  # The seed's gate logit z is unbounded. Trained against the gate_bias controller, on a
+  # task where depth lowers the loss, the CE gradient raises z past any clamp on the bias
+  # (measured: z ≈ 30–40 for every token against b = −30, README). > 0: the logit is
+  # bound·tanh(z/bound), so a bias beyond ±bound can always set the depth.
+  gate_logit_bound: float = 0.0
   embedding: str = "hybrid_fourier"
   char_dim: int = 128
   pos_dim: int = 16
   baton: bool = True
   baton_init: float = -3.0
-  ffn: str = "mlp"
+  # The seed's FFN is a mixture of experts (``moe``, the SpecHorn layer). "mlp": a dense
+  # feed-forward, which the CPU presets use (configs/ouro_spec.py: every measured run).
+  ffn: str = "moe"
   moe: MoEConfig = dataclasses.field(default_factory=MoEConfig)
   gather_capacity: float = 0.0  # 0: off; else the fraction of each row gathered per pass
   # The seed's keys/values come from the layer input once (static KV), so a later pass can
@@ -151,6 +158,10 @@ class AdaptiveConfig(TransformerConfig):
       )
     if not 0.0 < self.halt_threshold < 1.0:
       raise ValueError(f"{prefix}.halt_threshold must be in (0, 1), got {self.halt_threshold}")
+    if not self.gate_logit_bound >= 0.0:
+      raise ValueError(
+        f"{prefix}.gate_logit_bound must be >= 0 (0: unbounded), got {self.gate_logit_bound}"
+      )
     if not 0.0 <= self.min_alive_fraction < 1.0:
       raise ValueError(
         f"{prefix}.min_alive_fraction must be in [0, 1), got {self.min_alive_fraction}"
@@ -246,8 +257,12 @@ class AdaptiveDecoderLayer(nnx.Module):
     embed = jnp.broadcast_to(
       self.layer_embedding[...], (*features.shape[:-1], self.cfg.layer_embed_dim)
     )
-    z = jnp.concatenate([features, embed.astype(features.dtype)], axis=-1)
-    return jax.nn.sigmoid(self.gate_out(jax.nn.gelu(self.gate_hidden(z)))[..., 0] + bias)
+    inputs = jnp.concatenate([features, embed.astype(features.dtype)], axis=-1)
+    logit = self.gate_out(jax.nn.gelu(self.gate_hidden(inputs)))[..., 0]
+    bound = self.cfg.gate_logit_bound
+    if bound > 0:
+      logit = bound * jnp.tanh(logit / bound)
+    return jax.nn.sigmoid(logit + bias)
 
   def _keys_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keys and values ``[B, T, heads, head_dim]`` of the states ``x``."""

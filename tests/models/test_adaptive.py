@@ -31,6 +31,7 @@ CFG = AdaptiveConfig(
   max_seq_len=32,
   char_dim=8,
   pos_dim=4,
+  ffn="mlp",
   price_from="price",
 )
 
@@ -261,6 +262,28 @@ def test_halt_bias_control_shifts_the_gate_logit():
   assert depths[0] < depths[1] < depths[2]
 
 
+def test_gate_logit_bound_gives_the_bias_authority_over_any_gate():
+  """Hand-derived: a gate whose logit z₀ = 50 outruns a bias clamped at ±30 unbounded;
+  with the bound B = 8 its logit is 8·tanh(50/8), and a bias of −B − 5 halts every token
+  after pass 1."""
+  survival, depth = {}, {}
+  for bound in (0.0, 8.0):
+    cfg = dataclasses.replace(CFG, min_alive_fraction=0.0, gate_bias_init=50.0)
+    model = build(dataclasses.replace(cfg, gate_logit_bound=bound))
+    for layer in model.layers:
+      layer.gate_out.kernel[...] = jnp.zeros_like(layer.gate_out.kernel[...])
+    for b in (0.0, -5.0, -13.0, -30.0):
+      _, tel = forward(model, TOKENS, ctl(halt_bias=b))
+      survival[bound, b], depth[bound, b] = np.asarray(tel["survival"][:, 1]), float(tel["avg_k"])
+  np.testing.assert_allclose(survival[0.0, -30.0], 1 / (1 + np.exp(-20.0)), rtol=1e-6)
+  assert depth[0.0, -30.0] > 2.9  # all 3 passes: the clamped bias cannot halt this gate
+  logit = 8.0 * np.tanh(50.0 / 8.0)
+  for b in (0.0, -5.0):
+    np.testing.assert_allclose(survival[8.0, b], 1 / (1 + np.exp(-(logit + b))), rtol=1e-5)
+  # p = sigmoid(logit − 13) ≈ 0.007 < halt_threshold: no token enters pass 2
+  assert depth[8.0, -13.0] == 1.0
+
+
 def test_one_token_sequences_and_degenerate_features_are_finite():
   model = build()
   logits, tel = forward(model, TOKENS[:, :1], ctl())
@@ -346,6 +369,7 @@ def test_generate_keeps_the_prompt_and_samples_in_vocab():
     ("max_passes", 0, "max_passes must be >= 1, got 0"),
     ("force_k", 5, "force_k must be in \\[0, max_passes\\], got 5"),
     ("gather_capacity", 1.5, "gather_capacity must be in \\[0, 1\\], got 1.5"),
+    ("gate_logit_bound", -1.0, "gate_logit_bound must be >= 0 \\(0: unbounded\\), got -1.0"),
   ],
 )
 def test_bad_config_values_are_named(field, value, message):

@@ -54,7 +54,7 @@ def build(case):
   # that couples rows; at 0 a pass is skipped only when no token is alive, which is exact.
   layer = {k: options[k] for k in ("kv_per_pass",) if k in options}
   moe_options = {k: v for k, v in options.items() if k not in layer}
-  ffn = {"ffn": "moe", "moe": moe(**moe_options)} if moe_options else {}
+  ffn = {"ffn": "moe", "moe": moe(**moe_options)} if moe_options else {"ffn": "mlp"}
   cfg = AdaptiveConfig(**SHAPE, embedding="learned", min_alive_fraction=0.0, **ffn, **layer)
   controls = moe_controls(cfg.moe) if moe_options else {}
   return AdaptiveTransformer(cfg, rngs=nnx.Rngs(0)), controls

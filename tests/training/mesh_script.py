@@ -25,7 +25,7 @@ def model(kind, optimizer):
     return MoETransformerConfig(**fields, moe=moe)
   if kind == "adaptive_transformer":
     price = "compute_price" if optimizer == "adamw_compute_price" else ""
-    return AdaptiveConfig(**fields, char_dim=8, pos_dim=4, price_from=price)
+    return AdaptiveConfig(**fields, char_dim=8, pos_dim=4, price_from=price, ffn="mlp")
   return m
 
 def trajectory(kind, optimizer, kwargs, mesh, steps=2):

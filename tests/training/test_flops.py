@@ -100,7 +100,9 @@ def test_plan_keeps_buffers_abstract_too():
 def test_adaptive_forward_flops_count_keys_values_once_or_per_pass(kv_per_pass):
   from homeo_jax.models.adaptive_layer import AdaptiveConfig
 
-  cfg = AdaptiveConfig(vocab_size=10, num_layers=2, d_model=8, d_ff=16, kv_per_pass=kv_per_pass)
+  cfg = AdaptiveConfig(
+    vocab_size=10, num_layers=2, d_model=8, d_ff=16, ffn="mlp", kv_per_pass=kv_per_pass
+  )
   # by hand, per pass: q + out 4·64, scores + values 4·32·8, FFN 4·8·16; keys/values 4·64
   per_pass, kv = 256 + 1024 + 512, 256
   head = 2 * 8 * 10

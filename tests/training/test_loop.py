@@ -237,6 +237,7 @@ def adaptive_config(run_dir):
     max_seq_len=32,
     char_dim=8,
     pos_dim=4,
+    ffn="mlp",
     price_from="compute_price",
   )
   return dataclasses.replace(cfg, model_type="adaptive_transformer", model=model)

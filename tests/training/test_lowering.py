@@ -58,7 +58,9 @@ CASES = {
   ),
   "adaptive/compute_price": (
     "adaptive_transformer",
-    lambda m: AdaptiveConfig(**fields(m), char_dim=8, pos_dim=4, price_from="compute_price"),
+    lambda m: AdaptiveConfig(
+      **fields(m), char_dim=8, pos_dim=4, price_from="compute_price", ffn="mlp"
+    ),
     "adamw_compute_price",
     {},
   ),
