@@ -60,6 +60,23 @@ with it). Depth is monotone in b, which needs no gradient: the same actuator as 
 loss-free balancing bias of an MoE router (DeepSeek-V3; ``load_balance.py``). The learned
 gate still decides *which* tokens go deeper; b sets *how many*.
 
+``price_gain`` κ_m > 0 adds the price back as a slow second actuator that re-centres the
+bias (mid-ranging, or valve-position control, in process control):
+
+    log λ_p ← clip(log λ_p − κ_m·(b_t + τ_m·(b_t − b_{t−1})), log price_min, log price_max)
+
+Why (issue 20, measured on the looped task): with b alone nothing in the loss opposes
+depth, so where depth lowers the loss the gate's own logit climbs step after step, and b
+follows it down until its clamp binds (the logit reached 30–40 against b = −30, and depth
+overshot the target by 0.4–0.5). A sustained b < 0 says the gate wants more depth than the
+target; raising λ_p then charges the loss for it, until the gate's gradient balances at
+the target and b can return to 0. The price also gives the gate a reason to choose: a token
+keeps its depth only where its loss gain exceeds λ_p. The damping term τ_m (``price_damping``,
+100) is needed: the gate integrates the price, λ_p integrates b and b follows the gate,
+so without it the two slow loops ring (on a plant with a diminishing return of depth,
+κ_m = 0.03 and τ_m = 100 settle for plant rates 0.01–0.2 logit per step and returns
+0.3–3, tested). The step is on log λ_p, so the price it finds needs no known scale.
+
 Deployment (``deployment_controls()``, used by evaluation and generation): the current
 λ_p and halting bias, no forced depth, no audit, no gate clamp — the model runs as it will
 be deployed.
@@ -163,6 +180,8 @@ def compute_price(
   bias_gain: float = 0.1,
   bias_max: float = 8.0,
   initial_bias: float = 0.0,
+  price_gain: float = 0.0,
+  price_damping: float = 100.0,
   seed: int = 0,
   name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -182,6 +201,8 @@ def compute_price(
       of both (0.5); bias_gain, bias_max: κ_b and the clamp of b (0.1, 8).
     initial_bias: b before the first step (0); with ``bias_gain=0`` it stays there, a
       constant halting bias (the best-constant baseline of the controller).
+    price_gain, price_damping: κ_m and τ_m of ``"gate_bias"``: λ_p re-centres the bias
+      (module docstring; κ_m = 0: λ_p stays put; τ_m 100).
     seed: PRNG seed of the audit draws; name: instance name (``"compute_price"``).
 
   State: ``ComputePriceState`` (fields commented in the class).
@@ -208,6 +229,13 @@ def compute_price(
   check(
     kind, "initial_bias", initial_bias, lambda v: abs(v) <= bias_max, "in [-bias_max, bias_max]"
   )
+  check(kind, "price_gain", price_gain, lambda v: v >= 0, ">= 0")
+  check(kind, "price_damping", price_damping, lambda v: v >= 0, ">= 0")
+  if isinstance(price_gain, int | float) and price_gain > 0:
+    if controller != "gate_bias":
+      raise ValueError(f"{kind}: price_gain steers the gate_bias controller, got {controller!r}")
+    if fixed_price is not None:
+      raise ValueError(f"{kind}: price_gain moves λ_p, so fixed_price must be None")
   spec = regulator_spec(kind, name, reads=("avg_k",), publishes=PUBLISHED)
 
   def publish(next_step, price, audit, bias):
@@ -262,6 +290,9 @@ def compute_price(
       bias_step = bias_gain * (step_err + proportional_gain * (err - state.ctrl_err))
       stepped = jnp.clip(bias - rate * bias_step, -bias_max, bias_max)
       bias = jnp.where(control, stepped, bias)
+      drive = bias + price_damping * (bias - state.halt_bias)
+      recentred = jnp.clip(price * jnp.exp(-price_gain * drive), price_min, price_max)
+      price = jnp.where(control & (price_gain > 0), recentred, price)
       dual, lo, hi, floor = bias, -bias_max, bias_max, BIAS_SETTLE_FLOOR
     else:
       if fixed_price is None:

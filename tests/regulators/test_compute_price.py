@@ -143,6 +143,12 @@ def test_schedule_controls_and_fixed_price():
     ({"target_k": 5.0}, "compute_price: target_k must be in \\[1, 4\\], got 5.0"),
     ({"max_passes": 0}, "compute_price: max_passes must be an int >= 1, got 0"),
     ({"audit_prob": 2.0}, "audit_prob must be in \\[0, 1\\], got 2.0"),
+    ({"price_gain": 0.1}, "price_gain steers the gate_bias controller, got 'seed'"),
+    (
+      {"price_gain": 0.1, "controller": "gate_bias", "fixed_price": 0.02},
+      "price_gain moves λ_p, so fixed_price must be None",
+    ),
+    ({"price_damping": -1.0}, "price_damping must be >= 0, got -1.0"),
   ],
 )
 def test_bad_arguments_are_named(kwargs, message):
@@ -195,6 +201,66 @@ def test_gate_bias_controller_against_a_float64_reference():
   np.testing.assert_allclose(states.controls["halt_bias"], want, rtol=1e-4, atol=1e-6)
   assert states.halt_bias.min() == pytest.approx(-1.5)  # the clamp binds
   np.testing.assert_allclose(states.price, 1e-4)  # λ_p stays at its floor
+
+
+def test_price_gain_recentres_the_bias_against_a_float64_reference():
+  """log λ_p ← clip(log λ_p − κ_m·(b_t + τ_m·(b_t − b_{t−1})), log price_min, log price_max),
+  after b's own step; b's trajectory is the controller's without the price."""
+  kw = dict(target_k=2.0, warmup_steps=3, ponder_start=3, audit_prob=0.0, settle_steps=10_000)
+  tx = compute_price(
+    **kw, controller="gate_bias", bias_gain=0.2, price_gain=0.05, price_damping=60.0,
+    price_max=10.0,
+  )  # fmt: skip
+  avg_ks = np.concatenate([np.linspace(3.5, 2.5, 40), np.linspace(1.2, 1.9, 40)])
+  states = run(tx, avg_ks)
+  bias, prev, price, want_b, want_p = 0.0, 0.0, 1e-4, [], []
+  for t, k in enumerate(avg_ks):
+    if t >= 3:
+      e = k - 2.0
+      new_bias = float(np.clip(bias - 0.2 * (e + 0.5 * (e - prev)), -8.0, 8.0))
+      drive = new_bias + 60.0 * (new_bias - bias)
+      price = float(np.clip(price * np.exp(-0.05 * drive), 1e-4, 10.0))
+      bias, prev = new_bias, e
+    want_b.append(bias)
+    want_p.append(price)
+  np.testing.assert_allclose(states.halt_bias, want_b, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(states.price, want_p, rtol=1e-3)
+  steps = np.diff(want_p)
+  assert max(want_p) == 10.0 and steps.min() < 0 < steps.max()  # up and down, clamp binds
+
+
+def gate_learning_plant(tx, steps, rate=0.05, gain=1.0):
+  """Closed loop on a gate that learns: its logit c climbs at ``rate``·(return − λ_p)
+  per step, the return of depth diminishing, gain·(4 − avg_k)/3, and avg_k =
+  1 + 3·sigmoid(b + c). Returns (avg_k, b, λ_p) per step."""
+  state, c, trace = tx.init(PARAMS), 0.0, []
+  update = jax.jit(tx.update)
+  for _ in range(steps):
+    b, price = float(state.controls["halt_bias"]), float(state.controls["compute_price"])
+    k = 1.0 + 3.0 / (1.0 + np.exp(-(b + c)))
+    trace.append((k, b, price))
+    c += rate * (gain * (4.0 - k) / 3.0 - price)
+    _, state = update(GRADS, state, PARAMS, avg_k=jnp.float32(k))
+  return np.array(trace)
+
+
+@pytest.mark.parametrize("target", [1.3, 2.0, 3.0])
+def test_price_gain_holds_a_gate_that_learns_against_the_bias(target):
+  """Without a price the gate's logit climbs for as long as depth pays, the bias follows
+  it to its clamp and depth overshoots (the looped task's failure, README); with
+  price_gain the price settles at the return of depth at the target, (4 − t)/3, and the
+  bias returns near 0."""
+  kw = dict(
+    target_k=target, warmup_steps=0, ponder_start=0, audit_prob=0.0, controller="gate_bias",
+    deadband=(0.98, 1.02), price_max=10.0,
+  )  # fmt: skip
+  alone = gate_learning_plant(compute_price(**kw), 1200)[900:]
+  assert np.all(alone[:, 1] == -8.0) and np.all(alone[:, 0] - target > 0.5)
+  for rate, gain in ((0.05, 1.0), (0.2, 3.0)):
+    held = gate_learning_plant(compute_price(**kw, price_gain=0.03), 1200)[900:]
+    assert np.max(np.abs(held[:, 0] - target)) <= 0.1, (rate, gain)
+    assert np.max(np.abs(held[:, 1])) <= 1.0, (rate, gain)
+    np.testing.assert_allclose(held[-1, 2], (4.0 - target) / 3.0, rtol=0.15)
 
 
 @pytest.mark.parametrize("target", [1.3, 2.0, 3.0])
