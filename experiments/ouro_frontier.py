@@ -16,12 +16,22 @@ attention layer cannot build and two passes can.
 Arms:
 
 * ``fixed_k``: every token runs k passes (no price, no coupon; the ablation's fixed arms);
+* ``constant_k<t>`` (``--constant-price λ``): b = 0 and λ_p = λ held for the whole run,
+  at the capacity of target t: the open-loop baseline of the priced loop below;
 * ``adaptive_k<t>``: the compute price's ``gate_bias`` controller (κ_b 1, |b| ≤ 30: the
   setting that reached every target in ``ouro_price_target.py``) holds the soft depth
   avg_k at target t (deadband ±2%), trained and evaluated on the gathered path
   (``gather_capacity`` c(t) = min(1, 0.5·(t − 1) + 0.1): passes 2..Kmax run on the
   ⌈c·T⌉ most-alive tokens of each row, the overflow is counted). The coupon's one-pass
   forward is off: with λ_p at its floor it prices nothing and would cost a forward.
+
+Variants (session 11), passed through ``--set`` to every arm (the fixed arms ignore both,
+so their directories can be linked in from the plain run):
+
+* ``--set model.gate_logit_bound=10``: the gate's logit is bounded to ±10, so the halting
+  bias (|b| ≤ 30) keeps authority over every token;
+* ``... --set optimizer.kwargs.price_gain=0.03 --set optimizer.kwargs.price_max=10.0``:
+  the price re-centres b (mid-ranging), so the loss, not only b, opposes surplus depth.
 
 Validation per token class, after training, with the deployment controls: 300K held-out
 characters (the last 10% of the plain Shakespeare, snippets from a generator seed never
@@ -84,23 +94,42 @@ def capacity(target: float) -> float:
   return min(1.0, round(0.5 * (target - 1.0) + 0.1, 2))
 
 
-def arms(kmax: int, targets, gather: float | None = None) -> dict[str, list[str]]:
+def arms(
+  kmax: int, targets, gather: float | None = None, constant_price: float | None = None
+) -> dict[str, list[str]]:
   """The fixed-k and adaptive arms; ``gather`` fixes every adaptive arm's capacity
-  (default: ``capacity(target)``)."""
+  (default: ``capacity(target)``); ``constant_price`` adds, per target, an arm
+  ``constant_k<t>`` that holds b = 0 and λ_p at that price (the open-loop baseline of the
+  priced loop, at the target's capacity)."""
   fixed = {f"fixed_{k}": [*FIXED, f"model.force_k={k}"] for k in range(1, kmax + 1)}
-  adaptive = {
-    f"adaptive_k{t:g}": [
+
+  def shared(t):
+    return [
       "optimizer.kwargs.controller=gate_bias",
-      "optimizer.kwargs.deadband=(0.98, 1.02)",
-      "optimizer.kwargs.bias_gain=1.0",  # gate_bias_fast of ouro_price_target.py
-      "optimizer.kwargs.bias_max=30.0",
       f"optimizer.kwargs.target_k={t}",
       "model.coupon=False",
       f"model.gather_capacity={capacity(t) if gather is None else gather}",
     ]
+
+  adaptive = {
+    f"adaptive_k{t:g}": [
+      *shared(t),
+      "optimizer.kwargs.deadband=(0.98, 1.02)",
+      "optimizer.kwargs.bias_gain=1.0",  # gate_bias_fast of ouro_price_target.py
+      "optimizer.kwargs.bias_max=30.0",
+    ]
     for t in targets
   }
-  return fixed | adaptive
+  constant = {
+    f"constant_k{t:g}": [
+      *shared(t),
+      "optimizer.kwargs.bias_gain=0.0",
+      "optimizer.kwargs.price_gain=0.0",
+      f"optimizer.kwargs.fixed_price={constant_price}",
+    ]
+    for t in (targets if constant_price is not None else ())
+  }
+  return fixed | adaptive | constant
 
 
 def held_out(tokenizer, corpus: str, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -192,6 +221,9 @@ def main() -> None:
   parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
   parser.add_argument("--arms", nargs="*", help="run only these arms")
   parser.add_argument("--capacity", type=float, help="gathered share for every adaptive arm")
+  parser.add_argument(
+    "--constant-price", type=float, help="add constant_k<t> arms: b = 0, λ_p pinned here"
+  )
   parser.add_argument("--preset", default="depth", help="configs/ouro_spec.py preset")
   parser.add_argument("--out", help="default runs/ouro_frontier_<preset>")
   parser.add_argument("--steps", type=int, help="train this many steps (a smoke test)")
@@ -202,7 +234,7 @@ def main() -> None:
   base = apply_overrides(base, [*(steps if args.steps else []), *args.set])
   data = load_data(base)
   kmax, seq = base.model.max_passes, base.data.seq_len
-  arm_set = arms(kmax, args.targets, args.capacity)
+  arm_set = arms(kmax, args.targets, args.capacity, args.constant_price)
   if args.arms:
     arm_set = {a: arm_set[a] for a in args.arms}
   out = Path(args.out or f"runs/ouro_frontier_{args.preset}")
@@ -254,7 +286,7 @@ def main() -> None:
         f"{': depth helps' if np.mean(gaps) < -2 * se else ''}"
       )
   for arm in results:
-    target = float(arm.split("_k")[1]) if arm.startswith("adaptive") else None
+    target = float(arm.split("_k")[1]) if arm.startswith(("adaptive", "constant")) else None
     err = [abs(k - target) for k in col(arm, "avg_k")] if target else None
     rows.append(
       [
