@@ -368,9 +368,12 @@ def main() -> None:
     out,
     "Ouro-Spec frontier on the depth task",
     [
-      f"seeds {args.seeds}; configs/ouro_spec.py:depth: {base.train.steps} steps of "
+      f"seeds {args.seeds}; configs/ouro_spec.py:{args.preset}: {base.train.steps} steps of "
       f"{base.data.batch_size}x{seq} characters, {base.model.num_layers} layers x "
       f"{base.model.d_model}, Kmax {kmax}",
+      # the variant flags, so a report says which of the README's variants it measured
+      f"overrides {args.set or 'none'}; capacity {args.capacity or 'c(t)'}; "
+      f"constant price {args.constant_price}",
       f"validation: {windows.size:,} held-out characters, per token class; mean ± std over "
       "seeds; avg_k over the non-audit steps of training's last quarter",
       *verdicts,
