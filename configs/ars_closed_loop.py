@@ -4,7 +4,7 @@
 
 Two phases per seed. ``pretrain``: the char LM (nanoGPT's CPU shape, 4 × 128, block 64)
 on the shipped Shakespeare. ``cpu``: from that checkpoint, the model keeps training on
-text it generates itself with its current parameters (``data/closed_loop.py``): every
+text it generates itself with its current parameters (``training/closed_loop.py``): every
 ``EVERY`` steps a block of continuations is sampled at ``TEMPERATURE`` from ``PROMPT_LEN``
 real characters, and ``FRACTION`` of each batch's rows are those continuations. The
 closed-loop learning rate is constant and there is no gradient clipping, so nothing but

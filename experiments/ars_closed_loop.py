@@ -1,10 +1,10 @@
 """ARS in the Narcissus closed loop: a pretrained LM keeps training on its own samples.
 
-    python experiments/ars_closed_loop.py [--seeds 0 1 2] [--arms adamw psi ...]
+    python -m experiments.ars_closed_loop [--seeds 0 1 2] [--arms adamw psi ...]
         [--temperature 0.7] [--fraction 1.0] [--lr 2e-3] [--steps 1000]
 
 Per seed: pretrain (``configs/ars_closed_loop.py:pretrain``), then every arm continues
-from that checkpoint in the closed loop (``:cpu``; ``data/closed_loop.py``). Arms: AdamW;
+from that checkpoint in the closed loop (``:cpu``; ``training/closed_loop.py``). Arms: AdamW;
 ARS's guard and gate (+Ψ); and jitter (+Ψ+χ); and the seed's update regularizer Φ(W, ΔW)
 (+Ψ+χ+Φ, ``regulators/update_prox.py``); +Ψ+χ with the spectral detector — these with
 the relative surprise, as in the data-shift ablation — and +Ψ+χ with the seed's raw
@@ -30,15 +30,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from homeo_jax.data import window_batches  # noqa: E402
-from homeo_jax.data.closed_loop import SelfGeneratedBatches  # noqa: E402
-from homeo_jax.training.config import apply_overrides, load_config  # noqa: E402
-from homeo_jax.training.cpu import reexec_with_page_keeping_allocator  # noqa: E402
-from homeo_jax.training.experiment import (  # noqa: E402
+from homeo_jax.data import window_batches
+from homeo_jax.training.closed_loop import SelfGeneratedBatches
+from homeo_jax.training.config import apply_overrides, load_config
+from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
+from homeo_jax.training.experiment import (
   markdown_table,
   mean_std,
   read_run,
@@ -46,9 +45,9 @@ from homeo_jax.training.experiment import (  # noqa: E402
   select_arms,
   write_experiment_report,
 )
-from homeo_jax.training.loop import load_data, train  # noqa: E402
-from homeo_jax.training.report import series  # noqa: E402
-from homeo_jax.training.trained import restore_state  # noqa: E402
+from homeo_jax.training.loop import load_data, train
+from homeo_jax.training.report import series
+from homeo_jax.training.trained import restore_state
 
 ROOT = Path(__file__).resolve().parents[1]
 ARS = ["optimizer.name=ars_adamw", "optimizer.kwargs.surprise=relative"]
@@ -57,7 +56,9 @@ ARMS = {
   "psi": [*ARS, "optimizer.kwargs.jitter=False"],
   "psi_chi": [*ARS, "optimizer.kwargs.jitter=True"],
   "psi_chi_phi": [
-    *ARS, "optimizer.kwargs.jitter=True", "optimizer.update_prox={'gamma': 1.0, 'rank': 8}"
+    *ARS,
+    "optimizer.kwargs.jitter=True",
+    "optimizer.regulators.update_prox={'gamma': 1.0, 'rank': 8}",
   ],
   "psi_chi_spectral": [*ARS, "optimizer.kwargs.jitter=True", "optimizer.kwargs.detector=spectral"],
   # The seed's own surprise: the raw loss (Φ ≈ 0.1 + 0.9·exp(−loss/Ψ), ≈ 0.35 at loss 1.3).
@@ -120,7 +121,7 @@ def failure(run_dir: Path, every: int) -> dict[str, float | None]:
 
 
 def main() -> None:
-  reexec_with_page_keeping_allocator(sys.argv)
+  reexec_with_page_keeping_allocator(["-m", "experiments.ars_closed_loop", *sys.argv[1:]])
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--arms", nargs="+", default=None)

@@ -1,6 +1,6 @@
 """The Narcissus failure and its suppression: ARS under an abrupt distribution shift.
 
-    python experiments/ars_narcissus.py [--scale cpu|gpu] [--seeds 0 1 2]
+    python -m experiments.ars_narcissus [--scale cpu|gpu] [--seeds 0 1 2]
 
 Three arms, identical except for the optimizer: (1) AdamW; (2) +Ψ: ARS guard and surprise
 gate, no jitter; (3) +Ψ +χ: guard, gate and chronos-jitter. ARS uses the "relative"
@@ -18,28 +18,26 @@ Definitions used in the report:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import configs.ars_narcissus as narcissus  # noqa: E402
-from homeo_jax.data import SwitchedBatches, TextData, build_tokenizer, window_batches  # noqa: E402
-from homeo_jax.data.corpora import load_corpus, split_train_val  # noqa: E402
-from homeo_jax.training import apply_overrides, train  # noqa: E402
-from homeo_jax.training.experiment import (  # noqa: E402
+import configs.ars_narcissus as narcissus
+from homeo_jax.data import SwitchedBatches, TextData, build_tokenizer, window_batches
+from homeo_jax.data.corpora import load_corpus, split_train_val
+from homeo_jax.training import apply_overrides, train
+from homeo_jax.training.experiment import (
   markdown_table,
   mean_std,
   read_run,
   run_arms,
   write_experiment_report,
 )
-from homeo_jax.training.report import series  # noqa: E402
+from homeo_jax.training.report import series
 
 ARS = ["optimizer.name=ars_adamw", "optimizer.kwargs.surprise=relative"]
 ARMS = {

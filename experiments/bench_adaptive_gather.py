@@ -1,6 +1,6 @@
 """Does gathering the alive tokens make adaptive depth cheaper? Dense vs gathered passes.
 
-    python experiments/bench_adaptive_gather.py [--width 256] [--seq 256] [--batch 8]
+    python -m experiments.bench_adaptive_gather [--width 256] [--seq 256] [--batch 8]
                                                 [--kv-per-pass]
 
 A stack of ``AdaptiveDecoderLayer``s whose continue gate keeps a chosen fraction f of
@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from homeo_jax.models.adaptive_layer import AdaptiveConfig, AdaptiveDecoderLayer  # noqa: E402
-from homeo_jax.training.experiment import markdown_table  # noqa: E402
-from homeo_jax.training.loop import hardware_description  # noqa: E402
+from homeo_jax.models.adaptive_layer import AdaptiveConfig, AdaptiveDecoderLayer
+from homeo_jax.training.experiment import markdown_table
+from homeo_jax.training.loop import hardware_description
 
 
 class PrefixGate(AdaptiveDecoderLayer):

@@ -1,7 +1,7 @@
 """Benchmark the jitted cores against the references, side by side in one run.
 
-    python experiments/bench_cores.py                     # CPU-sized shapes
-    python experiments/bench_cores.py --shapes gpt2-small gpt2-medium   # on a GPU
+    python -m experiments.bench_cores                     # CPU-sized shapes
+    python -m experiments.bench_cores --shapes gpt2-small gpt2-medium   # on a GPU
 
 Polar: the update time of ``optax.contrib.muon`` vs ours (``ord_muon`` with spectral_lr=0,
 same-shape matrices stacked and orthogonalised in one batched call; float32 and
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -25,12 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from homeo_jax.cores.sinkhorn import sinkhorn, sinkhorn_potentials  # noqa: E402
-from homeo_jax.regulators.ord_muon import ord_muon  # noqa: E402
-from homeo_jax.training.experiment import markdown_table  # noqa: E402
-from homeo_jax.training.loop import hardware_description  # noqa: E402
-from homeo_jax.training.metrics import atomic_write_text  # noqa: E402
+from homeo_jax.cores.sinkhorn import sinkhorn, sinkhorn_potentials
+from homeo_jax.regulators.ord_muon import ord_muon
+from homeo_jax.training.experiment import markdown_table
+from homeo_jax.training.loop import hardware_description
+from homeo_jax.training.metrics import atomic_write_text
 
 # (layers, width): GPT-2 small/medium, and a quarter-width small for a 2-core CPU.
 SHAPES = {"cpu": (12, 192), "gpt2-small": (12, 768), "gpt2-medium": (24, 1024)}

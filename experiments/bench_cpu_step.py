@@ -1,8 +1,8 @@
 """Our train step against PyTorch's on the same CPU, side by side, and where ours goes.
 
-    python experiments/bench_cpu_step.py                      # nanoGPT + block128, vs PyTorch
-    python experiments/bench_cpu_step.py --systems            # + MoE, adaptive, 2-bit vs dense
-    python experiments/bench_cpu_step.py --devices 1 auto     # one device vs one per core
+    python -m experiments.bench_cpu_step                      # nanoGPT + block128, vs PyTorch
+    python -m experiments.bench_cpu_step --systems            # + MoE, adaptive, 2-bit vs dense
+    python -m experiments.bench_cpu_step --devices 1 auto     # one device vs one per core
 
 Every measurement runs in its own fresh interpreter, one after another (the JAX CPU
 device count is fixed at start-up, and PyTorch's OpenMP threads must not spin while JAX
@@ -45,7 +45,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 NANOGPT = [
   "model.num_layers=4",
@@ -143,7 +142,7 @@ def jax_worker(args) -> dict:
   from homeo_jax.training.cpu import reexec_with_page_keeping_allocator, split_cpu_cores
 
   os.environ["HOMEO_JAX_ALLOCATOR"] = args.allocator
-  reexec_with_page_keeping_allocator(sys.argv)
+  reexec_with_page_keeping_allocator(["-m", "experiments.bench_cpu_step", *sys.argv[1:]])
 
   config = load_recipe(args.recipe, dense_twin=args.dense_twin)
   requested = 0 if args.devices == "auto" else int(args.devices)

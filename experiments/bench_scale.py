@@ -1,7 +1,7 @@
 """Scale-out benchmarks: LM step throughput/MFU per optimizer, and Muon on sharded matrices.
 
-    python experiments/bench_scale.py throughput [--size gpt2-small] [--peak-tflops 989]
-    python experiments/bench_scale.py muon-sharding [--devices 8]   # fake CPU devices ok
+    python -m experiments.bench_scale throughput [--size gpt2-small] [--peak-tflops 989]
+    python -m experiments.bench_scale muon-sharding [--devices 8]   # fake CPU devices ok
 
 ``throughput``: tokens/s of the baseline LM's jitted train step (forward, backward,
 optimizer) with AdamW, our Muon (``ord_muon``, spectral_lr 0), ARS-steered AdamW and the

@@ -1,6 +1,6 @@
 """Do SpecHorn's balancers act when Sinkhorn converges? A closed-loop routing simulation.
 
-    python experiments/bench_spechorn_balance.py [--steps 300] [--seeds 0 1 2]
+    python -m experiments.bench_spechorn_balance [--steps 300] [--seeds 0 1 2]
 
 A fixed, skewed router (token logits = N(0, 1) + a per-expert preference drawn once, as a
 trained router that favours a few experts) routes batches of 1,024 tokens top-2 over 8
@@ -22,25 +22,22 @@ hard loads directly; this script measures how much each contributes.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import optax
 from flax import nnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from homeo_jax import controls as read_controls  # noqa: E402
-from homeo_jax.models import MoEConfig, MoETransformerConfig  # noqa: E402
-from homeo_jax.models.moe import MoEFeedForward  # noqa: E402
-from homeo_jax.regulators.load_balance import (  # noqa: E402
+from homeo_jax import controls as read_controls
+from homeo_jax.models import MoEConfig, MoETransformerConfig
+from homeo_jax.models.moe import MoEFeedForward
+from homeo_jax.regulators.load_balance import (
   deepseek_balancer,
   load_stats,
   spechorn_balancer,
 )
-from homeo_jax.training.experiment import markdown_table, mean_std  # noqa: E402
-from homeo_jax.training.loop import hardware_description  # noqa: E402
+from homeo_jax.training.experiment import markdown_table, mean_std
+from homeo_jax.training.loop import hardware_description
 
 EXPERTS, TOP_K, TOKENS, SKEW = 8, 2, 1024, 1.5
 

@@ -1,6 +1,6 @@
 """Does spectral learning help? AdamW vs Muon vs ORD-Muon arms, >= 3 seeds each.
 
-    python experiments/ord_muon_ablation.py [--scale cpu|gpu|seed] [--seeds 0 1 2]
+    python -m experiments.ord_muon_ablation [--scale cpu|gpu|seed] [--seeds 0 1 2]
 
 Arms (identical except for the optimizer): AdamW; Muon = Polar(G) (spectral_lr 0);
 Polar(G⊥) (geometric only); Polar(G⊥) + s·G∥ for the sweep s ∈ {0.5, 1, 2, 5}; weight
@@ -12,17 +12,13 @@ Muon, validation curves and the ρ / spectral_frac traces.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from homeo_jax.training.experiment import (  # noqa: E402
+from homeo_jax.training.experiment import (
   experiment_setup,
   first_step_at_or_below,
   markdown_table,
@@ -34,7 +30,7 @@ from homeo_jax.training.experiment import (  # noqa: E402
   verdict,
   write_experiment_report,
 )
-from homeo_jax.training.report import series  # noqa: E402
+from homeo_jax.training.report import series
 
 ORD = "optimizer.name=ord_muon"
 ARMS = {

@@ -1,7 +1,7 @@
 """The Ouro-Spec frontier on a task where depth matters: loss per token class against
 executed FLOPs and wall-clock, fixed depth k ∈ {1..Kmax} against adaptive depth.
 
-    python experiments/ouro_frontier.py [--preset looped] [--seeds 0 1 2]
+    python -m experiments.ouro_frontier [--preset looped] [--seeds 0 1 2]
                                         [--targets 1.3 2.0 3.0]
 
 ``--preset depth`` (``configs/ouro_spec.py``): a 2-layer character model (width 128,
@@ -60,25 +60,22 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from ouro_spec_ablation import FIXED, not_audit, tail_mean
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ouro_spec_ablation import FIXED, not_audit, tail_mean  # noqa: E402
-
-from homeo_jax.data import algorithmic, corpora  # noqa: E402
-from homeo_jax.training.config import apply_overrides, load_config  # noqa: E402
-from homeo_jax.training.cpu import reexec_with_page_keeping_allocator  # noqa: E402
-from homeo_jax.training.experiment import (  # noqa: E402
+from homeo_jax.data import algorithmic, corpora
+from homeo_jax.training.config import apply_overrides, load_config
+from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
+from homeo_jax.training.experiment import (
   markdown_table,
   mean_std,
   read_run,
   run_arms,
   write_experiment_report,
 )
-from homeo_jax.training.flops import forward_flops_per_token  # noqa: E402
-from homeo_jax.training.loop import load_data, model_config  # noqa: E402
+from homeo_jax.training.flops import forward_flops_per_token
+from homeo_jax.training.loop import load_data, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (1.3, 2.0, 3.0)
@@ -215,7 +212,7 @@ def frontier_at(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
 
 
 def main() -> None:
-  reexec_with_page_keeping_allocator(sys.argv)
+  reexec_with_page_keeping_allocator(["-m", "experiments.ouro_frontier", *sys.argv[1:]])
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))

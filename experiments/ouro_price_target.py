@@ -1,6 +1,6 @@
 """Does the compute price reach its target depth? Targets 1.3, 2.0, 3.0 × controllers.
 
-    python experiments/ouro_price_target.py [--seeds 0 1 2] [--controllers log_pi seed]
+    python -m experiments.ouro_price_target [--seeds 0 1 2] [--controllers log_pi seed]
 
 The tiny Ouro-Spec preset (``configs/ouro_spec.py:tiny``, Kmax 4, the seed's schedule
 scaled to the run) with the compute price held at each target by the seed's additive dual
@@ -22,23 +22,20 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+from ouro_spec_ablation import not_audit, tail_mean
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ouro_spec_ablation import not_audit, tail_mean  # noqa: E402
-
-from homeo_jax.training.config import load_config  # noqa: E402
-from homeo_jax.training.cpu import reexec_with_page_keeping_allocator  # noqa: E402
-from homeo_jax.training.experiment import (  # noqa: E402
+from homeo_jax.training.config import load_config
+from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
+from homeo_jax.training.experiment import (
   markdown_table,
   mean_std,
   read_run,
   run_arms,
   write_experiment_report,
 )
-from homeo_jax.training.loop import load_data  # noqa: E402
-from homeo_jax.training.report import series  # noqa: E402
+from homeo_jax.training.loop import load_data
+from homeo_jax.training.report import series
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (1.3, 2.0, 3.0)
@@ -96,7 +93,7 @@ def arm_overrides(controller: str, target: float) -> list[str]:
 
 
 def main() -> None:
-  reexec_with_page_keeping_allocator(sys.argv)
+  reexec_with_page_keeping_allocator(["-m", "experiments.ouro_price_target", *sys.argv[1:]])
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--controllers", nargs="+", default=["log_pi"], choices=list(CONTROLLERS))

@@ -1,6 +1,6 @@
 """Does adaptive depth buy compute? Fixed 1 / 2 / Kmax passes vs the priced adaptive LM.
 
-    python experiments/ouro_spec_ablation.py [--scale tiny|seed] [--seeds 0 1 2]
+    python -m experiments.ouro_spec_ablation [--scale tiny|seed] [--seeds 0 1 2]
 
 Arms (identical but for the depth policy): ``fixed_1`` (hard_kill), ``fixed_2``
 (force_k=2), ``fixed_kmax`` (force_k=Kmax) with plain AdamW; ``adaptive`` with AdamW +
@@ -14,17 +14,13 @@ the passes the dense path actually ran. Writes runs/ouro_spec_<scale>/report.md.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from homeo_jax.training.experiment import (  # noqa: E402
+from homeo_jax.training.experiment import (
   experiment_setup,
   markdown_table,
   mean_curve,
@@ -34,8 +30,8 @@ from homeo_jax.training.experiment import (  # noqa: E402
   verdict,
   write_experiment_report,
 )
-from homeo_jax.training.flops import forward_flops_per_token  # noqa: E402
-from homeo_jax.training.loop import load_data, model_config  # noqa: E402
+from homeo_jax.training.flops import forward_flops_per_token
+from homeo_jax.training.loop import load_data, model_config
 
 FIXED = [
   "optimizer.name=adamw",

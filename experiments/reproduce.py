@@ -1,11 +1,11 @@
 """Every ablation at one scale, resumable, with one combined report.
 
-    python experiments/reproduce.py --scale cpu                     # all five, 2-core CPU sizes
-    python experiments/reproduce.py --scale gpu --only spechorn ord_muon
-    python experiments/reproduce.py --scale gpu --plan              # cost estimate, runs nothing
-    python experiments/reproduce.py --scale seed                    # ORD, Ouro-Spec: seed settings
+    python -m experiments.reproduce --scale cpu                     # all five, 2-core CPU sizes
+    python -m experiments.reproduce --scale gpu --only spechorn ord_muon
+    python -m experiments.reproduce --scale gpu --plan              # cost estimate, runs nothing
+    python -m experiments.reproduce --scale seed                    # ORD, Ouro-Spec: seed settings
 
-Runs each ablation script (``experiments/<script>.py --scale S --seeds ...``) in its own
+Runs each ablation script (``python -m experiments.<script> --scale S --seeds ...``) in its own
 process, one after another; each arm of each writes its own run folder under
 ``runs/<ablation>_<scale>/``. A rerun skips the arms whose ``stats.json`` says finished
 and resumes paused or interrupted ones from their newest checkpoint (``run_arms`` and the
@@ -29,14 +29,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _module(script: str):
-  spec = importlib.util.spec_from_file_location(script, ROOT / "experiments" / f"{script}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return importlib.import_module(f"experiments.{script}")
 
 
 # name: (script, config file, {reproduce scale: the script's scale}, runs(module, base, seeds))
@@ -70,11 +66,11 @@ def report_dir(name: str, script_scale: str) -> Path:
 
 def run_ablation(name: str, scale: str, seeds: list[int]) -> tuple[str, float]:
   script, _, scales, _ = ABLATIONS[name]
-  command = [sys.executable, str(ROOT / "experiments" / f"{script}.py"), "--scale", scales[scale]]
+  command = [sys.executable, "-m", f"experiments.{script}", "--scale", scales[scale]]
   command += ["--seeds", *map(str, seeds)]
   print(f"=== {name}: {' '.join(command)}", flush=True)
   start = time.perf_counter()
-  rc = subprocess.call(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+  rc = subprocess.call(command, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
   status = "finished" if rc == 0 else f"failed (exit {rc}); rerun to resume"
   return status, time.perf_counter() - start
 

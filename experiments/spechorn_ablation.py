@@ -1,6 +1,6 @@
 """SpecHorn routing ablation: five balancing arms on an MoE LM, >= 3 seeds each.
 
-    python experiments/spechorn_ablation.py [--scale cpu|gpu] [--seeds 0 1 2]
+    python -m experiments.spechorn_ablation [--scale cpu|gpu] [--seeds 0 1 2]
 
 Arms: (a) softmax top-k + Switch auxiliary loss (weight 0.01, and 0.001 / 0.1); (b)
 DeepSeek loss-free selection bias (u = 0.001, and 0.01 / 0.03); (c) SpecHorn; (d) SpecHorn
@@ -22,26 +22,23 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from flax import nnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from homeo_jax import controls as read_controls  # noqa: E402
-from homeo_jax.cores.sinkhorn import sinkhorn  # noqa: E402
-from homeo_jax.data import window_batches  # noqa: E402
-from homeo_jax.models.moe import MoEFeedForward  # noqa: E402
-from homeo_jax.training import apply_overrides  # noqa: E402
-from homeo_jax.training.experiment import (  # noqa: E402
+from homeo_jax import controls as read_controls
+from homeo_jax.cores.sinkhorn import sinkhorn
+from homeo_jax.data import window_batches
+from homeo_jax.models.moe import MoEFeedForward
+from homeo_jax.training import apply_overrides
+from homeo_jax.training.experiment import (
   experiment_setup,
   markdown_table,
   mean_curve,
@@ -52,9 +49,9 @@ from homeo_jax.training.experiment import (  # noqa: E402
   select_arms,
   write_experiment_report,
 )
-from homeo_jax.training.loop import build_model, load_data  # noqa: E402
-from homeo_jax.training.report import series  # noqa: E402
-from homeo_jax.training.step import functional_model  # noqa: E402
+from homeo_jax.training.loop import build_model, load_data
+from homeo_jax.training.report import series
+from homeo_jax.training.step import functional_model
 
 SPECHORN = [
   "model.moe.router=spechorn",

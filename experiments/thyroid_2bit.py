@@ -1,7 +1,7 @@
 """Does the Spectral Thyroid make 2-bit training safe without tuning? Against the best tuned
 and the best constant setting.
 
-    python experiments/thyroid_2bit.py [--scale cpu|stress|gpu] [--seeds 0 1 2]
+    python -m experiments.thyroid_2bit [--scale cpu|stress|gpu] [--seeds 0 1 2]
 
 2-bit LM (configs/thyroid_2bit.py; ``stress`` is the harshest setting of the cliff search), arms:
 
@@ -16,10 +16,10 @@ and the best constant setting.
 * float: ``float_adamw`` (manual's lr) and ``float_thyroid`` (v0.2) on the same model
   unquantized.
 
-Every run logs the level-flip rate (``models.quant.level_flip_monitor``). A *cliff
-incident* is a step whose training loss exceeds its EMA (decay 0.9) by more than 3
-running standard deviations while the flip rate exceeds its own EMA + 3σ within ±2
-steps (both statistics from the steps before it, after a 20-step burn-in).
+Every run logs the level-flip rate (``regulators/flip_monitor.py``). A *cliff incident* is
+a step whose training loss exceeds its EMA (decay 0.9) by more than 3 running standard
+deviations while the flip rate exceeds its own EMA + 3σ within ±2 steps (both statistics
+from the steps before it, after a 20-step burn-in).
 Reported per arm over seeds: final validation loss, steps to reach the manual arm's
 mean final validation loss, cliff incidents and loss spikes per run, tuning runs
 ("interventions"); ``traces.png`` marks spikes and incidents on the manual arm's traces.
@@ -30,21 +30,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import optax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from homeo_jax.models import TransformerConfig  # noqa: E402
-from homeo_jax.models.quant import level_flip_monitor  # noqa: E402
-from homeo_jax.regulators.thyroid import ALPHA_RANGE  # noqa: E402
-from homeo_jax.training.experiment import (  # noqa: E402
+from homeo_jax.models import TransformerConfig
+from homeo_jax.models.quant import quantized_mask
+from homeo_jax.regulators.flip_monitor import level_flip_monitor
+from homeo_jax.regulators.thyroid import ALPHA_RANGE
+from homeo_jax.training.experiment import (
   experiment_setup,
   first_step_at_or_below,
   markdown_table,
@@ -55,8 +54,8 @@ from homeo_jax.training.experiment import (  # noqa: E402
   verdict,
   write_experiment_report,
 )
-from homeo_jax.training.loop import load_data, model_config, train  # noqa: E402
-from homeo_jax.training.optimizers import build_optimizer  # noqa: E402
+from homeo_jax.training.loop import load_data, model_config, train
+from homeo_jax.training.optimizers import build_optimizer
 
 SWEEP = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)  # peak lrs of the manual arm's sweep
 GRID = [(lam, tau) for lam in (0.1, 1.0, 2.0) for tau in (0.5, 1.0, 2.0)]
@@ -75,7 +74,11 @@ def train_with_flip_monitor(config, data):
     config.optimizer, config.train.steps, model=model_config(config, data.vocab_size)
   )
   levels, scale = getattr(config.model, "levels", "2bit"), getattr(config.model, "scale", "channel")
-  return train(config, data=data, tx=optax.chain(tx, level_flip_monitor(levels, scale=scale)))
+  return train(
+    config,
+    data=data,
+    tx=optax.chain(tx, level_flip_monitor(levels, scale=scale, mask=quantized_mask)),
+  )
 
 
 def peak(lr: float) -> list[str]:

@@ -1,7 +1,7 @@
 """The search for a quantization-cliff regime: manual 2-bit AdamW in harsher and harsher
 settings, one seed each, counting cliff incidents as ``thyroid_2bit.py`` defines them.
 
-    python experiments/thyroid_cliff_search.py
+    python -m experiments.thyroid_cliff_search
 
 Each setting is ``configs/thyroid_2bit.py:cpu`` with AdamW and the overrides below
 (higher lr, β2 = 0.999 without a gradient clip, lower temperature, constant lr,
@@ -17,15 +17,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from thyroid_2bit import ADAMW, cliff_trace, running_stats, train_with_flip_monitor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from thyroid_2bit import ADAMW, cliff_trace, running_stats, train_with_flip_monitor  # noqa: E402
-
-from homeo_jax.training.config import load_config  # noqa: E402
-from homeo_jax.training.cpu import reexec_with_page_keeping_allocator  # noqa: E402
-from homeo_jax.training.experiment import markdown_table, read_run, run_arms  # noqa: E402
-from homeo_jax.training.loop import hardware_description, load_data  # noqa: E402
+from homeo_jax.training.config import load_config
+from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
+from homeo_jax.training.experiment import markdown_table, read_run, run_arms
+from homeo_jax.training.loop import hardware_description, load_data
 
 LR = "optimizer.learning_rate="
 HARSH = ["optimizer.b2=0.999", "optimizer.grad_clip=0"]
@@ -97,7 +94,7 @@ def describe(overrides: list[str]) -> str:
 
 
 def main() -> None:
-  reexec_with_page_keeping_allocator(sys.argv)
+  reexec_with_page_keeping_allocator(["-m", "experiments.thyroid_cliff_search", *sys.argv[1:]])
   root = Path(__file__).resolve().parents[1]
   base = load_config(f"{root}/configs/thyroid_2bit.py:cpu")
   data = load_data(base)

@@ -1,9 +1,9 @@
 """Meta-train the Spectral Thyroid and write the weights the package ships.
 
-    python experiments/thyroid_meta_train.py [--iterations 60] [--versions alpha ...]
+    python -m experiments.thyroid_meta_train [--iterations 60] [--versions alpha ...]
 
 For each version: truncated backprop through 32-step unrolls of the task families in
-``homeo_jax/regulators/thyroid_meta.py`` — per meta-step 32 MLP tasks and 4 + 4 tiny
+``experiments/thyroid_meta.py`` — per meta-step 32 MLP tasks and 4 + 4 tiny
 AdamW byte LMs (float and 2-bit) on Shakespeare slices, Adam 1e-2, early stopping on
 validation tasks — then the meta-objective J on held-out tasks: 64 MLP tasks and 16 + 16
 LM tasks on Python source, a corpus meta-training never reads.
@@ -32,16 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from homeo_jax.regulators import thyroid_meta as meta  # noqa: E402
-from homeo_jax.regulators.thyroid import (  # noqa: E402
+from experiments import thyroid_meta as meta
+from homeo_jax.regulators.thyroid import (
   VERSIONS,
   WEIGHTS_DIR,
   init_thyroid_params,
   save_thyroid_params,
 )
-from homeo_jax.training.experiment import markdown_table  # noqa: E402
-from homeo_jax.training.loop import hardware_description  # noqa: E402
+from homeo_jax.training.experiment import markdown_table
+from homeo_jax.training.loop import hardware_description
 
 GRID = list(itertools.product((0.5, 0.7, 1.0, 1.4, 2.0), (0.1, 1.0, 2.0), (0.5, 1.0, 2.0)))
 TASKS_PER_STEP = {"mlp": 32, "lm": 4, "lm_2bit": 4}

@@ -21,9 +21,12 @@ from homeo_jax.regulators.load_balance import deepseek_balancer as deepseek_bala
 from homeo_jax.regulators.load_balance import spechorn_balancer as spechorn_balancer
 from homeo_jax.regulators.ord_muon import ord_muon as ord_muon
 from homeo_jax.regulators.ord_muon import scale_by_ord_muon as scale_by_ord_muon
+from homeo_jax.regulators.qk_clip import qk_clip as qk_clip
+from homeo_jax.regulators.spike_aware import spike_aware as spike_aware
 from homeo_jax.regulators.spike_guard import skip_spikes as skip_spikes
 from homeo_jax.regulators.steering import steer_hyperparams as steer_hyperparams
 from homeo_jax.regulators.thyroid import thyroid as thyroid
 from homeo_jax.regulators.thyroid import thyroid_controller as thyroid_controller
+from homeo_jax.regulators.update_ratio import update_ratio_homeostat as update_ratio_homeostat
 
 __version__ = "0.2.0"

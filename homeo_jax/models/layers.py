@@ -54,8 +54,9 @@ class TransformerConfig:
   # LayerNorm on each head's queries and keys (Dehghani et al. 2023; Wortsman et al. 2023:
   # it keeps attention logits from growing at high learning rates).
   qk_norm: bool = False
-  # Telemetry ``attn_logit_max``: the largest attention logit of the batch, max over layers
-  # (recomputes the scores; the instability proxy of Wortsman et al. 2023).
+  # Telemetry ``attn_head_logit_max`` [layers, heads], each head's largest attention logit
+  # of the batch (QK-clip's signal), and ``attn_logit_max``, the largest of them (the
+  # instability proxy of Wortsman et al. 2023); read from the scores the forward computes.
   attention_telemetry: bool = False
 
   @property
@@ -115,28 +116,44 @@ def dense(
   )
 
 
-def causal_attention(q: jax.Array, k_t: jax.Array, v: jax.Array) -> jax.Array:
+def causal_attention(
+  q: jax.Array, k_t: jax.Array, v: jax.Array, *, with_logit_max: bool = False
+) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Causal softmax attention: q, v ``[batch, heads, seq, head_dim]``, keys transposed
-  ``k_t`` ``[batch, heads, head_dim, seq]``; returns ``[batch, heads, seq, head_dim]``.
+  ``k_t`` ``[batch, heads, head_dim, seq]``; returns ``[batch, heads, seq, head_dim]``, and
+  with ``with_logit_max`` also each head's largest causal logit q·k/√d ``[heads]`` (float32,
+  no gradient) — the signal of QK-clip.
 
   On the CPU: heads-first batched matmuls in their plain (no-transpose) form with a
   constant lower-triangular mask — forward + backward ~2x faster there than
-  ``jax.nn.dot_product_attention`` at the CPU presets' shapes, and the same math. On
-  GPU/TPU: ``jax.nn.dot_product_attention``, which XLA lowers to cuDNN flash attention
-  where the GPU supports it (no ``[seq, seq]`` scores in memory).
+  ``jax.nn.dot_product_attention`` at the CPU presets' shapes, and the same math; the
+  logit maximum is a reduction of the scores this path computes anyway. On GPU/TPU:
+  ``jax.nn.dot_product_attention``, which XLA lowers to cuDNN flash attention where the GPU
+  supports it (no ``[seq, seq]`` scores in memory); the fused kernel does not return its
+  scores, so the logit maximum costs one more forward-only q·k (about a third of the
+  attention forward's matmul FLOPs, and a ``[batch, heads, seq, seq]`` buffer).
   """
+  t = q.shape[-2]
+  causal = jnp.tril(jnp.ones((t, t), dtype=bool))
   if jax.default_backend() != "cpu":
     swap = (0, 2, 1, 3)  # [b, h, t, hd] <-> [b, t, h, hd]
     out = jax.nn.dot_product_attention(
       q.transpose(swap), k_t.transpose(0, 3, 1, 2), v.transpose(swap), is_causal=True
-    )
-    return out.transpose(swap)
-  t = q.shape[-2]
+    ).transpose(swap)
+    if not with_logit_max:
+      return out
+    scores = jnp.einsum("bhqd,bhdk->bhqk", *jax.lax.stop_gradient((q, k_t)))
+    scores = scores.astype(jnp.float32) / math.sqrt(q.shape[-1])
+    return out, jnp.max(jnp.where(causal, scores, -jnp.inf), axis=(0, 2, 3))
   scores = jnp.einsum("bhqd,bhdk->bhqk", q, k_t) / math.sqrt(q.shape[-1])
-  causal = jnp.tril(jnp.ones((t, t), dtype=bool))
   scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
   probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+  out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+  if not with_logit_max:
+    return out
+  # Masked entries hold the dtype's minimum and every row has its diagonal: the max is causal.
+  logit_max = jnp.max(jax.lax.stop_gradient(scores).astype(jnp.float32), axis=(0, 2, 3))
+  return out, logit_max
 
 
 class KVCache(NamedTuple):
@@ -168,18 +185,21 @@ class CausalSelfAttention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     return q.transpose(0, 2, 1, 3), k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
 
-  def max_logit(self, x: jax.Array) -> jax.Array:
-    """The largest causal attention logit q·k/√d over the batch, heads and positions."""
-    q, k_t, _ = self.project_qkv(jax.lax.stop_gradient(x))
-    scores = jnp.einsum("bhqd,bhdk->bhqk", q, k_t).astype(jnp.float32) / math.sqrt(q.shape[-1])
-    t = scores.shape[-1]
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    return jax.lax.stop_gradient(jnp.max(jnp.where(causal, scores, -jnp.inf)))
-
-  def __call__(self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
-    y = causal_attention(*self.project_qkv(x))  # [b, h, t, hd]
+  def __call__(
+    self,
+    x: jax.Array,
+    *,
+    deterministic: bool,
+    rngs: nnx.Rngs | None,
+    with_logit_max: bool = False,
+  ) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Attention of ``x [batch, seq, d]``; with ``with_logit_max`` also each head's largest
+    causal logit over the batch ``[heads]`` (``causal_attention``)."""
+    y = causal_attention(*self.project_qkv(x), with_logit_max=with_logit_max)
+    y, logit_max = y if with_logit_max else (y, None)  # [b, h, t, hd]
     y = self.out(y.transpose(0, 2, 1, 3).reshape(x.shape))
-    return self.dropout(y, deterministic=deterministic, rngs=rngs)
+    y = self.dropout(y, deterministic=deterministic, rngs=rngs)
+    return (y, logit_max) if with_logit_max else y
 
   def init_cache(self, batch: int, length: int, dtype) -> KVCache:
     hd = self.qkv.out_features // (3 * self.num_heads)
@@ -250,15 +270,19 @@ class Block(nnx.Module):
     # Named scopes label the compiled ops, so a profile splits the step by component
     # (experiments/bench_cpu_step.py); they cost nothing at run time.
     with jax.named_scope("norm"):
-      h = attn_in = self.attn_norm(x)
+      h = self.attn_norm(x)
     with jax.named_scope("attention"):
-      x = x + self.attn(h, deterministic=deterministic, rngs=rngs)
+      a = self.attn(
+        h, deterministic=deterministic, rngs=rngs, with_logit_max=self.attention_telemetry
+      )
+      a, logit_max = a if self.attention_telemetry else (a, None)
+      x = x + a
     with jax.named_scope("norm"):
       h = self.mlp_norm(x)
     with jax.named_scope("ffn"):
       y, telemetry = self.mlp(h, deterministic=deterministic, rngs=rngs, controls=controls)
     if self.attention_telemetry:
-      telemetry = {**telemetry, "attn_logit_max": self.attn.max_logit(attn_in)}
+      telemetry = {**telemetry, "attn_head_logit_max": logit_max}
     return x + y, telemetry
 
   def init_cache(self, batch: int, length: int, dtype) -> dict[str, Any]:

@@ -28,25 +28,18 @@ this ~40-line transform is written here instead.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
+from homeo_jax.cores.quantize import LEVELS, SCALES, quantize
 from homeo_jax.models import roles
 from homeo_jax.models.layers import TransformerConfig, read_control
 from homeo_jax.models.transformer import Transformer
-from homeo_jax.regulators.base import RegulatorSpec, regulator_spec
 
-LEVELS = {
-  "2bit": (-1.5, (-1.0, 0.0, 1.0)),  # (lowest level, step positions)
-  "ternary": (-1.0, (-0.5, 0.5)),
-}
-
-
-SCALES = ("channel", "tensor")
+__all__ = ["LEVELS", "SCALES", "QuantTransformer", "QuantTransformerConfig", "quantize"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +49,7 @@ class QuantTransformerConfig(TransformerConfig):
   base_temperature: float = 0.1
   temperature_from: str = ""  # regulator publishing quant_temperature ("": none)
   # False: training differentiates the soft staircase itself (what a meta-gradient through
-  # training needs, regulators/thyroid_meta.py) instead of passing gradients straight through.
+  # training needs, experiments/thyroid_meta.py) instead of passing gradients straight through.
   straight_through: bool = True
 
   def validate(self, prefix: str = "model") -> None:
@@ -69,49 +62,14 @@ class QuantTransformerConfig(TransformerConfig):
       raise ValueError(f"{prefix}.base_temperature must be > 0, got {self.base_temperature}")
 
 
-def absmean_scale(w: jax.Array, scale: str = "channel") -> jax.Array:
-  """γ = mean|W| over the input axis (``[1, out]``) or the whole matrix (``[1, 1]``)."""
-  axis = 0 if scale == "channel" else None
-  return jnp.maximum(jnp.mean(jnp.abs(w), axis=axis, keepdims=True), 1e-8)
-
-
-def hard_levels(x: jax.Array, levels: str = "2bit") -> jax.Array:
-  if levels == "ternary":
-    return jnp.clip(jnp.round(x), -1.0, 1.0)
-  return jnp.clip(jnp.floor(x) + 0.5, -1.5, 1.5)
-
-
-def soft_levels(x: jax.Array, temperature: jax.Array, levels: str = "2bit") -> jax.Array:
-  lowest, steps = LEVELS[levels]
-  return lowest + sum(jax.nn.sigmoid((x - b) / temperature) for b in steps)
-
-
-def quantize(
-  w: jax.Array,
-  temperature: jax.Array | None,
-  levels: str = "2bit",
-  straight_through: bool = True,
-  scale: str = "channel",
-) -> jax.Array:
-  """Quantized W: hard levels when ``temperature`` is None, else soft.
-
-  The soft value's gradient is straight-through (identity) by default; with
-  ``straight_through=False`` it is the soft staircase's true derivative (what a
-  meta-gradient through the forward must use).
-  """
-  gamma = absmean_scale(w, scale)
-  x = w / gamma
-  if temperature is None:
-    return hard_levels(x, levels) * gamma
-  q = soft_levels(x, temperature, levels)
-  if not straight_through:
-    return q * gamma
-  return (x + jax.lax.stop_gradient(q - x)) * gamma
-
-
 def is_quantized(path, x) -> bool:
   """Attention and MLP matrices (the one parameter rule, ``models/roles.py``)."""
   return roles.is_quantized(roles.param_role(jax.tree_util.keystr(path), jnp.ndim(x)), jnp.ndim(x))
+
+
+def quantized_mask(params: Any) -> Any:
+  """True at the leaves the quantized LM stores in low bits."""
+  return jax.tree_util.tree_map_with_path(is_quantized, params)
 
 
 class QuantTransformer(Transformer):
@@ -151,47 +109,3 @@ class QuantTransformer(Transformer):
     return Transformer.__call__(
       model, tokens, controls=controls, deterministic=deterministic, rngs=rngs
     )
-
-
-class FlipState(NamedTuple):
-  logged_fields = ("flip_rate",)
-
-  spec: RegulatorSpec  # static: the instance name of its metric
-  flip_rate: jax.Array  # shape=(), float32: share of quantized weights whose level changed
-
-
-def level_flip_monitor(
-  levels: str = "2bit", name: str = "quant", scale: str = "channel"
-) -> optax.GradientTransformation:
-  """Logs the weight level-flip rate: the share of the quantized matrices' weights whose
-  hard level (after absmean scaling) differs between ``params`` and ``params + updates``;
-  ``levels`` and ``scale`` must be the model's.
-
-  Updates pass through unchanged; chain it last, after the optimizer (it must see the
-  final updates). A burst of flips coinciding with a loss spike is a quantization cliff.
-  """
-
-  spec = regulator_spec("flip_monitor", name)
-
-  def init_fn(params):
-    del params
-    return FlipState(spec=spec, flip_rate=jnp.zeros((), jnp.float32))
-
-  def update_fn(updates, state, params=None):
-    del state
-    if params is None:
-      raise ValueError("level_flip_monitor needs params")
-
-    def count(path, p, u):
-      if not is_quantized(path, p):
-        return jnp.zeros((2,))
-      new = p + u
-      before = hard_levels(p / absmean_scale(p, scale), levels)
-      after = hard_levels(new / absmean_scale(new, scale), levels)
-      return jnp.array([jnp.sum(before != after), p.size], jnp.float32)
-
-    counts = jax.tree_util.tree_map_with_path(count, params, updates)
-    flips, total = sum(jax.tree.leaves(counts), jnp.zeros((2,)))
-    return updates, FlipState(spec=spec, flip_rate=flips / jnp.maximum(total, 1.0))
-
-  return optax.GradientTransformation(init_fn, update_fn)

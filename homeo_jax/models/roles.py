@@ -23,7 +23,7 @@ Everything that groups parameters reads roles from here: the optimizers (Muon fo
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from optax.contrib import MuonDimensionNumbers
@@ -113,6 +113,46 @@ def muon_dimension_numbers(params: Any) -> Any:
 def organelle_labels(params: Any) -> Any:
   """The Thyroid's v0.3 groups: embed, attention, mlp (experts too), other."""
   return _map(lambda role, _: _ORGANELLE.get(role, "other"), params)
+
+
+class QueryKeyColumns(NamedTuple):
+  """Where layer ``layer``'s queries and keys sit among a kernel's output columns: head h's
+  queries are columns ``query + h·hd`` … ``query + (h+1)·hd`` with ``hd = width / heads``,
+  its keys likewise from ``key``; -1 where the kernel holds none."""
+
+  layer: int
+  query: int
+  key: int
+  width: int  # columns of all heads' queries (= of their keys)
+
+
+# (regex, which projection): the fused qkv of ``layers.CausalSelfAttention`` ([q | k | v],
+# heads-major within each) and the adaptive layer's separate query and [k | v] kernels.
+_QUERY_KEY_RULES = (
+  (re.compile(r"\['(?:blocks|layers)'\]\[(\d+)\]\['attn'\]\['qkv'\]\['kernel'\]$"), "qkv"),
+  (re.compile(r"\['(?:blocks|layers)'\]\[(\d+)\].*\['query'\]\['kernel'\]$"), "query"),
+  (re.compile(r"\['(?:blocks|layers)'\]\[(\d+)\].*\['key_value'\]\['kernel'\]$"), "key_value"),
+)
+
+
+def query_key_columns(params: Any) -> dict[str, QueryKeyColumns]:
+  """``{leaf path: QueryKeyColumns}`` for every attention kernel holding queries or keys
+  (QK-clip rescales those columns per head); other leaves are absent."""
+  found = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    key = jax.tree_util.keystr(path)
+    for pattern, kind in _QUERY_KEY_RULES:
+      match = pattern.search(_clean(key))
+      if match is None or getattr(x, "ndim", 0) != 2:
+        continue
+      layer, out = int(match.group(1)), x.shape[-1]
+      found[key] = {
+        "qkv": QueryKeyColumns(layer, 0, out // 3, out // 3),
+        "query": QueryKeyColumns(layer, 0, -1, out),
+        "key_value": QueryKeyColumns(layer, -1, 0, out // 2),
+      }[kind]
+      break
+  return found
 
 
 def is_quantized(role: str, ndim: int) -> bool:

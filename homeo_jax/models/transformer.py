@@ -79,8 +79,8 @@ class Transformer(nnx.Module):
       per_layer.append(layer_telemetry)
     telemetry = {"hidden_rms": jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))}
     telemetry.update(self.merge_layer_telemetry(per_layer))
-    if "attn_logit_max" in telemetry:  # one number: the largest over the layers
-      telemetry["attn_logit_max"] = jnp.max(telemetry["attn_logit_max"])
+    if "attn_head_logit_max" in telemetry:  # [layers, heads], and the largest of them
+      telemetry["attn_logit_max"] = jnp.max(telemetry["attn_head_logit_max"])
     with jax.named_scope("head"):
       return self.logits(x), telemetry
 

@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import optax
 
 from homeo_jax.cores import signals
+from homeo_jax.regulators import registry
 from homeo_jax.regulators.base import (
   RegulatorSpec,
   check,
@@ -314,3 +315,9 @@ def ars_adamw(
     weight_decay=weight_decay,
     mask=mask,
   )
+
+
+@registry.register_optimizer("ars_adamw", ars_adamw)
+def _build(ctx: registry.BuildContext, **kwargs) -> optax.GradientTransformation:
+  """AdamW under ARS with the config's lr schedule, betas, eps and decay mask."""
+  return ars_adamw(ctx.learning_rate, **{**registry.adamw_args(ctx), **kwargs})

@@ -134,16 +134,24 @@ def regulator_metrics(opt_state: Any) -> dict[str, jax.Array]:
   """``{"regulators/<name>/<field>": scalar}`` for every logged field of every regulator.
 
   A field that is an array or a tree (e.g. one value per parameter leaf) is logged as
-  the mean over all its elements.
+  the mean over all its elements; a dict field ``{group: value}`` as one metric per group,
+  ``regulators/<name>/<field>/<group>``.
   """
   metrics: dict[str, jax.Array] = {}
+
+  def log(key: str, tree: Any) -> None:
+    leaves = [jnp.ravel(jnp.asarray(x, jnp.float32)) for x in jax.tree.leaves(tree)]
+    if leaves:
+      metrics[key] = jnp.mean(jnp.concatenate(leaves))
+
   for state in regulator_states(opt_state):
     for field in getattr(type(state), "logged_fields", ()):
-      leaves = [
-        jnp.ravel(jnp.asarray(x, jnp.float32)) for x in jax.tree.leaves(getattr(state, field))
-      ]
-      if leaves:
-        metrics[f"regulators/{state.spec.name}/{field}"] = jnp.mean(jnp.concatenate(leaves))
+      value, prefix = getattr(state, field), f"regulators/{state.spec.name}/{field}"
+      if isinstance(value, dict):  # one value per group: one metric each
+        for group, tree in value.items():
+          log(f"{prefix}/{group}", tree)
+      else:
+        log(prefix, value)
   return metrics
 
 

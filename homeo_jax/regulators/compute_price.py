@@ -90,12 +90,14 @@ Bad telemetry (NaN/Inf avg_k) skips the dual step; λ_p stays finite and in its 
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from homeo_jax.regulators import registry
 from homeo_jax.regulators.base import (
   RegulatorSpec,
   check,
@@ -350,3 +352,29 @@ def scaled_schedule(
   otherwise."""
   factor = min(1.0, total_steps / reference_steps)
   return {name: round(value * factor) for name, value in steps.items()}
+
+
+SCHEDULED_STEPS = ("warmup_steps", "ponder_start", "clamp_until", "audit_start", "settle_steps")
+
+
+@registry.register_optimizer("adamw_compute_price", compute_price)
+def _build(
+  ctx: registry.BuildContext, reference_steps: int = 10_000, **kwargs
+) -> optax.GradientTransformation:
+  """AdamW + the Ouro-Spec compute price (model_type=adaptive_transformer).
+
+  The step counts are the seed's; runs shorter than ``reference_steps`` scale them (and
+  raise ``dual_lr`` by the same factor, so λ_p can cross its range in the same fraction
+  of the run): see ``scaled_schedule``.
+  """
+  if not hasattr(ctx.model, "max_passes"):
+    raise ValueError("adamw_compute_price steers an adaptive model: use adaptive_transformer")
+  defaults = {k: p.default for k, p in inspect.signature(compute_price).parameters.items()}
+  args = {**defaults, **kwargs, "max_passes": ctx.model.max_passes}
+  total_steps = ctx.total_steps
+  steps = scaled_schedule(total_steps, reference_steps, **{k: args[k] for k in SCHEDULED_STEPS})
+  # Below ~20 steps "settled" would mean nothing: the settling window has a floor.
+  steps["settle_steps"] = max(steps["settle_steps"], min(args["settle_steps"], 20))
+  speedup = max(1.0, reference_steps / max(total_steps, 1))
+  args.update(steps, dual_lr=args["dual_lr"] * speedup)
+  return optax.chain(registry.adamw(ctx), compute_price(**args))

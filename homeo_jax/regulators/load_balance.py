@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import optax
 
 from homeo_jax.cores import signals
+from homeo_jax.regulators import registry
 from homeo_jax.regulators.base import (
   RegulatorSpec,
   check,
@@ -337,3 +338,20 @@ def deepseek_balancer(
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+@registry.register_optimizer("adamw_deepseek", deepseek_balancer)
+def _build_deepseek(ctx: registry.BuildContext, **kwargs) -> optax.GradientTransformation:
+  """AdamW + DeepSeek's auxiliary-loss-free selection bias (router="deepseek")."""
+  layers, experts, _ = registry.moe_shape(ctx)
+  return optax.chain(registry.adamw(ctx), deepseek_balancer(layers, experts, **kwargs))
+
+
+@registry.register_optimizer("adamw_spechorn", spechorn_balancer)
+def _build_spechorn(ctx: registry.BuildContext, **kwargs) -> optax.GradientTransformation:
+  """AdamW + the SpecHorn load regulator and CV scheduler (router="spechorn")."""
+  layers, experts, d_model = registry.moe_shape(ctx)
+  balancer = spechorn_balancer(
+    layers, experts, d_model, **{"total_steps": ctx.total_steps, **kwargs}
+  )
+  return optax.chain(registry.adamw(ctx), balancer)

@@ -44,6 +44,7 @@ import optax
 from optax.contrib import MuonDimensionNumbers
 
 from homeo_jax.cores.polar import SCHEDULES, orthogonalize_many, resolve_schedule
+from homeo_jax.regulators import registry
 from homeo_jax.regulators.base import (
   RegulatorSpec,
   check,
@@ -345,3 +346,14 @@ def ord_muon(
     nesterov=nesterov,
   )
   return optax.partition({"muon": muon_branch, "adam": adam_branch}, labels)
+
+
+@registry.register_optimizer("ord_muon", ord_muon)
+def _build(
+  ctx: registry.BuildContext, muon_learning_rate: float = 0.02, **kwargs
+) -> optax.GradientTransformation:
+  """ORD-Muon on attention, MLP and expert matrices (lr ``muon_learning_rate`` on the
+  config's schedule shape), AdamW at the config's lr on the rest. ``spectral_lr=0`` is
+  Muon. On a mesh the same-shape stacks are sharded along the stack axis."""
+  args = {**registry.muon_args(ctx, muon_learning_rate), "stack_mesh": ctx.mesh}
+  return ord_muon(**{**args, **kwargs})

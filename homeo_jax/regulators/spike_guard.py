@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from homeo_jax.cores import signals
+from homeo_jax.regulators import registry
 from homeo_jax.regulators.base import (
   RegulatorSpec,
   check,
@@ -148,3 +149,10 @@ def skip_spikes(
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+@registry.register_regulator("spike_guard", skip_spikes, order=100)
+def _wrap(inner, ctx: registry.BuildContext, **kwargs) -> optax.GradientTransformation:
+  """``optimizer.regulators.spike_guard={'threshold': 6, 'mode': 'skip'}``."""
+  del ctx
+  return skip_spikes(inner, **kwargs)

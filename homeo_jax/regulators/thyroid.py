@@ -39,7 +39,7 @@ control ``quant_temperature`` that ``models.quant.QuantTransformer`` reads.
 
 Weights: ``weights="shipped"`` (default) loads the meta-trained file
 ``thyroid_weights/<version>.npz`` shipped in the package (made by
-``thyroid_meta.meta_train``; the README's Spectral Thyroid section gives how and what it
+``experiments/thyroid_meta.py``; the README's Spectral Thyroid section gives how and what it
 measured); ``weights="random"`` is an explicit untrained initialisation whose outputs
 start at 1.0; a path loads another file. A missing, corrupt or mismatched file raises an
 error naming it.
@@ -76,6 +76,7 @@ import numpy as np
 import optax
 
 from homeo_jax.cores import signals
+from homeo_jax.regulators import registry
 from homeo_jax.regulators.base import (
   RegulatorSpec,
   read_telemetry,
@@ -224,7 +225,7 @@ def load_thyroid_params(version: str, weights: str | os.PathLike, num_groups: in
       raise ValueError(
         f"no meta-trained thyroid weights are shipped for version {version!r} yet ({path}): "
         "pass weights='random' for an untrained thyroid, or a file from "
-        "thyroid_meta.meta_train"
+        "experiments/thyroid_meta.py (meta_train)"
       )
     try:
       with np.load(path) as f:
@@ -494,3 +495,21 @@ def thyroid(
     renamed.__signature__ = inspect.Signature(params)
     inner_factory = renamed
   return steer_hyperparams(inner_factory, controller, steered, static_args=static_args, **other)
+
+
+@registry.register_optimizer("thyroid_adamw", thyroid, optax.adamw)
+def _build(ctx: registry.BuildContext, **kwargs) -> optax.GradientTransformation:
+  """AdamW steered by the Spectral Thyroid (``version="per_group"``: organelle groups of
+  the parameter rule); the weight-decay mask is the parameter rule's in every version."""
+  cfg, rules = ctx.cfg, ctx.rules
+  args = {"weight_decay": cfg.weight_decay, "b1": cfg.b1, "b2": cfg.b2, "eps": cfg.eps}
+  if kwargs.get("version") == "per_group":
+    # Each group's AdamW gets the mask too: gains and biases are never decayed.
+    args.update(
+      group_labels=rules.organelle_labels,
+      group_names=rules.organelle_names,
+      mask=rules.weight_decay_mask,
+    )
+  else:
+    args.update(static_args=("mask",), mask=rules.weight_decay_mask)
+  return thyroid(optax.adamw, ctx.learning_rate, **{**args, **kwargs})

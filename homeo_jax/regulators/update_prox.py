@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from homeo_jax.cores import signals
+from homeo_jax.regulators import registry
 from homeo_jax.regulators.base import RegulatorSpec, check, regulator_spec, static_int
 
 
@@ -149,3 +150,10 @@ def fisher_subspace_prox(
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+@registry.register_regulator("update_prox", fisher_subspace_prox, order=50)
+def _wrap(inner, ctx: registry.BuildContext, **kwargs) -> optax.GradientTransformation:
+  """``optimizer.regulators.update_prox={'gamma': 1.0, 'rank': 8, ...}``."""
+  del ctx
+  return fisher_subspace_prox(inner, **kwargs)

@@ -61,11 +61,9 @@ class OptimizerConfig:
   eps: float = 1e-8
   weight_decay: float = 0.1
   grad_clip: float = 1.0  # 0 disables global-norm clipping
-  spike_threshold: float = 0.0  # k > 0 wraps the optimizer in regulators.skip_spikes
-  spike_mode: str = "skip"  # "skip" or "clip" (regulators/spike_guard.py)
-  # Non-empty: the optimizer's update goes through the prox of the ARS seed's Φ(W, ΔW),
-  # with these arguments (regulators/update_prox.py: fisher_weight, gamma, rank, ...).
-  update_prox: dict = dataclasses.field(default_factory=dict)
+  # Regulators wrapping the optimizer, by registered name, with their arguments
+  # (regulators/registry.py): {"qk_clip": {"threshold": 100.0}, "spike_guard": {}}.
+  regulators: dict = dataclasses.field(default_factory=dict)
   stage_lr_multipliers: tuple = ()  # schedule="stages": one multiplier per stage
   cooldown_fraction: float = 0.55  # schedule="stages": of the scheduled steps
   extension_steps: int = 0  # schedule="stages": steps after the schedule, at the floor lr
@@ -140,8 +138,12 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 def _replace_path(node: Any, path: list[str], raw: str, full_key: str) -> Any:
   head, rest = path[0], path[1:]
   if isinstance(node, dict):
+    # Below a dict the path builds nested dicts: optimizer.regulators.qk_clip.threshold=100
     if rest:
-      raise ConfigError(f"config key {full_key!r} goes below a dict entry")
+      child = node.get(head, {})
+      if not isinstance(child, dict):
+        raise ConfigError(f"config key {full_key!r} goes below {head}={child!r}, not a dict")
+      return {**node, head: _replace_path(child, rest, raw, full_key)}
     return {**node, head: _parse_literal(raw)}
   if not dataclasses.is_dataclass(node) or head not in {f.name for f in dataclasses.fields(node)}:
     raise ConfigError(f"unknown config key {full_key!r}")
@@ -220,8 +222,9 @@ def _check_stages(config: Config) -> None:
 
 def validate_config(config: Config) -> None:
   """Check every value that can be checked without data or compilation."""
+  import homeo_jax.regulators  # noqa: F401  (the built-in optimizers and regulators register)
   from homeo_jax.models import MODEL_TYPES
-  from homeo_jax.training.optimizers import OPTIMIZERS, check_kwargs
+  from homeo_jax.regulators import registry
 
   d, o, t = config.data, config.optimizer, config.train
   if config.model_type not in MODEL_TYPES:
@@ -249,18 +252,16 @@ def validate_config(config: Config) -> None:
     model.validate()
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if o.name not in OPTIMIZERS:
-    raise ConfigError(f"optimizer.name must be one of {sorted(OPTIMIZERS)}, got {o.name!r}")
-  check_kwargs(o)
+  try:
+    registry.check_optimizer_config(o.name, o.kwargs, o.regulators)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _positive(o, "optimizer", "learning_rate")
   _nonnegative(o, "optimizer", "min_learning_rate", "warmup_steps", "weight_decay", "grad_clip")
   _nonnegative(o, "optimizer", "eps")
   for name in ("b1", "b2"):
     if not 0.0 <= getattr(o, name) < 1.0:
       raise ConfigError(f"optimizer.{name} must be in [0, 1), got {getattr(o, name)}")
-  _nonnegative(o, "optimizer", "spike_threshold")
-  if o.spike_mode not in ("skip", "clip"):
-    raise ConfigError(f"optimizer.spike_mode must be 'skip' or 'clip', got {o.spike_mode!r}")
   _check_stages(config)
   _nonnegative(t, "train", "z_loss")
   _positive(

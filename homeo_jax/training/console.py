@@ -13,7 +13,8 @@ Metrics = dict[str, float]
 
 
 def default_lines(step: int, m: Metrics) -> list[str]:
-  headline = {k.split("/")[-1]: v for k, v in m.items() if k.startswith("regulators/")}
+  # "regulators/<name>/<field>[/<group>]" shows as "<field>[/<group>]"
+  headline = {k.split("/", 2)[2]: v for k, v in m.items() if k.startswith("regulators/")}
   regs = " | ".join(f"{k} {v:.4g}" for k, v in headline.items())
   return [
     f"step {step:6d} | loss {m['loss']:.4f} | grad {m['grads/norm']:.3f}"

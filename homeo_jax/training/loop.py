@@ -296,7 +296,7 @@ def train(
     train_batches: a random-access batch stream (item i = batch i, int ``[B, T + 1]``)
       instead of seeded windows of ``data.train_tokens``, e.g. a distribution shift; or
       one with ``batch_for(i, state)``, whose batches depend on the training state (the
-      closed loop of ``data/closed_loop.py``).
+      closed loop of ``training/closed_loop.py``).
     eval_sets: extra validation token arrays, logged as ``val/<name>/loss``.
   """
   config_lib.validate_config(config)
@@ -373,7 +373,7 @@ def train(
   # MFU: the step's FLOPs from XLA's cost analysis of the lowered program (no compile)
   # over the device peak (a table, or a measured matmul probe on the CPU).
   def batch_at(index: int) -> np.ndarray:
-    # A closed-loop stream (data/closed_loop.py) generates from the current state.
+    # A closed-loop stream (training/closed_loop.py) generates from the current state.
     if hasattr(train_batches, "batch_for"):
       return train_batches.batch_for(index, state)
     return train_batches[index]

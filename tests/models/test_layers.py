@@ -124,11 +124,14 @@ def test_max_attention_logit_matches_numpy(qk_norm):
   x = 3 * jax.random.normal(jax.random.key(4), (2, T, 8))
   q, k = _numpy_qkv(attn, x)
   scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(4)
-  want = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf).max()
-  np.testing.assert_allclose(float(attn.max_logit(x)), want, rtol=1e-4)
+  want = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf).max(axis=(0, 2, 3))  # [h]
+  y, got = attn(x, deterministic=True, rngs=None, with_logit_max=True)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4)
+  np.testing.assert_array_equal(y, attn(x, deterministic=True, rngs=None))  # same output
   if qk_norm:  # with unit gains every |q·k|/√d is at most √hd: the logits are bounded
     attn.q_norm.scale.value = attn.k_norm.scale.value = jnp.ones(4)
-    assert float(attn.max_logit(100 * x)) <= np.sqrt(4) * (1 + 1e-4)
+    _, bounded = attn(100 * x, deterministic=True, rngs=None, with_logit_max=True)
+    assert float(jnp.max(bounded)) <= np.sqrt(4) * (1 + 1e-4)
 
 
 def test_z_loss_and_logit_telemetry_by_hand():

@@ -4,14 +4,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from homeo_jax.models.quant import (
-  QuantTransformer,
-  QuantTransformerConfig,
-  absmean_scale,
-  hard_levels,
-  quantize,
-  soft_levels,
-)
+from homeo_jax.cores.quantize import absmean_scale, hard_levels, quantize, soft_levels
+from homeo_jax.models.quant import QuantTransformer, QuantTransformerConfig
 
 W = jax.random.normal(jax.random.key(0), (32, 8))
 
@@ -130,22 +124,3 @@ def test_model_without_straight_through_differentiates_the_staircase():
   central_ste, ste = slopes(True)
   assert central_ste == pytest.approx(central, rel=1e-6)  # the same forward
   assert abs(ste - central) > 0.2 * abs(central)
-
-
-def test_level_flip_monitor_counts_changed_levels_of_quantized_leaves():
-  from homeo_jax.models.quant import level_flip_monitor
-
-  w = jnp.array([[2.0], [-2.0], [0.5], [-0.5]])  # γ = 1.25: levels 1.5, -1.5, 0.5, -0.5
-  params = {"mlp": {"up": {"kernel": w}}, "token_embed": {"embedding": jnp.ones((3, 2))}}
-  updates = {
-    "mlp": {"up": {"kernel": jnp.array([[0.0], [0.0], [-1.0], [0.0]])}},
-    "token_embed": {"embedding": jnp.ones((3, 2))},
-  }
-  tx = level_flip_monitor()
-  out, state = tx.update(updates, tx.init(params), params)
-  assert float(state.flip_rate) == 0.25  # 0.5 -> -0.5 flips one level of four
-  assert out is updates
-  # ternary levels: x = 0.4 -> -0.4 rounds to 0 both times, so nothing flips
-  tx = level_flip_monitor("ternary")
-  _, state = tx.update(updates, tx.init(params), params)
-  assert float(state.flip_rate) == 0.0

@@ -16,13 +16,17 @@ import numpy as np
 import optax
 import pytest
 
+from homeo_jax.models.roles import QueryKeyColumns
 from homeo_jax.regulators.ars import ars_adamw
 from homeo_jax.regulators.compute_price import compute_price
 from homeo_jax.regulators.load_balance import deepseek_balancer, spechorn_balancer
 from homeo_jax.regulators.ord_muon import ord_muon
+from homeo_jax.regulators.qk_clip import qk_clip
+from homeo_jax.regulators.spike_aware import spike_aware
 from homeo_jax.regulators.spike_guard import skip_spikes
 from homeo_jax.regulators.thyroid import thyroid
 from homeo_jax.regulators.update_prox import fisher_subspace_prox
+from homeo_jax.regulators.update_ratio import update_ratio_homeostat
 
 MOE_LOAD = jnp.array([[10.0, 30.0, 20.0, 4.0]])
 MOE_INPUT = jnp.ones((1, 4, 8))
@@ -43,6 +47,16 @@ REGULATORS = {
   "fisher_subspace_ars": lambda lr: fisher_subspace_prox(
     ars_adamw(lr), gamma=0.1, fisher_weight=0.2, rank=2, refresh_every=3
   ),
+  # "w" [8, 16] as one layer's fused query | key columns of 2 heads (telemetry [1, 2]).
+  "adamw_qk_clip": lambda lr: optax.chain(
+    optax.adamw(lr), qk_clip(columns=lambda p: {"['w']": QueryKeyColumns(0, 0, 8, 8)})
+  ),
+  "spike_aware_adamw": lambda lr: spike_aware(optax.adamw(lr), 50.0),
+  "spike_aware_reset": lambda lr: spike_aware(optax.adam(lr), reset_interval=50, warmup=5),
+  "spike_aware_muon": lambda lr: spike_aware(ord_muon(lr, spectral_lr=0.0), 50.0),
+  "adamw_update_ratio": lambda lr: optax.chain(
+    optax.adamw(lr), update_ratio_homeostat(0.05, bounds=(0.5, 2.0))
+  ),
 }
 
 
@@ -58,6 +72,7 @@ def telemetry(bad=None):
     "moe_sinkhorn_dual": MOE_DUAL if bad is None else MOE_DUAL * bad,
     "avg_k": value,
     "delta_ce": value,
+    "attn_head_logit_max": jnp.full((1, 2), 1.0 if bad is None else bad),
   }
 
 

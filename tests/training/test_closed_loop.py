@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from homeo_jax.data.closed_loop import (
+from homeo_jax.training.closed_loop import (
   SelfGeneratedBatches,
   distinct_ngram_share,
   unigram_entropy_bits,
