@@ -2,7 +2,8 @@
 
     python -m homeo_jax.train --config configs/ouro_spec.py:tiny          # CPU, minutes
     python -m homeo_jax.train --config configs/ouro_spec.py:seed          # GPU, seed size
-    python -m homeo_jax.train --config configs/ouro_spec.py:tiny --set_lambda 0.02
+    python -m homeo_jax.train --config configs/ouro_spec.py:tiny \
+      --set_control compute_price.compute_price=0.02                     # a pinned λ_p
 
 Shipped Shakespeare, byte-level BPE. The seed's schedule (force-2 warm-up to step 800,
 ponder and audits from 1200, gate clamp until 4000) is given for a 10,000-step run and

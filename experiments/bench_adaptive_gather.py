@@ -26,8 +26,8 @@ import numpy as np
 from flax import nnx
 
 from homeo_jax.models.adaptive_layer import AdaptiveConfig, AdaptiveDecoderLayer
+from homeo_jax.training.build import hardware_description
 from homeo_jax.training.experiment import markdown_table
-from homeo_jax.training.loop import hardware_description
 
 
 class PrefixGate(AdaptiveDecoderLayer):

@@ -26,8 +26,8 @@ import optax
 
 from homeo_jax.cores.sinkhorn import sinkhorn, sinkhorn_potentials
 from homeo_jax.regulators.ord_muon import ord_muon
+from homeo_jax.training.build import hardware_description
 from homeo_jax.training.experiment import markdown_table
-from homeo_jax.training.loop import hardware_description
 from homeo_jax.training.metrics import atomic_write_text
 
 # (layers, width): GPT-2 small/medium, and a quarter-width small for a 2-core CPU.

@@ -9,7 +9,7 @@ device count is fixed at start-up, and PyTorch's OpenMP threads must not spin wh
 runs). Each worker times ``--steps`` optimizer steps after warm-up (median, step and
 metrics blocked on) and prints one JSON line; this script prints the table and the ratio.
 
-* **ours**: the loop's own jitted step (``training.loop.setup``: the config's optimizer,
+* **ours**: the loop's own jitted step (``training.build.setup``: the config's optimizer,
   clipping, regulators, non-finite guard, state donated) on batches already on device.
 * **PyTorch** (the optional ``bench`` extra, ``pip install -e .[bench]``): the same
   architecture (pre-norm GPT, bias-free LayerNorm and Linear, tied head, tanh GELU,
@@ -154,7 +154,7 @@ def jax_worker(args) -> dict:
   import numpy as np
 
   from homeo_jax.data.batches import window_batches
-  from homeo_jax.training.loop import load_data, setup
+  from homeo_jax.training.build import load_data, setup
 
   data = load_data(config)
   run = setup(config, data)

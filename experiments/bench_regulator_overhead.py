@@ -34,8 +34,8 @@ from homeo_jax.regulators.thyroid import thyroid
 from homeo_jax.regulators.update_prox import fisher_subspace_prox
 from homeo_jax.regulators.update_ratio import update_ratio_homeostat
 from homeo_jax.training import config as config_lib
+from homeo_jax.training.build import build_model, hardware_description
 from homeo_jax.training.experiment import markdown_table
-from homeo_jax.training.loop import build_model, hardware_description
 from homeo_jax.training.step import functional_model, init_train_state, make_train_step
 
 

@@ -53,9 +53,9 @@ def throughput(args) -> None:
   from flax import nnx
 
   from homeo_jax.models import Transformer, TransformerConfig
+  from homeo_jax.training.build import hardware_description
   from homeo_jax.training.config import OptimizerConfig
   from homeo_jax.training.experiment import markdown_table
-  from homeo_jax.training.loop import hardware_description
   from homeo_jax.training.optimizers import build_optimizer
   from homeo_jax.training.step import functional_model, init_train_state, make_train_step
 
@@ -124,8 +124,8 @@ def muon_sharding(args) -> None:
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
   from homeo_jax.cores.polar import orthogonalize, orthogonalize_many
+  from homeo_jax.training.build import hardware_description
   from homeo_jax.training.experiment import markdown_table
-  from homeo_jax.training.loop import hardware_description
 
   devices = jax.devices()
   mesh = Mesh(np.asarray(devices), ("fsdp",))

@@ -36,8 +36,8 @@ from homeo_jax.regulators.load_balance import (
   load_stats,
   spechorn_balancer,
 )
+from homeo_jax.training.build import hardware_description
 from homeo_jax.training.experiment import markdown_table, mean_std
-from homeo_jax.training.loop import hardware_description
 
 EXPERTS, TOP_K, TOKENS, SKEW = 8, 2, 1024, 1.5
 

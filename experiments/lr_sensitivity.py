@@ -115,23 +115,12 @@ def lr_overrides(arm: Arm, lr: float) -> list[str]:
 
 def run_one(base, data, arm: Arm, lr: float, seed: int, run_dir: Path) -> dict:
   """Train one (arm, lr, seed) and return what the report needs."""
-  from homeo_jax.training.config import apply_overrides
-  from homeo_jax.training.experiment import read_run
+  from homeo_jax.training.experiment import read_run, seeded_config
   from homeo_jax.training.loop import NonFiniteError, train
   from homeo_jax.training.report import series
 
   shutil.rmtree(run_dir, ignore_errors=True)  # a run cut off part-way starts over
-  config = apply_overrides(
-    base,
-    [
-      *arm.overrides,
-      *lr_overrides(arm, lr),
-      f"train.seed={seed}",
-      f"data.seed={seed}",
-      f"train.run_dir={run_dir}",
-      "train.progress=false",
-    ],
-  )
+  config = seeded_config(base, [*arm.overrides, *lr_overrides(arm, lr)], seed, run_dir)
   try:
     train(config, data=data)
     stopped = False
@@ -419,11 +408,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--preset", default="cpu", help="configs/lr_sensitivity.py preset")
   parser.add_argument("--results", default=None, help="results folder (tests)")
   args = parser.parse_args(argv)
-  if not args.report:
-    reexec("experiments.lr_sensitivity")
 
+  from homeo_jax.training.build import hardware_description, load_data
   from homeo_jax.training.config import load_config
-  from homeo_jax.training.loop import hardware_description, load_data
 
   base = load_config(f"{ROOT}/configs/lr_sensitivity.py:{args.preset}")
   results = ResultsFile(NAME, Path(args.results)) if args.results else ResultsFile(NAME)
@@ -455,4 +442,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+  if "--report" not in sys.argv:
+    reexec("experiments.lr_sensitivity")  # the CPU's page-keeping allocator, before JAX starts
   main()

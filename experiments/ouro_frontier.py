@@ -65,6 +65,7 @@ import numpy as np
 from ouro_spec_ablation import FIXED, not_audit, tail_mean
 
 from homeo_jax.data import algorithmic, corpora
+from homeo_jax.training.build import load_data, model_config
 from homeo_jax.training.config import apply_overrides, load_config
 from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
 from homeo_jax.training.experiment import (
@@ -75,7 +76,6 @@ from homeo_jax.training.experiment import (
   write_experiment_report,
 )
 from homeo_jax.training.flops import forward_flops_per_token
-from homeo_jax.training.loop import load_data, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (1.3, 2.0, 3.0)

@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from ouro_spec_ablation import not_audit, tail_mean
 
+from homeo_jax.training.build import load_data
 from homeo_jax.training.config import load_config
 from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
 from homeo_jax.training.experiment import (
@@ -34,7 +35,6 @@ from homeo_jax.training.experiment import (
   run_arms,
   write_experiment_report,
 )
-from homeo_jax.training.loop import load_data
 from homeo_jax.training.report import series
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from homeo_jax.training.build import load_data, model_config
 from homeo_jax.training.experiment import (
   experiment_setup,
   markdown_table,
@@ -31,7 +32,6 @@ from homeo_jax.training.experiment import (
   write_experiment_report,
 )
 from homeo_jax.training.flops import forward_flops_per_token
-from homeo_jax.training.loop import load_data, model_config
 
 FIXED = [
   "optimizer.name=adamw",

@@ -38,6 +38,7 @@ from homeo_jax.cores.sinkhorn import sinkhorn
 from homeo_jax.data import window_batches
 from homeo_jax.models.moe import MoEFeedForward
 from homeo_jax.training import apply_overrides
+from homeo_jax.training.build import build_model, load_data
 from homeo_jax.training.experiment import (
   experiment_setup,
   markdown_table,
@@ -49,7 +50,6 @@ from homeo_jax.training.experiment import (
   select_arms,
   write_experiment_report,
 )
-from homeo_jax.training.loop import build_model, load_data
 from homeo_jax.training.report import series
 from homeo_jax.training.step import functional_model
 

@@ -43,6 +43,7 @@ from homeo_jax.models import TransformerConfig
 from homeo_jax.models.quant import quantized_mask
 from homeo_jax.regulators.flip_monitor import level_flip_monitor
 from homeo_jax.regulators.thyroid import ALPHA_RANGE
+from homeo_jax.training.build import load_data, model_config
 from homeo_jax.training.experiment import (
   experiment_setup,
   first_step_at_or_below,
@@ -54,7 +55,7 @@ from homeo_jax.training.experiment import (
   verdict,
   write_experiment_report,
 )
-from homeo_jax.training.loop import load_data, model_config, train
+from homeo_jax.training.loop import train
 from homeo_jax.training.optimizers import build_optimizer
 
 SWEEP = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)  # peak lrs of the manual arm's sweep

@@ -60,10 +60,10 @@ import optax
 from flax import nnx
 
 from homeo_jax.cores import signals
+from homeo_jax.cores.quantize import quantize
 from homeo_jax.data.corpora import load_corpus
 from homeo_jax.models import roles
 from homeo_jax.models.layers import TransformerConfig
-from homeo_jax.cores.quantize import quantize
 from homeo_jax.models.quant import QuantTransformer, QuantTransformerConfig
 from homeo_jax.models.transformer import Transformer
 from homeo_jax.regulators.thyroid import (

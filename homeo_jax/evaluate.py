@@ -8,12 +8,16 @@ Prints the mean cross entropy per token (nats), perplexity and bits per characte
 consecutive non-overlapping windows of the run's ``data.seq_len`` (every token after the
 first scored once), with the regulators' deployment controls — the run's own evaluation
 step. ``--text`` is a built-in corpus name or a file/folder path; without it, the run's
-validation split. Exit status 2 with one line on stderr for a bad folder or text.
+validation split. Characters outside a character-level run's vocabulary are left out of
+the text (and so of the score), with one warning line saying how many, which, and what
+share; ``--strict`` refuses such a text instead. Exit status 2 with one line on stderr for
+a bad folder or text.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import math
@@ -68,8 +72,31 @@ def score_tokens(run: TrainedRun, tokens: np.ndarray, *, batch_size: int = 32) -
   return Score(loss, math.exp(loss), nats / (math.log(2) * max(chars, 1)), count, chars)
 
 
-def text_tokens(run: TrainedRun, text: str | None, max_tokens: int = 0) -> np.ndarray:
-  """The run's validation tokens, or ``text`` (a corpus name or path) tokenized."""
+def drop_unknown(tokenizer, raw: str) -> tuple[str, str | None]:
+  """``raw`` without the characters ``tokenizer`` cannot encode, and a warning line naming
+  them (None when there are none, or the tokenizer has no unknown characters)."""
+  if not hasattr(tokenizer, "known"):
+    return raw, None
+  known = tokenizer.known(raw)
+  if known.all():
+    return raw, None
+  chars = np.array(list(raw))
+  unknown = collections.Counter(chars[~known].tolist())
+  listed = ", ".join(f"{c!r} ×{n}" for c, n in unknown.most_common(10))
+  more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+  share = (~known).sum() / len(raw)
+  warning = (
+    f"warning: {(~known).sum():,} of {len(raw):,} characters ({100 * share:.4f}%) are not in "
+    f"the run's vocabulary and are left out of the score: {listed}{more}"
+  )
+  return "".join(chars[known].tolist()), warning
+
+
+def text_tokens(
+  run: TrainedRun, text: str | None, max_tokens: int = 0, *, strict: bool = False
+) -> np.ndarray:
+  """The run's validation tokens, or ``text`` (a corpus name or path) tokenized (unknown
+  characters dropped with a warning on stderr, or refused with ``strict``)."""
   if text is None:
     tokens = run.data.val_tokens
   else:
@@ -80,6 +107,10 @@ def text_tokens(run: TrainedRun, text: str | None, max_tokens: int = 0) -> np.nd
       raise ValueError(f"--text {text!r} cannot be read: {reason}") from None
     if not raw.strip():
       raise ValueError(f"--text {text!r} is empty")
+    if not strict:
+      raw, warning = drop_unknown(run.data.tokenizer, raw)
+      if warning:
+        print(warning, file=sys.stderr)
     try:
       tokens = run.data.tokenizer.encode(raw)
     except (KeyError, ValueError) as e:
@@ -94,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--max_tokens", type=int, default=0, help="score the first N (0: all)")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--json", action="store_true", help="print the score as one JSON line")
+  parser.add_argument(
+    "--strict", action="store_true", help="refuse a text with characters outside the vocabulary"
+  )
   args = parser.parse_args(argv)
   try:
     if args.batch_size < 1 or args.max_tokens < 0:
@@ -102,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
       )
     run = load_run(args.run_dir)
     score = score_tokens(
-      run, text_tokens(run, args.text, args.max_tokens), batch_size=args.batch_size
+      run,
+      text_tokens(run, args.text, args.max_tokens, strict=args.strict),
+      batch_size=args.batch_size,
     )
   except (RunFolderError, ConfigError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

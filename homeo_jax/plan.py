@@ -56,36 +56,22 @@ def plan(config: config_lib.Config, *, target: str | None = None) -> Plan:
   """Lower and compile ``config``'s train step on abstract values; see the module docstring."""
   from flax import nnx
 
-  from homeo_jax.models.losses import lm_loss, with_z_loss
   from homeo_jax.models.roles import param_roles
-  from homeo_jax.training.loop import build_model, load_data, model_config
-  from homeo_jax.training.optimizers import build_optimizer
+  from homeo_jax.training.build import assemble, load_data
   from homeo_jax.training.stages import base_batches_before
-  from homeo_jax.training.step import (
-    as_extra_args,
-    functional_model,
-    init_train_state,
-    make_train_step,
-  )
+  from homeo_jax.training.step import functional_model, make_train_step
 
   config_lib.validate_config(config)
   data = load_data(config)
-  model = nnx.eval_shape(lambda: build_model(config, data.vocab_size, data.tokenizer.token_strings))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # rest: buffers, rng counters
-  tx = as_extra_args(
-    build_optimizer(
-      config.optimizer, config.train.steps, model=model_config(config, data.vocab_size)
-    )
-  )
-  state = jax.eval_shape(lambda p: init_train_state(p, tx, config.train.seed), params)
+  parts = assemble(config, data, abstract=True)
+  model, graphdef, rest, tx, state = parts.model, parts.graphdef, parts.rest, parts.tx, parts.state
+  params = state.params
   d = config.data
   # A staged run is planned at its largest batch (the peak memory); its run FLOPs scale
   # each stage's share of the tokens.
   largest = d.batch_size * max(d.batch_multipliers, default=1)
   batch = jax.ShapeDtypeStruct((largest, d.seq_len + 1), np.int32)
-  loss_fn = getattr(model, "loss_fn", lm_loss)
-  if config.train.z_loss > 0:
-    loss_fn = with_z_loss(loss_fn, config.train.z_loss)
+  loss_fn = parts.loss_fn
 
   def train_step(state, batch, rest):
     # the model's non-parameter variables are arguments too, so all of it stays abstract

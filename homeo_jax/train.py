@@ -41,10 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   )
   parser.add_argument("--run_dir", default=None, help="shorthand for --set train.run_dir=...")
   parser.add_argument(
-    "--set_lambda",
-    type=float,
-    default=None,
-    help="pin the Ouro-Spec compute price λ_p (optimizer.kwargs.fixed_price)",
+    "--set_control",
+    action="append",
+    default=[],
+    metavar="NAME.FIELD=VALUE",
+    help="pin the control FIELD that regulator NAME publishes, e.g. compute_price.compute_price"
+    "=0.02 (train.pinned_controls)",
   )
   parser.add_argument(
     "--gen_every",
@@ -72,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   try:
     overrides = list(args.set)
-    if args.set_lambda is not None:
-      overrides.append(f"optimizer.kwargs.fixed_price={args.set_lambda}")
+    for item in args.set_control:
+      overrides.append(f"train.pinned_controls.{item}")
     if args.gen_every is not None:
       overrides.append(f"train.sample_every={args.gen_every}")
     if args.resume is not None:

@@ -186,3 +186,30 @@ def test_adaptive_bpe_run_samples_with_its_passes(tmp_path, capsys):
   digits = passes.strip().splitlines()[-1]
   assert len(digits) == len(load_run(tmp_path).data.tokenizer.encode("To be")) + 19
   assert set(digits) <= set("1234")
+
+
+def test_evaluate_leaves_unknown_characters_out_with_one_warning(run_dir, tmp_path, capsys):
+  """A text with characters the run never saw is scored without them (the same score as the
+  text with them removed), with one warning line; --strict refuses it."""
+  run = load_run(run_dir)
+  vocab = run.data.tokenizer.token_strings
+  clean = "".join(vocab[i % len(vocab)] for i in range(0, 7 * 60, 7))
+  dirty = clean[:20] + "€" + clean[20:40] + "€€☃" + clean[40:]
+  (tmp_path / "dirty.txt").write_text(dirty)
+  (tmp_path / "clean.txt").write_text(clean)
+  assert (
+    evaluate.main(["--run_dir", str(run_dir), "--text", str(tmp_path / "dirty.txt"), "--json"]) == 0
+  )
+  captured = capsys.readouterr()
+  warning = captured.err.strip()
+  assert "\n" not in warning
+  assert f"4 of {len(dirty)} characters" in warning and "'€' ×3" in warning and "'☃' ×1" in warning
+  with_unknown = json.loads(captured.out)
+  assert (
+    evaluate.main(["--run_dir", str(run_dir), "--text", str(tmp_path / "clean.txt"), "--json"]) == 0
+  )
+  without = json.loads(capsys.readouterr().out)
+  assert with_unknown["loss"] == without["loss"] and with_unknown["tokens"] == len(clean) - 1
+  strict = ["--run_dir", str(run_dir), "--text", str(tmp_path / "dirty.txt"), "--strict"]
+  assert evaluate.main(strict) == 2
+  assert "character '€' is not in the tokenizer's vocabulary" in capsys.readouterr().err

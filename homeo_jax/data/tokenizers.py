@@ -47,6 +47,12 @@ class CharTokenizer:
   def from_text(cls, text: str) -> CharTokenizer:
     return cls(list(set(text)))
 
+  def known(self, text: str) -> np.ndarray:
+    """One bool per character of ``text``: whether the vocabulary holds it."""
+    codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    ids = np.minimum(np.searchsorted(self._codepoints, codepoints), self.vocab_size - 1)
+    return self._codepoints[ids] == codepoints
+
   def encode(self, text: str) -> np.ndarray:
     codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     ids = np.searchsorted(self._codepoints, codepoints)

@@ -31,7 +31,8 @@ Per step t (its batch ran with the controls published at t − 1):
    is an audit: the model runs force_k = 2 and the step's avg_k is not fed to the dual
    ascent; its ΔCE is logged as ``audit_delta_ce`` (regular steps: ``delta_ce``).
 
-``fixed_price`` pins λ_p (the ``--set_lambda`` override of the experiments).
+``fixed_price`` pins λ_p inside the regulator (its schedule still starts pricing at
+``ponder_start``); ``--set_control compute_price.compute_price=V`` pins what the model reads.
 
 ``controller="log_pi"`` (a documented variant; the default ``"seed"`` is step 1 above)
 replaces the additive dual step with a proportional-integral step on log λ_p over the

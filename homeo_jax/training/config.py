@@ -94,6 +94,9 @@ class TrainConfig:
   # metrics.jsonl, TensorBoard, the console and the report (models/decode.py).
   # > 0 adds z_loss · mean(logsumexp(logits)²) to the loss (models/losses.py:with_z_loss).
   z_loss: float = 0.0
+  # {regulator name: {control: value}}: the model reads these values instead of what the
+  # regulator publishes, in training and evaluation alike (--set_control NAME.FIELD=VALUE).
+  pinned_controls: dict = dataclasses.field(default_factory=dict)
   sample_every: int = 0
   sample_tokens: int = 200
   sample_prompt: str = "\n"
@@ -264,6 +267,12 @@ def validate_config(config: Config) -> None:
       raise ConfigError(f"optimizer.{name} must be in [0, 1), got {getattr(o, name)}")
   _check_stages(config)
   _nonnegative(t, "train", "z_loss")
+  for name, fields in t.pinned_controls.items():
+    if not isinstance(fields, dict) or not fields:
+      raise ConfigError(f"train.pinned_controls.{name} must be a dict of controls, got {fields!r}")
+    for field, value in fields.items():
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"train.pinned_controls.{name}.{field} must be a number, got {value!r}")
   _positive(
     t,
     "train",

@@ -44,8 +44,12 @@ def ouro_lines(step: int, m: Metrics) -> list[str]:
   def t(key: str, default: float = float("nan")) -> float:
     return m.get(f"telemetry/{key}", default)
 
+  # The compute price's lines, whatever its instance name: the regulator logging ctrl_err.
+  prices = sorted(k[: -len("/ctrl_err")] for k in m if k.endswith("/ctrl_err"))
+  price_prefix = prices[0] if prices else "regulators/compute_price"
+
   def r(key: str, default: float = float("nan")) -> float:
-    return m.get(f"regulators/compute_price/{key}", default)
+    return m.get(f"{price_prefix}/{key}", default)
 
   lm = t("ce_loss")
   flags = " [DB]" if r("deadband", 0.0) > 0 else ""

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from homeo_jax.training.build import load_data
 from homeo_jax.training.config import Config, apply_overrides, load_config
 from homeo_jax.training.cpu import reexec_with_page_keeping_allocator, split_cpu_cores
-from homeo_jax.training.loop import load_data, train
+from homeo_jax.training.loop import train
 from homeo_jax.training.report import series
 
 
@@ -47,19 +48,26 @@ def run_arms(
       status = json.loads(stats_path.read_text()).get("status", "") if stats_path.exists() else ""
       if status == "finished" or status.startswith("stopped"):
         continue
-      config = apply_overrides(
-        base,
-        [
-          *overrides,
-          f"train.seed={seed}",
-          f"data.seed={seed}",
-          f"train.run_dir={run_dir}",
-          "train.progress=false",
-        ],
-      )
+      config = seeded_config(base, overrides, seed, run_dir)
       print(f"== {arm} seed {seed} -> {run_dir}", flush=True)
       train_fn(config, data=data)
   return runs
+
+
+def seeded_config(
+  base: Config, overrides: Sequence[str], seed: int, run_dir: str | os.PathLike
+) -> Config:
+  """``base`` with an arm's overrides, one seed (model and data) and its own run folder."""
+  return apply_overrides(
+    base,
+    [
+      *overrides,
+      f"train.seed={seed}",
+      f"data.seed={seed}",
+      f"train.run_dir={run_dir}",
+      "train.progress=false",
+    ],
+  )
 
 
 def experiment_setup(
@@ -155,7 +163,7 @@ def write_experiment_report(
   out_dir: Path, title: str, notes: Sequence[str], table: str, figure: str
 ) -> Path:
   """``<out_dir>/report.md``: title, hardware, the notes as bullets, the table, the figure."""
-  from homeo_jax.training.loop import hardware_description
+  from homeo_jax.training.build import hardware_description
   from homeo_jax.training.metrics import atomic_write_text
 
   lines = [

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import os
 import signal
 import sys
@@ -30,28 +29,18 @@ from tqdm.auto import tqdm
 
 from homeo_jax import regulators
 from homeo_jax.cores import signals
-from homeo_jax.data import TextData, load_text_data, window_batches
+from homeo_jax.data import TextData, window_batches
 from homeo_jax.data.tokenizers import encode_prompt
-from homeo_jax.models import MODEL_TYPES
 from homeo_jax.models.decode import can_generate, generate
-from homeo_jax.models.losses import LossFn, lm_loss, with_z_loss
+from homeo_jax.models.losses import LossFn
 from homeo_jax.training import config as config_lib
 from homeo_jax.training import flops as flops_lib
-from homeo_jax.training import sharding as sharding_lib
+from homeo_jax.training.build import check_data_fits, hardware_description, load_data, setup
 from homeo_jax.training.checkpoint import Checkpointer
 from homeo_jax.training.console import LINE_FORMATS, layer_rows
 from homeo_jax.training.metrics import RunFiles, atomic_write_text, to_python
-from homeo_jax.training.optimizers import build_optimizer, learning_rate_schedule
 from homeo_jax.training.report import write_report
 from homeo_jax.training.stages import StagedBatches
-from homeo_jax.training.step import (
-  as_extra_args,
-  check_wiring,
-  functional_model,
-  init_train_state,
-  make_eval_step,
-  make_train_step,
-)
 
 PAUSE_FILE = ".pause"
 
@@ -64,44 +53,8 @@ class RunResult:
   state: Any = None
 
 
-def hardware_description() -> str:
-  device = jax.devices()[0]
-  desc = (
-    f"{jax.device_count()}x {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}"
-  )
-  if jax.default_backend() == "cpu":
-    desc += f", {os.cpu_count()} CPU cores"
-  return desc
-
-
 class NonFiniteError(RuntimeError):
   """The run met non-finite values its ``train.on_nonfinite`` policy could not absorb."""
-
-
-def load_data(config: config_lib.Config) -> TextData:
-  """The config's corpus, tokenized; an empty or unreadable one is a one-line ConfigError."""
-  d = config.data
-  try:
-    return load_text_data(
-      d.corpus,
-      tokenizer=d.tokenizer,
-      val_fraction=d.val_fraction,
-      bpe_vocab_size=d.bpe_vocab_size,
-      max_chars=d.max_chars or None,
-    )
-  except (OSError, ValueError, UnicodeError) as e:
-    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-    raise config_lib.ConfigError(f"data.corpus={d.corpus!r} cannot be used: {reason}") from None
-
-
-def check_data_fits(config: config_lib.Config, data: TextData) -> None:
-  """Each split must hold one window of seq_len + 1 tokens (a batch row)."""
-  for split, tokens in (("training", data.train_tokens), ("validation", data.val_tokens)):
-    if len(tokens) <= config.data.seq_len:
-      raise config_lib.ConfigError(
-        f"data.corpus={config.data.corpus!r} has {len(tokens)} {split} tokens, fewer than "
-        f"one batch row of data.seq_len + 1 = {config.data.seq_len + 1}"
-      )
 
 
 def prepare_run_dir(run_dir: Path, *, tensorboard: bool = True) -> RunFiles:
@@ -116,41 +69,6 @@ def prepare_run_dir(run_dir: Path, *, tensorboard: bool = True) -> RunFiles:
       f"train.run_dir={str(run_dir)!r} cannot be created or written: {e.strerror or e}"
     ) from None
   return files
-
-
-def model_config(config: config_lib.Config, vocab_size: int):
-  """``config.model`` with the vocabulary size filled in from the tokenizer."""
-  if config.model.vocab_size == 0:
-    return dataclasses.replace(config.model, vocab_size=vocab_size)
-  return config.model
-
-
-def build_model(
-  config: config_lib.Config, vocab_size: int, token_strings: list[str] | None = None
-) -> nnx.Module:
-  """The configured model; one that takes ``token_strings`` (the hybrid Fourier
-  embedding) gets the tokenizer's."""
-  cls = MODEL_TYPES[config.model_type]
-  extra = {}
-  if token_strings is not None and "token_strings" in inspect.signature(cls.__init__).parameters:
-    extra["token_strings"] = token_strings
-  return cls(model_config(config, vocab_size), rngs=nnx.Rngs(params=config.train.seed), **extra)
-
-
-def build_mesh(config: config_lib.Config):
-  """The config's device mesh, or None on one device (the unsharded path)."""
-  try:
-    mesh = sharding_lib.make_mesh(config.mesh)
-  except ValueError as e:
-    raise config_lib.ConfigError(f"mesh: {e}") from None
-  if mesh.size == 1:
-    return None
-  rows = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.data.batch_size % rows:
-    raise config_lib.ConfigError(
-      f"data.batch_size={config.data.batch_size} does not split over mesh data×fsdp={rows}"
-    )
-  return mesh
 
 
 class _PauseRequest:
@@ -180,72 +98,6 @@ class _PauseRequest:
   def consume(self) -> None:
     self.signalled = False
     self.pause_file.unlink(missing_ok=True)
-
-
-@dataclasses.dataclass
-class Setup:
-  """What a run compiles and starts from: the one place the mesh is applied."""
-
-  state: Any  # TrainState, sharded when there is a mesh
-  train_step: Any  # jitted (state, batch) -> (state, metrics), state donated
-  eval_step: Any  # jitted (params, opt_state, batch) -> mean cross entropy
-  put: Any  # host batch -> device batch (sharded over data × fsdp on a mesh)
-  lr_schedule: Any  # the config's learning-rate schedule, None for a user's tx
-  model: Any = None  # the NNX module whose parameters the state holds
-
-
-def setup(
-  config: config_lib.Config,
-  data: TextData,
-  *,
-  tx: optax.GradientTransformation | None = None,
-  model: nnx.Module | None = None,
-  loss_fn: LossFn | None = None,
-) -> Setup:
-  """Build the model, optimizer and initial state and jit the steps, on the config's mesh."""
-  t = config.train
-  if model is None:
-    model = build_model(config, data.vocab_size, data.tokenizer.token_strings)
-  if loss_fn is None:  # a model may define its own objective (the adaptive LM's ponder cost)
-    loss_fn = getattr(model, "loss_fn", lm_loss)
-  if t.z_loss > 0:
-    loss_fn = with_z_loss(loss_fn, t.z_loss)
-  apply_fn, params = functional_model(model)
-  mesh = build_mesh(config)
-  lr_schedule = None
-  if tx is None:
-    tx = build_optimizer(
-      config.optimizer, t.steps, model=model_config(config, data.vocab_size), mesh=mesh
-    )
-    lr_schedule = learning_rate_schedule(config.optimizer, t.steps)
-  tx = as_extra_args(tx)
-  check_wiring(
-    model, apply_fn, loss_fn, tx, params, (config.data.batch_size, config.data.seq_len + 1)
-  )
-  state = init_train_state(params, tx, t.seed)
-  step_fn, eval_fn = make_train_step(apply_fn, tx, loss_fn), make_eval_step(apply_fn, loss_fn)
-  if mesh is None:
-    return Setup(
-      state=state,
-      train_step=jax.jit(step_fn, donate_argnums=0),
-      eval_step=jax.jit(eval_fn),
-      put=lambda batch: batch,
-      lr_schedule=lr_schedule,
-      model=model,
-    )
-  # Every leaf is laid out by the one rule; a restore into this state reshards onto it.
-  shardings = sharding_lib.state_shardings(state, mesh)
-  batch = sharding_lib.batch_sharding(mesh)
-  return Setup(
-    state=jax.device_put(state, shardings),
-    train_step=jax.jit(
-      step_fn, in_shardings=(shardings, batch), out_shardings=(shardings, None), donate_argnums=0
-    ),
-    eval_step=jax.jit(eval_fn, in_shardings=(shardings.params, shardings.opt_state, batch)),
-    put=lambda b: sharding_lib.global_batch(b, mesh),
-    lr_schedule=lr_schedule,
-    model=model,
-  )
 
 
 def make_sampler(model: nnx.Module, prompt: np.ndarray, t: config_lib.TrainConfig, tokenizer):

@@ -64,6 +64,21 @@ def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> Tra
   )
 
 
+def pin_controls(
+  controls: dict[str, dict[str, jax.Array]], pinned: Mapping[str, Mapping[str, float]] | None
+) -> dict[str, dict[str, jax.Array]]:
+  """``controls`` with each pinned ``{regulator: {control: value}}`` put in its place (in the
+  dtype and shape the regulator publishes)."""
+  if not pinned:
+    return controls
+  out = {name: dict(fields) for name, fields in controls.items()}
+  for name, fields in pinned.items():
+    for field, value in fields.items():
+      like = out[name][field]
+      out[name][field] = jnp.full(jnp.shape(like), value, jnp.asarray(like).dtype)
+  return out
+
+
 def _scalars(prefix: str, tree: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
   return {f"{prefix}/{k}": v for k, v in tree.items() if jnp.ndim(v) == 0}
 
@@ -74,8 +89,11 @@ def make_train_step(
   loss_fn: LossFn = lm_loss,
   *,
   guard_nonfinite: bool = True,
+  pinned_controls: Mapping[str, Mapping[str, float]] | None = None,
 ):
   """``train_step(state, batch) -> (state, metrics)``; ``batch`` is int ``[B, T + 1]``.
+
+  ``pinned_controls`` replace what the regulators publish (``pin_controls``).
 
   The update is scaled by ``state.update_scale`` (1 until a rollback lowers it). A step
   whose loss, gradient norm or new parameters are not finite is flagged in
@@ -89,7 +107,7 @@ def make_train_step(
   def train_step(state: TrainState, batch: jax.Array):
     inputs, targets = batch[:, :-1], batch[:, 1:]
     dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    controls = regulators.controls(state.opt_state)
+    controls = pin_controls(regulators.controls(state.opt_state), pinned_controls)
 
     def objective(params):
       logits, telemetry = apply_fn(
@@ -126,12 +144,16 @@ def make_train_step(
   return train_step
 
 
-def make_eval_step(apply_fn: ApplyFn, loss_fn: LossFn = lm_loss):
+def make_eval_step(
+  apply_fn: ApplyFn,
+  loss_fn: LossFn = lm_loss,
+  pinned_controls: Mapping[str, Mapping[str, float]] | None = None,
+):
   """``eval_step(params, opt_state, batch) -> mean cross entropy`` (deterministic, with
-  the regulators' deployment controls)."""
+  the regulators' deployment controls, and the pinned ones)."""
 
   def eval_step(params, opt_state, batch):
-    controls = regulators.controls(opt_state, deployment=True)
+    controls = pin_controls(regulators.controls(opt_state, deployment=True), pinned_controls)
     logits, telemetry = apply_fn(params, batch[:, :-1], controls=controls, deterministic=True)
     return loss_fn(logits, batch[:, 1:], telemetry)[1]["ce_loss"]
 
@@ -163,6 +185,7 @@ def check_wiring(
   tx: optax.GradientTransformation,
   params: Any,
   batch_shape: tuple[int, int],
+  pinned_controls: Mapping[str, Mapping[str, float]] | None = None,
 ) -> None:
   """Match the regulators' declared telemetry and controls against the model's.
 
@@ -176,6 +199,14 @@ def check_wiring(
     raise ConfigError(str(e)) from None
   model_name = type(model).__name__
   offered = {s.name: set(s.publishes) | set(s.offers) for s in specs}
+  for regulator, fields in (pinned_controls or {}).items():
+    for key in fields:
+      if key not in offered.get(regulator, ()):
+        have = sorted(f"{n}.{k}" for n, keys in offered.items() for k in keys)
+        raise ConfigError(
+          f"--set_control {regulator}.{key}: no regulator publishes it (published: "
+          f"{', '.join(have) or 'none'})"
+        )
   reads = tuple(getattr(model, "control_reads", tuple)())
   for regulator, key in reads:
     if key not in offered.get(regulator, ()):

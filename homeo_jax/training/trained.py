@@ -56,15 +56,10 @@ def restore_state(
 ) -> tuple[nnx.Module, Any]:
   """The config's model and the newest readable checkpoint of its run folder, as
   (model with the restored parameters, TrainState)."""
-  from homeo_jax.training.loop import build_model, model_config
-  from homeo_jax.training.optimizers import build_optimizer
-  from homeo_jax.training.step import init_train_state
+  from homeo_jax.training.build import assemble
 
-  model = build_model(config, data.vocab_size, data.tokenizer.token_strings)
-  tx = build_optimizer(
-    config.optimizer, config.train.steps, model=model_config(config, data.vocab_size)
-  )
-  like = init_train_state(nnx.state(model, nnx.Param), tx, config.train.seed)
+  parts = assemble(config, data, check=False)
+  model, like = parts.model, parts.state
   folder = Path(config.train.run_dir) / "checkpoints"
   if not folder.is_dir():
     raise RunFolderError(f"{folder}: no such folder, the run saved no checkpoint")
@@ -82,7 +77,7 @@ def restore_state(
 def load_run(run_dir: str | os.PathLike) -> TrainedRun:
   """Read ``run_dir`` for use (see the module docstring); bad input is a one-line
   ``RunFolderError`` (or ``ConfigError`` for an unusable corpus)."""
-  from homeo_jax.training.loop import load_data
+  from homeo_jax.training.build import load_data
 
   config = read_config(run_dir)
   config = dataclasses.replace(

@@ -133,7 +133,7 @@ def test_schedule_controls_and_fixed_price():
   s = run(tx, np.full(8, 3.0))
   assert list(s.controls["compute_price"] > 0) == [False] * 3 + [True] * 5
   assert list(s.controls["gate_clamp"]) == [1, 1, 1, 1, 1, 0, 0, 0]
-  assert np.all(s.price == np.float32(0.02))  # --set_lambda pins it
+  assert np.all(s.price == np.float32(0.02))  # fixed_price pins it
 
 
 @pytest.mark.parametrize(

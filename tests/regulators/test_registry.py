@@ -84,3 +84,24 @@ def test_set_reaches_below_a_dict():
       dataclasses.replace(config, optimizer=OptimizerConfig(regulators={"a": 1})),
       ["optimizer.regulators.a.b=2"],
     )
+
+
+def test_the_design_docs_example_regulator_plugs_in():
+  """docs/design.md's ten-line regulator, executed as written, then named by a config."""
+  import pathlib
+  import re
+
+  text = (pathlib.Path(__file__).parents[2] / "docs" / "design.md").read_text()
+  block = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+  namespace: dict = {}
+  exec(compile(block, "docs/design.md", "exec"), namespace)  # noqa: S102
+  cfg = OptimizerConfig(name="sgd", learning_rate=1.0, b1=0.0, schedule="constant",
+                        grad_clip=0.0, regulators={"halve": {"factor": 0.25}})  # fmt: skip
+  tx = build_optimizer(cfg, total_steps=3)
+  params = {"w": jnp.ones(2)}
+  state = tx.init(params)
+  updates, state = tx.update({"w": jnp.ones(2)}, state, params)
+  np.testing.assert_allclose(updates["w"], -0.25)
+  from homeo_jax.regulators.base import regulator_metrics
+
+  assert float(regulator_metrics(state)["regulators/halve/steps"]) == 1.0

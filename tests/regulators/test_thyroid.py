@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from homeo_jax import controls
 from experiments import thyroid_meta
+from homeo_jax import controls
 from homeo_jax.regulators.thyroid import (
   ALPHA_RANGE,
   LAMBDA_RANGE,

@@ -5,7 +5,7 @@ import dataclasses, jax, numpy as np
 from homeo_jax.data import load_text_data
 from homeo_jax.models import AdaptiveConfig, MoEConfig, MoETransformerConfig
 from homeo_jax.training.config import OptimizerConfig
-from homeo_jax.training.loop import setup
+from homeo_jax.training.build import setup
 from homeo_jax.training.sharding import MeshConfig
 from homeo_jax.data import window_batches
 from tests.conftest import tiny_config

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from homeo_jax.models import Transformer, TransformerConfig
+from homeo_jax.models.decode import generate
 from homeo_jax.training.closed_loop import (
   SelfGeneratedBatches,
   distinct_ngram_share,
   unigram_entropy_bits,
 )
-from homeo_jax.models import Transformer, TransformerConfig
-from homeo_jax.models.decode import generate
 from homeo_jax.training.step import init_train_state
 
 V, T, B = 13, 12, 4
@@ -67,7 +67,8 @@ def test_blocks_are_reproducible_and_fraction_zero_is_fresh():
 
 def test_train_runs_the_closed_loop(tmp_path, tiny_data):
   from homeo_jax.data import window_batches
-  from homeo_jax.training.loop import build_model, train
+  from homeo_jax.training.build import build_model
+  from homeo_jax.training.loop import train
   from tests.conftest import tiny_config
 
   config = tiny_config(tmp_path, train={"steps": 4, "eval_every": 4, "checkpoint_every": 4})

@@ -44,3 +44,12 @@ def test_layer_rows_group_the_per_layer_telemetry():
        "telemetry/layer1/survival2": 0.4, "telemetry/avg_k": 1.7, "loss": 1.0}  # fmt: skip
   assert layer_rows(m) == [{"k_exec": 1.5}, {"k_exec": 2.0, "survival2": 0.4}]
   assert layer_rows({"loss": 1.0}) == []
+
+
+def test_a_named_compute_price_keeps_its_dashboard():
+  renamed = {
+    k.replace("regulators/compute_price/", "regulators/price_l2/"): v for k, v in metrics().items()
+  }
+  lines = ouro_lines(10, renamed)
+  assert "λp 0.03 " in lines[0] and "CTRL_ERR +0.100" in lines[0]
+  assert "audit ΔCE +0.5000" in lines[1]

@@ -23,7 +23,7 @@ CURVE = """
 import numpy as np
 from homeo_jax.data import load_text_data, window_batches
 from homeo_jax.training.config import apply_overrides, load_config
-from homeo_jax.training.loop import setup
+from homeo_jax.training.build import setup
 
 def loss_curve(steps=12):
   cfg = apply_overrides(load_config("configs/shakespeare_char.py:smoke"), ["model.dropout=0.1"])

@@ -22,8 +22,8 @@ from homeo_jax.models import (
   QuantTransformerConfig,
 )
 from homeo_jax.models.decode import generate
+from homeo_jax.training.build import setup
 from homeo_jax.training.config import OptimizerConfig
-from homeo_jax.training.loop import setup
 from tests.conftest import tiny_config
 
 PLATFORMS = ("cuda", "tpu")

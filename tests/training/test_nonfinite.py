@@ -136,7 +136,7 @@ def test_real_divergence_never_destroys_good_checkpoints(tmp_path, tiny_data):
   )
   with pytest.raises(NonFiniteError, match="after 2 rollbacks"):
     train(cfg, data=tiny_data)
-  from homeo_jax.training.loop import setup
+  from homeo_jax.training.build import setup
 
   like = setup(cfg, tiny_data).state
   steps, finite = all_checkpoints_finite(tmp_path, like)

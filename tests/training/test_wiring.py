@@ -7,8 +7,9 @@ import pytest
 
 from homeo_jax.models import MoEConfig, MoETransformerConfig
 from homeo_jax.regulators.ars import ars_adamw
+from homeo_jax.training.build import setup
 from homeo_jax.training.config import ConfigError, OptimizerConfig, validate_config
-from homeo_jax.training.loop import setup, train
+from homeo_jax.training.loop import train
 from homeo_jax.training.optimizers import build_optimizer
 from tests.conftest import tiny_config
 
@@ -76,3 +77,34 @@ def test_train_with_multi_steps_around_a_regulator(tmp_path, tiny_data):
   ars_state = result.state.opt_state.inner_opt_state.controller
   assert int(ars_state.surprise_buffer.count) == 2  # two emitted steps of four mini-steps
   assert 0.0 < result.stats["train_loss"] < 10.0
+
+
+def test_a_pinned_control_reaches_the_model_and_must_exist(tmp_path, tiny_data):
+  """--set_control NAME.FIELD=VALUE: the value replaces what the regulator publishes, in the
+  train and eval steps; a control nobody publishes is a one-line error before compiling."""
+  import jax
+  import jax.numpy as jnp
+
+  from homeo_jax.training.step import pin_controls
+
+  published = {"spechorn": {"moe_logit_adjust": jnp.zeros((1, 4)), "other": jnp.ones(2)}}
+  pinned = pin_controls(published, {"spechorn": {"moe_logit_adjust": 0.5}})
+  assert pinned["spechorn"]["moe_logit_adjust"].shape == (1, 4)
+  assert float(pinned["spechorn"]["moe_logit_adjust"][0, 3]) == 0.5
+  assert pinned["spechorn"]["other"] is published["spechorn"]["other"]
+  cfg = moe_config(tmp_path, "spechorn", "adamw_spechorn")
+  bad = dataclasses.replace(
+    cfg, train=dataclasses.replace(cfg.train, pinned_controls={"spechorn": {"bias": 1.0}})
+  )
+  with pytest.raises(ConfigError, match=r"--set_control spechorn.bias: no regulator publishes"):
+    setup(bad, tiny_data)
+  good = dataclasses.replace(
+    cfg,
+    train=dataclasses.replace(cfg.train, pinned_controls={"spechorn": {"moe_logit_adjust": 0.0}}),
+  )
+  run = setup(good, tiny_data)
+  state, metrics = run.train_step(
+    run.state, jnp.zeros((cfg.data.batch_size, cfg.data.seq_len + 1), jnp.int32)
+  )
+  assert bool(jnp.isfinite(metrics["loss"]))
+  jax.block_until_ready(state)

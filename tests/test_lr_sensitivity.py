@@ -1,0 +1,38 @@
+"""experiments.lr_sensitivity: the sweep records each run at once and resumes from its file;
+its summary statistics are Wortsman et al.'s, checked on hand-made numbers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import lr_sensitivity as sweep
+from experiments.common import ResultsFile
+
+
+def test_sensitivity_and_stable_range_by_hand():
+  per_lr = {1e-3: [2.0, 2.2], 1e-2: [1.8, 1.9], 1e-1: [4.0, 4.0]}
+  # seed 0: mean(2.0, 1.8, 4.0) − 1.8; seed 1: mean(2.2, 1.9, 4.0) − 1.9
+  np.testing.assert_allclose(sweep.sensitivity(per_lr, 2), [2.6 - 1.8, 8.1 / 3 - 1.9])
+  assert sweep.stable_lr(per_lr, 1.85) == 1e-2  # within 0.1 nats of 1.85
+  assert sweep.stable_lr(per_lr, 2.05) == 1e-2  # 1e-3's mean 2.1 is within too, but smaller
+  assert sweep.stable_lr(per_lr, 1.0) is None
+  assert sweep.final_loss({"val_loss": None}, 4.17) == 4.17  # diverged scores ℓ₀
+  assert sweep.final_loss({"val_loss": 5.0}, 4.17) == 4.17
+
+
+@pytest.mark.slow
+def test_the_sweep_records_runs_and_resumes(tmp_path, monkeypatch):
+  monkeypatch.setattr(sweep, "GRID", (1e-3, 1e-2))
+  args = ["--preset", "smoke", "--results", str(tmp_path), "--arms", "plain", "--max-runs", "2"]
+  monkeypatch.chdir(tmp_path)
+  sweep.main([*args, "--report"])  # nothing recorded yet: an empty report
+  sweep.main(args)
+  runs = json.loads((tmp_path / "lr_sensitivity.json").read_text())["runs"]
+  assert sorted(runs) == ["plain/lr0.001/seed0", "plain/lr0.001/seed1"]
+  record = runs["plain/lr0.001/seed0"]
+  assert record["val_loss"] > 0 and record["steps"] == 6 and not record["stopped"]
+  assert record["revision"] and record["hardware"] and record["attn_logit_max"] > 0
+  sweep.main(args)  # resumes: the next two runs, not the first two again
+  assert len(ResultsFile("lr_sensitivity", tmp_path).runs) == 4
+  assert "plain (partial)" in (tmp_path / "lr_sensitivity.md").read_text()
