@@ -44,9 +44,10 @@ from experiments.common import ROOT, ResultsFile, mean_se, reexec, standard_erro
 
 NAME = "lr_sensitivity"
 GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # Wortsman et al.'s, in half-decades
-SETPOINT = (
-  1e-2  # the homeostat's r*: ‖u‖/‖W‖ per step at the schedule's peak (measured: ~2e-2 at lr 3e-3)
-)
+# The homeostat's r*, ‖u‖/‖W‖ per step at the schedule's peak: the best of the setpoint
+# sweep (update_ratio_r*: 1e-2, 3e-2, 1e-1 at lr 1e-3, 1e-2, 1e-1; plain AdamW at lr 3e-3
+# runs at ~2e-2).
+SETPOINT = 3e-2
 SETPOINTS = (1e-2, 3e-2, 1e-1)  # a decade from it, for the setpoint sweep
 SETPOINT_LRS = (1e-3, 1e-2, 1e-1)
 VERDICT_SEEDS = (0, 1, 2)
@@ -83,9 +84,9 @@ MUON = ("optimizer.name=ord_muon", "optimizer.kwargs.spectral_lr=0.0")
 ARMS: dict[str, Arm] = {
   "plain": Arm((), "verdict"),
   "qk_norm": Arm(QK_NORM, "verdict"),
-  "qk_norm_z_loss": Arm((*QK_NORM, *Z_LOSS), "verdict"),
   "stack": Arm(STACK, "verdict"),
   "stack_qk_norm": Arm((*STACK, *QK_NORM), "verdict"),
+  "qk_norm_z_loss": Arm((*QK_NORM, *Z_LOSS), "verdict"),
   "muon_plain": Arm(MUON, "verdict", muon=True),
   "muon_qk_norm": Arm((*MUON, *QK_NORM), "verdict", muon=True),
   "muon_stack": Arm((*MUON, *STACK), "verdict", muon=True),
@@ -122,7 +123,9 @@ def run_one(base, data, arm: Arm, lr: float, seed: int, run_dir: Path) -> dict:
   shutil.rmtree(run_dir, ignore_errors=True)  # a run cut off part-way starts over
   config = seeded_config(base, [*arm.overrides, *lr_overrides(arm, lr)], seed, run_dir)
   try:
-    train(config, data=data)
+    result = train(config, data=data)
+    if result.status != "finished":  # paused (a signal): nothing to record, stop the sweep
+      raise SystemExit(f"{run_dir}: {result.status}; rerun the command to resume")
     stopped = False
   except NonFiniteError as e:
     print(f"diverged: {e}", flush=True)
@@ -421,12 +424,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     names = args.arms or [n for t in TIERS for n, a in ARMS.items() if a.tier == t]
     if args.tier != "all":
       names = [n for n in names if ARMS[n].tier == args.tier]
+    # Seed-major: every arm's first seed before any arm's second, so a sweep cut short has
+    # whole curves to compare.
     todo = [
       (name, lr, seed)
+      for seed in sorted({s for n in names for s in ARMS[n].seeds})
       for name in names
       for lr in ARMS[name].lrs or GRID
-      for seed in ARMS[name].seeds
-      if not results.has(run_key(name, lr, seed))
+      if seed in ARMS[name].seeds and not results.has(run_key(name, lr, seed))
     ]
     if args.max_runs:
       todo = todo[: args.max_runs]

@@ -54,6 +54,7 @@ def test_config_json_round_trips_for_every_shipped_config():
     config_lib.from_json(json.dumps({"train": {"stepz": 3}}))
 
 
+@pytest.mark.slow
 def test_samples_during_training_reach_log_report_and_tensorboard(run_dir):
   records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
   samples = [r for r in records if "sample" in r]
@@ -77,6 +78,7 @@ def test_sample_continues_the_prompt(run_dir, capsys):
   assert texts[0].startswith("KING") and len(texts[0]) == 44
 
 
+@pytest.mark.slow
 def test_evaluate_matches_the_runs_own_cross_entropy(run_dir, capsys):
   run = load_run(run_dir)
   tokens = run.data.val_tokens[:400]
@@ -141,6 +143,7 @@ def test_bad_run_folders_are_named(tmp_path):
   assert not (tmp_path / "checkpoints").exists()  # reading made nothing
 
 
+@pytest.mark.slow
 def test_checkpoint_config_mismatch_is_named(run_dir, tmp_path):
   import shutil
 
@@ -155,6 +158,7 @@ def test_checkpoint_config_mismatch_is_named(run_dir, tmp_path):
   assert not (copy / "corrupt_checkpoints").exists()  # a reader moves nothing
 
 
+@pytest.mark.slow
 def test_adaptive_bpe_run_samples_with_its_passes(tmp_path, capsys):
   """The adaptive-depth model on a BPE tokenizer, end to end through the CLI."""
   from homeo_jax.models import AdaptiveConfig

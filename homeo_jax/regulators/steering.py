@@ -18,6 +18,7 @@ Thyroid are controllers over this one wrapper.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -61,6 +62,22 @@ def _placeholder(value: optax.ScalarOrSchedule) -> Any:
     return value
 
 
+def unsteered_args(factory: Callable[..., Any], steered: Mapping[str, Any]) -> tuple[str, ...]:
+  """Every named argument of ``factory`` but the steered ones.
+
+  They stay static under the wrapper's ``inject_hyperparams``: an integer that sets a shape
+  (a window, adafactor's ``min_dim_size_to_factor``) must not be traced, and a float that is
+  not steered keeps the exactness of a Python number — injected, it would be cast to the
+  parameters' dtype, where Adam's β2 = 0.999 rounds to 1 in bfloat16 and its bias correction
+  divides by zero.
+  """
+  return tuple(
+    p.name
+    for p in inspect.signature(factory).parameters.values()
+    if p.name not in steered and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+  )
+
+
 def steer_hyperparams(
   inner_factory: Callable[..., optax.GradientTransformation],
   controller: HyperparamController,
@@ -69,10 +86,13 @@ def steer_hyperparams(
   static_args: tuple[str, ...] = (),
   **other_hyperparams: Any,
 ) -> optax.GradientTransformationExtraArgs:
-  """Wrap ``inner_factory(**steered, **other_hyperparams)`` under ``controller``."""
+  """Wrap ``inner_factory(**steered, **other_hyperparams)`` under ``controller``; only the
+  steered hyperparameters are injected, every other argument stays static
+  (``unsteered_args``)."""
   steered = dict(steered)
   placeholders = {k: _placeholder(v) for k, v in steered.items()}
-  inner = optax.inject_hyperparams(inner_factory, static_args=static_args)(
+  static = tuple(static_args) + unsteered_args(inner_factory, steered)
+  inner = optax.inject_hyperparams(inner_factory, static_args=tuple(dict.fromkeys(static)))(
     **placeholders, **other_hyperparams
   )
 

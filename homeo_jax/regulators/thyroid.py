@@ -48,12 +48,15 @@ Which hyperparameters: whichever of ``learning_rate`` and ``weight_decay`` (or
 ``weight_decay_rate``, as ``optax.adafactor`` names it) the inner factory accepts — α
 scales the first, λ the second; a factory that accepts neither is an error.
 
-Reads ``value`` (the loss) and ``grad_norm`` (the step's pre-clip gradient norm). v0.3
-measures each group's norm from the updates it receives and rescales them by
+Reads ``value`` (the loss) and, when given, ``grad_norm`` (the step's pre-clip gradient
+norm, which the training loop passes). Without ``grad_norm`` — a plain optax loop that
+passes only ``value`` — the norm is measured from the updates the thyroid receives: the
+gradient norm itself when the thyroid is first in the chain, the clipped norm after a clip.
+v0.3 measures each group's norm from the updates it receives and rescales them by
 ``grad_norm`` / ‖updates‖, which undoes a global-norm clip before it exactly (the clip
-scales every leaf alike), so every version reads pre-clip norms. Offers the control
-``quant_temperature`` = τ. ``name``
-(default ``"thyroid"``) keys its metrics and controls. Under ``optax.inject_hyperparams``
+scales every leaf alike), so every version reads pre-clip norms when ``grad_norm`` is
+given. Offers the control ``quant_temperature`` = τ. ``name`` (default ``"thyroid"``) keys
+its metrics and controls. Under ``optax.inject_hyperparams``
 wrap it in a function with named arguments (inject_hyperparams cannot bind the
 ``**inner_kwargs`` it forwards).
 
@@ -304,8 +307,8 @@ def thyroid_controller(
   if version not in VERSIONS:
     raise ValueError(f"thyroid: version must be one of {VERSIONS}, got {version!r}")
   update_every = static_int("thyroid", "update_every", update_every)
-  reads = ("value", "grad_norm")
-  spec = regulator_spec("thyroid", name, reads=reads, offers=("quant_temperature",))
+  # grad_norm is optional (measured from the updates when absent): not a declared read.
+  spec = regulator_spec("thyroid", name, reads=("value",), offers=("quant_temperature",))
   groups = len(group_names)
   net = load_thyroid_params(version, weights, groups)
   if thyroid_param_count(net) > MAX_PARAMS:
@@ -335,9 +338,11 @@ def thyroid_controller(
       norms = jnp.sqrt(jnp.stack([sq[name] for name in group_names]))
       # Pre-clip: a global-norm clip scaled every leaf by ‖updates‖ / grad_norm.
       received = jnp.sqrt(sum(sq.values()))
-      pre_clip = jnp.asarray(extra_args["grad_norm"], jnp.float32)
+      pre_clip = jnp.asarray(extra_args.get("grad_norm", received), jnp.float32)
       return norms * jnp.where(received > 0, pre_clip / jnp.where(received > 0, received, 1), 1)
-    return jnp.reshape(extra_args["grad_norm"], (1,))
+    if "grad_norm" not in extra_args:
+      return jnp.reshape(optax.tree.norm(updates).astype(jnp.float32), (1,))
+    return jnp.reshape(jnp.asarray(extra_args["grad_norm"], jnp.float32), (1,))
 
   def update_fn(state: ThyroidState, base, updates, params, **extra_args):
     del params
@@ -409,7 +414,7 @@ def thyroid(
   """The Spectral Thyroid steering ``inner_factory``'s learning rate and weight decay.
 
   ``tx = thyroid(optax.adamw, learning_rate=1e-3, weight_decay=0.01)``, then
-  ``tx.update(grads, state, params, value=loss, grad_norm=g)``.
+  ``tx.update(grads, state, params, value=loss[, grad_norm=g])``.
 
   Args:
     inner_factory: an optax factory (``optax.adamw``, ``sgd``, ``lion``, ``adafactor``,

@@ -54,6 +54,7 @@ def test_polar_factor_of_a_well_conditioned_matrix():
   assert cos > 0.999
 
 
+@pytest.mark.slow
 def test_batched_equals_per_matrix_and_many_groups():
   xs = jax.random.normal(jax.random.key(2), (5, 24, 40))
   batched = orthogonalize(xs)
@@ -73,6 +74,7 @@ def test_bfloat16_compute_keeps_dtype_and_quality(matrix):
   assert orthogonalize(matrix.astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
 
+@pytest.mark.slow
 def test_zero_huge_rank_deficient_and_nan():
   zero = orthogonalize(jnp.zeros((2, 8, 12)))
   np.testing.assert_array_equal(zero, 0.0)
@@ -96,6 +98,7 @@ def test_bad_input():
     orthogonalize(jnp.ones((2, 2)), coeffs=(1.0, 2.0))
 
 
+@pytest.mark.slow
 def test_sharded_inputs_on_a_fake_device_mesh():
   import textwrap
 

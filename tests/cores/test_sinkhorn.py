@@ -27,6 +27,7 @@ def test_matches_float64_reference(n_iter):
   np.testing.assert_allclose(ours, numpy_sinkhorn(logits, 0.5, n_iter), rtol=2e-4, atol=1e-8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_ott_at_convergence(seed):
   logits = jax.random.normal(jax.random.key(seed), (50, 6))

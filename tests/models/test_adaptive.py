@@ -71,6 +71,7 @@ def forward(model, tokens, controls, deterministic=True, path=None):
 TOKENS = jax.random.randint(jax.random.key(1), (3, 24), 0, VOCAB)
 
 
+@pytest.mark.slow
 def test_scan_and_while_paths_agree():
   model = build()
   widen_gate(model)
@@ -84,6 +85,7 @@ def test_scan_and_while_paths_agree():
   assert float(tel_w["p_std"]) > 0.05
 
 
+@pytest.mark.slow
 def test_early_exit_condition_is_shared():
   # Enough halting that the 2% rule stops the loop before Kmax in both paths.
   model = build()
@@ -94,6 +96,7 @@ def test_early_exit_condition_is_shared():
   np.testing.assert_allclose(tel_w["passes_run"], tel_s["passes_run"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["scan", "while"])
 def test_causal_masking_holds_through_all_passes(path):
   # min_alive_fraction=0: the 2% early exit is a batch-level decision, so exact
@@ -115,6 +118,7 @@ class TopMassGate(AdaptiveDecoderLayer):
     return jnp.where(features[..., 1] > 0.9999, 0.9, 0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kv_per_pass", [False, True], ids=["static_kv", "kv_per_pass"])
 def test_gathered_block_equals_the_full_path_and_counts_overflow(kv_per_pass):
   base = dataclasses.replace(CFG, num_layers=1, min_alive_fraction=0.0, kv_per_pass=kv_per_pass)
@@ -138,6 +142,7 @@ def test_gathered_block_equals_the_full_path_and_counts_overflow(kv_per_pass):
   assert float(quarter[1]["k_exec"]) < float(full[1]["k_exec"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kv_per_pass", [False, True], ids=["static_kv", "kv_per_pass"])
 def test_gathered_training_gradients_equal_the_dense_path(kv_per_pass):
   """Training on the gathered path: where nothing overflows, the parameter and input
@@ -183,6 +188,7 @@ def reference_passes(layer, x, kv_per_pass):
   return one_pass(h1, h1 if kv_per_pass else x, 1)
 
 
+@pytest.mark.slow
 def test_kv_per_pass_reads_the_state_after_each_pass():
   # a small input, so that pass 1's update moves the normalized state visibly
   x = 0.05 * jax.random.normal(jax.random.key(4), (2, 12, 16))
@@ -197,6 +203,7 @@ def test_kv_per_pass_reads_the_state_after_each_pass():
   assert np.abs(np.asarray(outs[True] - outs[False])).max() > 1e-3  # the two really differ
 
 
+@pytest.mark.slow
 def test_gradients_reach_the_continue_head():
   model = build()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -216,6 +223,7 @@ def test_gradients_reach_the_continue_head():
   np.testing.assert_array_equal(g_forced["layers"][0]["gate_out"]["kernel"][...], 0.0)
 
 
+@pytest.mark.slow
 def test_forcing_and_hard_kill():
   model = build()
   for k in (1, 2, 4):
@@ -234,6 +242,7 @@ class ExtremeGate(AdaptiveDecoderLayer):
     return jnp.where(features[..., 1] > 0.9999, 1.0, 0.0)
 
 
+@pytest.mark.slow
 def test_gate_clamp_control():
   cfg = dataclasses.replace(CFG, num_layers=1, min_alive_fraction=0.0)
   layer = ExtremeGate(cfg, 0, rngs=nnx.Rngs(0))
@@ -248,6 +257,7 @@ def test_gate_clamp_control():
   np.testing.assert_allclose(clamped[2], (0.95**2 + 0.01) / 2, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_halt_bias_control_shifts_the_gate_logit():
   """With the gate's output kernel zeroed its logit is its bias z₀ for every token, so the
   survival entering pass 2 is sigmoid(z₀ + b) exactly, and depth rises with b."""
@@ -262,6 +272,7 @@ def test_halt_bias_control_shifts_the_gate_logit():
   assert depths[0] < depths[1] < depths[2]
 
 
+@pytest.mark.slow
 def test_gate_logit_bound_gives_the_bias_authority_over_any_gate():
   """Hand-derived: a gate whose logit z₀ = 50 outruns a bias clamped at ±30 unbounded;
   with the bound B = 8 its logit is 8·tanh(50/8), and a bias of −B − 5 halts every token
@@ -284,6 +295,7 @@ def test_gate_logit_bound_gives_the_bias_authority_over_any_gate():
   assert depth[8.0, -13.0] == 1.0
 
 
+@pytest.mark.slow
 def test_one_token_sequences_and_degenerate_features_are_finite():
   model = build()
   logits, tel = forward(model, TOKENS[:, :1], ctl())
@@ -308,8 +320,15 @@ def test_attention_features_against_numpy():
   h = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0), -1)
   norm = np.where(n_keys[:, None] > 1, h / np.log(np.maximum(n_keys[:, None], 2)), 0)
   np.testing.assert_allclose(ent, norm.mean(1), atol=1e-5)
-  np.testing.assert_allclose(agree, 1 - norm.std(1), atol=1e-5)
+  # The seed's Agree = 1 − std_over_heads(attn_weights).mean(), over each query's visible keys
+  spread = p.std(1)  # [B, Q, T], float64
+  want = 1 - np.array([[spread[b, q, : q + 1].mean() for q in range(5)] for b in range(2)])
+  np.testing.assert_allclose(agree, want, atol=1e-5)
   np.testing.assert_allclose(top, np.sort(p, -1)[..., -2:].sum(-1).mean(1), atol=1e-5)
+  _, _, agree_entropy = attention_features(
+    jnp.asarray(p, jnp.float32), jnp.asarray(n_keys), 2, agreement="entropy"
+  )
+  np.testing.assert_allclose(agree_entropy, 1 - norm.std(1), atol=1e-5)
 
 
 def test_loss_prices_depth_and_pays_the_coupon():
@@ -382,6 +401,7 @@ def test_hybrid_embedding_needs_the_vocabulary():
     AdaptiveTransformer(CFG, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_moe_feed_forward_inside_the_recurrence():
   from homeo_jax.models import MoEConfig
 

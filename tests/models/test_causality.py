@@ -91,6 +91,7 @@ CHANGED = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deterministic", [True, False], ids=["eval", "train"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_logits_ignore_the_future_and_other_rows(case, deterministic):
@@ -111,6 +112,7 @@ def test_logits_ignore_the_future_and_other_rows(case, deterministic):
     np.testing.assert_allclose(prefix[0, t], full[0, t], atol=2e-5, err_msg=f"prefix {t}")
 
 
+@pytest.mark.slow
 def test_moe_drops_happen_in_the_capacity_cases():
   """The capacity cases above really drop assignments (so causality covers dropping)."""
   model, controls = build(CASES["moe_spechorn_capacity"])

@@ -47,6 +47,7 @@ def mixed_depth(model):
   return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", DECODABLE)
 def test_cached_decoding_gives_the_evaluation_logits(case):
   model, controls = build(CASES[case])
@@ -64,6 +65,7 @@ def test_cached_decoding_gives_the_evaluation_logits(case):
     np.testing.assert_allclose(np.mean(info["passes"]), telemetry["k_exec"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_cached_decoding_drops_like_the_full_forward():
   """A router that sends every token to expert 0: capacity drops are identical."""
   model, controls = build(CASES["moe_spechorn_capacity"])
@@ -102,6 +104,7 @@ def test_greedy_generation_matches_recomputing_the_forward(case):
   np.testing.assert_array_equal(got, greedy_by_recompute(model, controls, prompt, num_new))
 
 
+@pytest.mark.slow
 def test_generation_past_the_window_rebuilds_from_the_last_half():
   model, controls = build(CASES["transformer"])
   window = model.cfg.max_seq_len
@@ -115,6 +118,7 @@ def test_generation_past_the_window_rebuilds_from_the_last_half():
   np.testing.assert_array_equal(got[:, window], np.argmax(logits[:, -1], -1))
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_respects_top_k():
   model, _ = build(CASES["transformer"])
   prompt = TOKENS[:, :2]

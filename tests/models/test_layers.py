@@ -57,6 +57,7 @@ def test_causal_attention_matches_float64_reference():
   np.testing.assert_allclose(got[:, :, 0], v[:, :, 0], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_causal_attention_gradients_match_dot_product_attention():
   q, k, v = qkv(1)
   w = jax.random.normal(jax.random.key(2), (B, H, T, HD))
@@ -113,6 +114,7 @@ def _numpy_qkv(attn, x):
   return q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("qk_norm", [False, True])
 def test_max_attention_logit_matches_numpy(qk_norm):
   cfg = TransformerConfig(vocab_size=11, num_layers=1, num_heads=2, d_model=8, max_seq_len=T,

@@ -40,6 +40,7 @@ X = jax.random.normal(jax.random.key(1), (2, 16, 16))
   st.integers(1, 12),
   st.integers(0, 2**31 - 1),
 )
+@pytest.mark.slow
 def test_capacity_never_exceeded_and_priority(n, k, e, cap, seed):
   k = min(k, e)
   rng = np.random.default_rng(seed)
@@ -58,6 +59,7 @@ def test_capacity_never_exceeded_and_priority(n, k, e, cap, seed):
     np.testing.assert_array_equal(pos[idx == ex], np.arange(int((idx == ex).sum())))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("router", ["softmax_aux", "deepseek", "spechorn"])
 def test_dropless_matches_capacity_path_when_nothing_dropped(router):
   a = layer(router=router, capacity_factor=8.0)
@@ -69,6 +71,7 @@ def test_dropless_matches_capacity_path_when_nothing_dropped(router):
   np.testing.assert_array_equal(ta["moe_load"], tb["moe_load"])
 
 
+@pytest.mark.slow
 def test_telemetry_against_numpy():
   moe = layer(router="softmax_aux", capacity_factor=8.0, top_k=2)
   y, tel = moe(X, deterministic=True, rngs=None)
@@ -145,6 +148,7 @@ def test_nan_logits_of_one_token_do_not_spread(router, monkeypatch):
   assert int(tel["moe_load"].sum()) == 64  # the bad token still goes to k distinct experts
 
 
+@pytest.mark.slow
 def test_spechorn_has_no_auxiliary_loss():
   model = MoETransformer(config(router="spechorn"), rngs=nnx.Rngs(0))
   _, tel = model(jnp.zeros((2, 16), jnp.int32))
@@ -179,6 +183,7 @@ def test_bad_config(moe, message):
     MoETransformer(config(**moe), rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_expert_axis_shards_on_a_fake_device_mesh():
   script = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np

@@ -36,6 +36,7 @@ def test_straight_through_passes_gradients():
   assert float(jnp.abs(true).mean()) < float(jnp.abs(g).mean())
 
 
+@pytest.mark.slow
 def test_quantized_model_uses_levels_at_eval_and_temperature_control():
   cfg = QuantTransformerConfig(
     vocab_size=11,
@@ -96,6 +97,7 @@ def test_per_tensor_scale_against_float64():
   assert absmean_scale(W, "tensor").shape == (1, 1) and absmean_scale(W).shape == (1, 8)
 
 
+@pytest.mark.slow
 def test_model_without_straight_through_differentiates_the_staircase():
   """straight_through=False: the gradient is the soft forward's true slope (a central
   difference along a random direction agrees); the STE's is not."""

@@ -43,6 +43,7 @@ def test_causal_masking(model_fn):
   assert np.abs(np.asarray(la[:, 9:] - lb[:, 9:])).max() > 1e-3  # the future does change
 
 
+@pytest.mark.slow
 def test_dropout_is_active_only_when_training(model_fn):
   model = Transformer(TransformerConfig(**{**CFG.__dict__, "dropout": 0.5}), rngs=nnx.Rngs(0))
   tokens = jnp.arange(16)[None] % 37

@@ -119,6 +119,7 @@ def test_relative_surprise_uses_running_baseline():
   assert abs(got[-1]["phi"] - (0.1 + 0.9 * np.exp(-0.5))) < 1e-5
 
 
+@pytest.mark.slow
 def test_schedule_stays_source_of_truth_and_chain_and_apply_if_finite():
   schedule = optax.linear_schedule(1e-3, 0.0, 10)
   tx = optax.chain(

@@ -85,6 +85,7 @@ def test_spechorn_against_float64_reference(schedule):
     np.testing.assert_allclose(float(state.cap_penalty_scale), want[t]["cap_scale"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bias_pushes_overloaded_experts_down_and_scheduler_stays_in_range():
   tx = spechorn_balancer(L, E, D, total_steps=10, orthogonality=False, sinkhorn=False)
   state = tx.init({})

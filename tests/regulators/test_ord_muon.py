@@ -37,6 +37,7 @@ def run(tx, params, steps=4):
   return out, state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["standard", "dion"])
 def test_spectral_lr_zero_is_optax_muon(preset):
   params = random_tree()
@@ -46,6 +47,7 @@ def test_spectral_lr_zero_is_optax_muon(preset):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-7, rtol=1e-5), a, b)
 
 
+@pytest.mark.slow
 def test_dimension_numbers_match_optax():
   params = random_tree()
   dims = {
@@ -110,6 +112,7 @@ def test_zero_weights_and_zero_gradients():
   np.testing.assert_array_equal(u["w"], 0.0)
 
 
+@pytest.mark.slow
 def test_nan_leaf_does_not_reach_other_leaves():
   params = random_tree()
   grads = grads_at(params, 0)

@@ -42,6 +42,7 @@ def test_param_counts(version, count):
   st.lists(st.floats(1e-8, 1e8), min_size=16, max_size=16),
   st.lists(st.floats(1e-8, 1e8), min_size=16, max_size=16),
 )
+@pytest.mark.slow
 def test_clamps_hold_for_extreme_histories_and_weights(version, seed, losses, norms):
   params = jax.tree.map(lambda x: x * 50.0, init_thyroid_params(version, 2, seed))
   params = jax.tree.map(lambda x: x + 3.0, params)  # far from the trained regime
@@ -146,6 +147,7 @@ def test_nan_telemetry_never_enters_buffers(weights_file):
   assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(dirty[-1].controller))
 
 
+@pytest.mark.slow
 def test_per_group_heads_map_to_their_leaves(tmp_path):
   params = init_thyroid_params("per_group", 1, 0)
   path = tmp_path / "pg.npz"
@@ -204,6 +206,7 @@ def shakespeare_bytes():
   return thyroid_meta.corpus_bytes("shakespeare", 100_000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first_seed", [2_000_000, 2_000_001], ids=["float", "2bit"])
 def test_meta_gradient_matches_finite_differences(first_seed):
   # The meta-gradient through the 32-step unroll must be the objective's true slope, on
@@ -228,6 +231,7 @@ def test_meta_gradient_matches_finite_differences(first_seed):
   assert abs(grad - finite_difference) < 0.35 * abs(finite_difference), (grad, finite_difference)
 
 
+@pytest.mark.slow
 def test_meta_training_lowers_the_objective_on_held_out_tasks():
   # A small version of experiments/thyroid_meta_train.py: 16 meta-steps (Adam 3e-2) of 16 tasks,
   # early stopping on 16 validation tasks, judged on 32 tasks it never saw.
@@ -330,6 +334,7 @@ def test_per_group_reads_pre_clip_norms_behind_a_global_clip():
   np.testing.assert_allclose(norms, [0.4, 40.0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_config_per_group_thyroid_never_decays_gains():
   """The config builder gives each group's AdamW the weight-decay mask (1-D leaves: none)."""
   from homeo_jax.training.config import OptimizerConfig
@@ -368,6 +373,7 @@ def test_shipped_weights_carry_provenance(tmp_path):
   assert json.loads((tmp_path / "w.json").read_text()) == {"seed": 3}
 
 
+@pytest.mark.slow
 def test_constant_policy_is_the_bar_on_the_same_tasks():
   """A constant (1, 1, 1) scores exactly as the neutral thyroid; the grid scores each row as
   ``evaluate`` of that constant, and its rows reach the tasks (α and τ move J)."""
@@ -382,6 +388,7 @@ def test_constant_policy_is_the_bar_on_the_same_tasks():
   assert abs(grid[1].mean() - grid[0].mean()) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["lm", "lm_2bit"])
 def test_lm_tasks_train_the_librarys_models(family, shakespeare_bytes):
   """The LM families really train: AdamW at the task's lr makes more progress (lower J,
@@ -397,3 +404,33 @@ def test_lm_tasks_train_the_librarys_models(family, shakespeare_bytes):
   )
   assert np.isfinite(float(value))
   assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+
+
+def test_grad_norm_is_measured_from_the_updates_when_not_passed():
+  """In a plain optax loop (value= only) the thyroid measures ‖updates‖: first in the chain
+  that is the gradient norm, so the steps equal those given grad_norm explicitly."""
+  params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+  tx = thyroid(optax.adamw, 1e-2, weights="random", update_every=1)
+  given, measured = tx.init(params), tx.init(params)
+  for i in range(20):
+    grads = jax.tree.map(lambda p, i=i: jnp.sin(p * (i + 1.0)), params)
+    value = jnp.asarray(3.0 - 0.05 * i)
+    u1, given = tx.update(grads, given, params, value=value, grad_norm=optax.tree.norm(grads))
+    u2, measured = tx.update(grads, measured, params, value=value)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u1, u2)
+  np.testing.assert_allclose(given.controller.alpha, measured.controller.alpha, rtol=1e-6)
+
+
+def test_integer_arguments_of_the_inner_factory_stay_static():
+  """adafactor's min_dim_size_to_factor sets shapes: steering must not trace it (it raised
+  TracerBoolConversionError), and bfloat16 parameters keep Adam's β2 exact (no NaN)."""
+  params = {"w": jnp.ones((256, 256)), "b": jnp.ones(3)}
+  tx = thyroid(optax.adafactor, learning_rate=1e-2, weights="random")
+  updates, _ = jax.jit(tx.update)(params, tx.init(params), params, value=jnp.asarray(1.0))
+  assert all(bool(jnp.isfinite(u).all()) for u in jax.tree.leaves(updates))
+  half = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+  tx = thyroid(optax.adamw, 1e-2, weights="random")
+  updates, _ = jax.jit(tx.update)(half, tx.init(half), half, value=jnp.asarray(1.0))
+  assert all(
+    u.dtype == jnp.bfloat16 and bool(jnp.isfinite(u).all()) for u in jax.tree.leaves(updates)
+  )

@@ -65,6 +65,7 @@ def test_blocks_are_reproducible_and_fraction_zero_is_fresh():
     SelfGeneratedBatches(model, FRESH, fraction=1, every=1, temperature=1, prompt_len=13, seed=0)
 
 
+@pytest.mark.slow
 def test_train_runs_the_closed_loop(tmp_path, tiny_data):
   from homeo_jax.data import window_batches
   from homeo_jax.training.build import build_model

@@ -81,6 +81,7 @@ def test_shipped_configs_load_and_validate(spec):
   validate_config(config_lib.load_config(spec))
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_value_with_one_line():
   proc = run_cli(
     "--config",

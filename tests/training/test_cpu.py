@@ -38,6 +38,7 @@ def loss_curve(steps=12):
 """
 
 
+@pytest.mark.slow
 def test_loss_curve_is_todays_on_one_device():
   scope = {}
   exec(CURVE, scope)
@@ -45,6 +46,7 @@ def test_loss_curve_is_todays_on_one_device():
   np.testing.assert_allclose(losses, GOLDEN_LOSSES, rtol=2e-6)
 
 
+@pytest.mark.slow
 def test_loss_curve_is_todays_on_two_data_parallel_cpu_devices():
   script = (
     CURVE
@@ -69,6 +71,7 @@ def test_cpu_device_count(requested, cores, batch, expected):
   assert cpu.cpu_device_count(requested, cores, batch) == expected
 
 
+@pytest.mark.slow
 def test_split_cpu_cores_sets_one_device_per_core_in_a_fresh_process():
   script = """
 import os, jax

@@ -44,6 +44,7 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
   assert flops.cpu_peak_flops(n=128, repeats=2) == first
 
 
+@pytest.mark.slow
 def test_a_run_reports_mfu_from_its_step_flops(tmp_path):
   train(tiny_config(tmp_path, train={"steps": 3, "eval_every": 3}))
   stats = json.loads((tmp_path / "stats.json").read_text())
@@ -86,6 +87,7 @@ def test_plan_cli_names_a_bad_value(capsys):
   assert "--mfu must be in (0, 1], got 2.0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_plan_keeps_buffers_abstract_too():
   """The adaptive model's hybrid Fourier table is a non-parameter variable: planned too."""
   config = apply_overrides(

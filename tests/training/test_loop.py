@@ -27,6 +27,7 @@ def uninterrupted(tmp_path_factory, tiny_data):
   return run_dir, result
 
 
+@pytest.mark.slow
 def test_run_folder_contents(uninterrupted):
   run_dir, result = uninterrupted
   assert result.status == "finished"
@@ -39,6 +40,7 @@ def test_run_folder_contents(uninterrupted):
   assert Checkpointer(run_dir / "checkpoints").steps() == [3, 6]
 
 
+@pytest.mark.slow
 def test_pause_and_exact_resume(tmp_path, tiny_data, uninterrupted):
   run_dir = tmp_path / "paused"
   run_dir.mkdir()
@@ -57,6 +59,7 @@ def test_pause_and_exact_resume(tmp_path, tiny_data, uninterrupted):
   jax.tree.map(np.testing.assert_array_equal, second.state.params, full_params)
 
 
+@pytest.mark.slow
 def test_sigterm_pauses_and_saves(tmp_path, tiny_data):
   run_dir = tmp_path / "signalled"
 
@@ -78,6 +81,7 @@ def corrupt(step_dir):
       path.write_bytes(b"\x00garbage")
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_falls_back_with_named_error(tmp_path, tiny_data, uninterrupted, capfd):
   import shutil
 
@@ -107,6 +111,7 @@ def test_all_checkpoints_corrupt_never_starts_fresh(tmp_path, tiny_data, uninter
     train(tiny_config(run_dir), data=tiny_data)
 
 
+@pytest.mark.slow
 def test_new_transform_reading_loss_needs_no_loop_edit(tmp_path, tiny_data):
   # reduce_on_plateau reads value=loss from the extra args the step always passes.
   tx = optax.chain(
@@ -121,6 +126,7 @@ def test_new_transform_reading_loss_needs_no_loop_edit(tmp_path, tiny_data):
   assert int(plateau_state.count) == 0
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
   proc = run_cli(
     "--config", "configs/shakespeare_char.py:smoke", "--run_dir", str(tmp_path / "cli")
@@ -132,6 +138,7 @@ def test_cli_end_to_end(tmp_path):
   assert (tmp_path / "cli" / "loss.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_cli_resume_continues_a_run_from_its_folder(tmp_path):
   run = tmp_path / "run"
   first = run_cli("--config", "configs/shakespeare_char.py:smoke", "--run_dir", str(run))
@@ -148,6 +155,7 @@ def test_cli_resume_continues_a_run_from_its_folder(tmp_path):
   assert missing.stderr.strip().splitlines()[-1].startswith("config error: --resume")
 
 
+@pytest.mark.slow
 def test_extra_eval_sets_and_custom_batch_stream(tmp_path, tiny_data):
   from homeo_jax.data import SwitchedBatches, window_batches
 
@@ -168,6 +176,7 @@ def test_extra_eval_sets_and_custom_batch_stream(tmp_path, tiny_data):
   assert np.isfinite(evals[0]["val/heldout/loss"]) and "val_loss/heldout" in result.stats
 
 
+@pytest.mark.slow
 def test_fresh_start_drops_metrics_of_a_run_that_never_checkpointed(tmp_path, tiny_data):
   (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n{"step": 2, "loss": 98.0}\n')
   train(tiny_config(tmp_path, train={"steps": 2}), data=tiny_data)
@@ -175,6 +184,7 @@ def test_fresh_start_drops_metrics_of_a_run_that_never_checkpointed(tmp_path, ti
   assert losses(tmp_path)[1] < 10
 
 
+@pytest.mark.slow
 def test_regulators_train_through_the_loop_with_donation(tmp_path, tiny_data):
   # ARS keeps effective hyperparameters in two places; jit returns them as one buffer.
   for name in ("ars_adamw", "ord_muon"):
@@ -184,6 +194,7 @@ def test_regulators_train_through_the_loop_with_donation(tmp_path, tiny_data):
     assert result.status == "finished" and np.isfinite(result.stats["train_loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["alpha_lambda_tau", "per_group"])
 def test_quantized_lm_with_the_thyroid_trains_through_the_loop(tmp_path, tiny_data, version):
   from homeo_jax.models import QuantTransformerConfig
@@ -243,6 +254,7 @@ def adaptive_config(run_dir):
   return dataclasses.replace(cfg, model_type="adaptive_transformer", model=model)
 
 
+@pytest.mark.slow
 def test_adaptive_lm_resumes_price_and_deadband_exactly(tmp_path, tiny_data, capsys):
   full = train(adaptive_config(tmp_path / "full"), data=tiny_data)
   from homeo_jax.regulators import regulator_states

@@ -71,6 +71,7 @@ def abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_train_and_eval_steps_lower_for_gpu_and_tpu(case, tiny_data, tmp_path):
   model_type, make_model, optimizer, kwargs = CASES[case]

@@ -62,6 +62,7 @@ def all_checkpoints_finite(run_dir, like):
   return steps, finite
 
 
+@pytest.mark.slow
 def test_skip_drops_the_update_and_counts_it(tmp_path, tiny_data):
   batches = PoisonedBatches(tiny_data.train_tokens, positions=[5])  # step 6
   result = train(
@@ -75,6 +76,7 @@ def test_skip_drops_the_update_and_counts_it(tmp_path, tiny_data):
   assert [r["step"] for r in records if r.get("nonfinite")] == [6]
 
 
+@pytest.mark.slow
 def test_rollback_restores_scales_and_skips_the_window(tmp_path, tiny_data):
   batches = PoisonedBatches(tiny_data.train_tokens, positions=[5])  # step 6
   result = train(
@@ -94,6 +96,7 @@ def test_rollback_restores_scales_and_skips_the_window(tmp_path, tiny_data):
   assert (tmp_path / "report.md").read_text().count("3 steps undone by 1 rollbacks") == 1
 
 
+@pytest.mark.slow
 def test_rollback_before_the_first_checkpoint_restarts_from_init(tmp_path, tiny_data):
   batches = PoisonedBatches(tiny_data.train_tokens, positions=[1])  # step 2
   result = train(
@@ -113,6 +116,7 @@ def test_stop_raises_naming_the_step_and_saves_nothing_bad(tmp_path, tiny_data):
   assert json.loads((tmp_path / "stats.json").read_text())["status"] == "stopped: non-finite"
 
 
+@pytest.mark.slow
 def test_rollbacks_are_bounded(tmp_path, tiny_data):
   batches = PoisonedBatches(tiny_data.train_tokens, positions=[], every_from=4)
   with pytest.raises(NonFiniteError, match="non-finite again after 2 rollbacks"):
@@ -126,6 +130,7 @@ def test_rollbacks_are_bounded(tmp_path, tiny_data):
   assert stats["rollbacks"] == 2
 
 
+@pytest.mark.slow
 def test_real_divergence_never_destroys_good_checkpoints(tmp_path, tiny_data):
   """lr 1e4 without clipping: the run diverges, rolls back until max_rollbacks, stops, and
   the newest checkpoint is finite and restorable."""
@@ -158,6 +163,7 @@ def test_bad_inputs_are_one_line_before_compilation(tmp_path, tiny_data):
     train(tiny_config(blocker / "run"), data=tiny_data)
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line(tmp_path):
   empty = tmp_path / "empty.txt"
   empty.write_text("")

@@ -17,12 +17,14 @@ from tests.training.mesh_script import PRELUDE
   ],
   ids=["baseline", "thyroid"],
 )
+@pytest.mark.slow
 def test_every_mesh_gives_the_single_device_trajectory(cases):
   assert_script_passes_on_fake_devices(
     PRELUDE + f"\nfor case in {cases}:\n  check(*case)\nprint('ok')", devices=8
   )
 
 
+@pytest.mark.slow
 def test_expert_axis_shards_the_expert_stacks():
   script = (
     PRELUDE
@@ -37,6 +39,7 @@ print('ok')
   assert_script_passes_on_fake_devices(script, devices=8)
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_on_8_devices_restores_on_4_and_1(tmp_path):
   script = (
     PRELUDE
@@ -96,6 +99,7 @@ def test_logical_axes_of_parameters_and_moments():
   assert logical_axes(".controller.loss_buffer.values", (16,)) == (None,)
 
 
+@pytest.mark.slow
 def test_sharded_train_step_exports_for_tpu():
   """The train step on a 2 × 4 (data × fsdp) mesh lowers for TPU with its shardings."""
   script = (

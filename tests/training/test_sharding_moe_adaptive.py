@@ -15,6 +15,7 @@ from tests.training.mesh_script import PRELUDE
   ],
   ids=["moe", "adaptive"],
 )
+@pytest.mark.slow
 def test_every_mesh_gives_the_single_device_trajectory(cases):
   assert_script_passes_on_fake_devices(
     PRELUDE + f"\nfor case in {cases}:\n  check(*case)\nprint('ok')", devices=8

@@ -82,6 +82,7 @@ def test_tuple_overrides_parse_and_reject_words(tmp_path):
     apply_overrides(config, ["data.batch_multipliers=abc"])
 
 
+@pytest.mark.slow
 def test_a_staged_run_steps_through_its_batches_and_lrs(tmp_path, tiny_data):
   config = apply_overrides(
     tiny_config(tmp_path, train={"steps": 8, "eval_every": 8, "checkpoint_every": 8}),
@@ -119,6 +120,7 @@ def test_seed_preset_is_the_seeds_schedule():
   assert o.min_learning_rate / o.learning_rate == pytest.approx(0.15)
 
 
+@pytest.mark.slow
 def test_plan_counts_every_stage(tmp_path):
   config = apply_overrides(
     load_config("configs/shakespeare_char.py:smoke"),

@@ -70,6 +70,7 @@ def test_optimizer_kwargs_are_forwarded_wholesale():
     build_optimizer(OptimizerConfig(name="ars_adamw", kwargs={"phi_min": 2.0}), total_steps=10)
 
 
+@pytest.mark.slow
 def test_train_with_multi_steps_around_a_regulator(tmp_path, tiny_data):
   """train(cfg, tx=MultiSteps(ars_adamw)) hands the loss to ARS (it would raise otherwise)."""
   tx = optax.MultiSteps(ars_adamw(1e-3, window=3), every_k_schedule=2)
