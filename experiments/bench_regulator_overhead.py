@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.common import ResultsFile, git_revision
 from homeo_jax.models import roles
 from homeo_jax.regulators.ars import ars_adamw
 from homeo_jax.regulators.qk_clip import qk_clip
@@ -163,11 +166,28 @@ def main() -> None:
         f"{100 * (r - b) / step_ms:+.2f}%",
       ]
     )
-  print(f"hardware: {hardware_description()}")
-  print(f"one AdamW train step ({config.data.batch_size}×{config.data.seq_len}): {step_ms:.2f} ms")
   headers = ["regulator", "parameters", "bare inner ms", "regulated ms", "overhead",
              "overhead / AdamW step"]  # fmt: skip
-  print(markdown_table(headers, rows))
+  text = "\n".join(
+    [
+      "# Regulator overhead: update time against the bare optimizer and one AdamW step",
+      "",
+      f"- command: `python -m experiments.bench_regulator_overhead {' '.join(sys.argv[1:])}`",
+      f"- revision {git_revision()}, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+      f"- hardware: {hardware_description()}",
+      f"- one AdamW train step ({config.data.batch_size}×{config.data.seq_len} tokens, "
+      f"{n:,} parameters): {step_ms:.2f} ms; medians of {args.repeats} updates, best of 3 "
+      "interleaved rounds",
+      "",
+      markdown_table(headers, rows),
+      "",
+    ]
+  )
+  print(text)
+  results = ResultsFile(f"bench_regulator_overhead_{args.preset}")
+  results.data["meta"] = {"command": " ".join(sys.argv), "step_ms": step_ms, "rows": rows}
+  results.record("latest", {"step_ms": step_ms, "rows": rows}, hardware_description())
+  results.write_markdown(text)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ Entries with no history (the first step, or the step after a reset) are left as 
 v is the inner optimizer's own second moment when its state holds exactly one
 ``optax.ScaleByAdamState`` shaped like the gradients (``optax.adam``, ``optax.adamw``, and
 chains around them; ``b2`` must then be the inner's β2, for the bias correction); otherwise
-this transform keeps its own EMA with decay ``b2``. SPAM compares with the uncorrected v,
-which early in a run is (1 − β2^t) times smaller and clips ordinary entries too; the
-corrected form clips only spikes from the first steps on, and θ keeps its meaning.
+this transform keeps its own EMA with decay ``b2``. SPAM compares with the uncorrected v
+(``corrected=False``), which early in a run is (1 − β2^t) times smaller and clips ordinary
+entries too; the corrected form clips only spikes from the first steps on, and θ keeps its
+meaning.
 
 Optionally (``reset_interval`` ΔT > 0), after every ΔT-th step the inner Adam's moments
 and step count are zeroed (and the own EMA with them), and the updates of the following
@@ -114,6 +115,7 @@ def spike_aware(
   reset_interval: int = 0,
   warmup: int = 150,
   b2: float = 0.999,
+  corrected: bool = True,
   name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """``inner`` (an Adam-family optimizer) fed spike-clipped gradients; see the module docstring.
@@ -125,6 +127,7 @@ def spike_aware(
     warmup: steps of cosine lr warm-up after a reset (150, SPAM's default; >= 0).
     b2: the inner Adam's β2 (its second moment's bias correction), or the decay of the own
       EMA of g² where the inner has no Adam state (0.999).
+    corrected: compare with the bias-corrected v̂ (True) or, as SPAM does, the raw v.
     name: instance name of its metrics (``"spike_aware"``).
   """
   kind = "spike_aware"
@@ -153,7 +156,7 @@ def spike_aware(
   def update_fn(updates, state: SpikeAwareState, params=None, **extra_args):
     adam = _inner_adam(state.inner, updates)
     nu, seen = (state.nu, state.ema_count) if adam is None else (adam.nu, adam.count)
-    correction = jnp.where(seen > 0, 1.0 - b2 ** seen.astype(jnp.float32), 1.0)
+    correction = jnp.where(corrected & (seen > 0), 1.0 - b2 ** seen.astype(jnp.float32), 1.0)
     nu_hat = jax.tree.map(lambda v: v.astype(jnp.float32) / correction, nu)
     clipped, share = spike_clip(updates, nu_hat, threshold)
     new_updates, inner_state = inner.update(clipped, state.inner, params, **extra_args)

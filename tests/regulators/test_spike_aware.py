@@ -128,3 +128,19 @@ def test_closed_loop_a_gradient_spike_does_not_derail_adam():
   assert plain[-50:].mean() > 30 * before  # the failure lasts
   assert guarded[260:300].mean() < 0.4 * plain[260:300].mean()
   assert guarded[-50:].mean() < 0.1 * plain[-50:].mean()  # recovered
+
+
+def test_uncorrected_is_spams_raw_second_moment():
+  """corrected=False compares with Adam's raw v: after one step v = (1 − β2)·g₁², so with
+  θ = 5000 and β2 = 0.999 an entry clips once g₂² > 5·g₁²."""
+  params = {"w": jnp.zeros(3)}
+  tx = spike_aware(optax.adam(0.1), 5000.0, corrected=False)
+  state = tx.init(params)
+  _, state = tx.update({"w": jnp.ones(3)}, state, params)
+  _, state = tx.update({"w": jnp.array([2.0, 2.3, 3.0])}, state, params)  # g² = 4, 5.29, 9
+  assert float(state.clipped_fraction) == pytest.approx(2 / 3)
+  corrected = spike_aware(optax.adam(0.1), 5000.0)
+  state = corrected.init(params)
+  _, state = corrected.update({"w": jnp.ones(3)}, state, params)
+  _, state = corrected.update({"w": jnp.array([2.0, 2.3, 3.0])}, state, params)
+  assert float(state.clipped_fraction) == 0.0
