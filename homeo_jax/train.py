@@ -49,6 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     "=0.02 (train.pinned_controls)",
   )
   parser.add_argument(
+    "--seed", type=int, default=None, help="shorthand for --set train.seed=N --set data.seed=N"
+  )
+  parser.add_argument(
+    "--hard_kill",
+    action="store_true",
+    help="recurrence off, one pass per layer (shorthand for --set model.hard_kill=true)",
+  )
+  parser.add_argument(
     "--gen_every",
     type=int,
     default=None,
@@ -62,6 +70,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return args
 
 
+def cli_overrides(args: argparse.Namespace) -> list[str]:
+  """The ``--set`` overrides the command line amounts to, shorthands included."""
+  overrides = list(args.set)
+  for item in args.set_control:
+    overrides.append(f"train.pinned_controls.{item}")
+  if args.seed is not None:
+    overrides += [f"train.seed={args.seed}", f"data.seed={args.seed}"]
+  if args.hard_kill:
+    overrides.append("model.hard_kill=true")
+  if args.gen_every is not None:
+    overrides.append(f"train.sample_every={args.gen_every}")
+  return overrides
+
+
 def resumed_run(path: str) -> tuple[Path, config_lib.Config]:
   """The run folder holding ``path`` (itself or a parent with a config.json) and its config."""
   for folder in (Path(path), *Path(path).parents):
@@ -73,11 +95,7 @@ def resumed_run(path: str) -> tuple[Path, config_lib.Config]:
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   try:
-    overrides = list(args.set)
-    for item in args.set_control:
-      overrides.append(f"train.pinned_controls.{item}")
-    if args.gen_every is not None:
-      overrides.append(f"train.sample_every={args.gen_every}")
+    overrides = cli_overrides(args)
     if args.resume is not None:
       run_dir, base = resumed_run(args.resume)
       run_dir = str(run_dir)

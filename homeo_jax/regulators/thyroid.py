@@ -4,16 +4,17 @@ quantization-temperature multipliers (α, λ, τ) from the run's own loss and gr
 Inputs are windows of the last 16 finite losses and gradient norms, each turned into
 three channels of log values x = log v (``window_features``):
 
-* shape, the seed's input: z = (x − mean) / (std + 1e-3), the history's form (trend,
-  oscillation, spikes) independent of its scale;
+* shape: z = (x − mean) / (std + 1e-3), the history's form (trend, oscillation, spikes)
+  independent of its scale;
 * level: tanh(4·(x − mean)), the deviation from the window's mean in log units;
 * change: tanh(4·Δx), the step-to-step relative change.
 
-The seed fed the shape alone, and z-scoring removes amplitude: a 1% jitter and a 50%
-cliff gave the same input, so the filter could not tell them apart. The two amplitude
-channels carry how large the movement is, in relative terms (they are unchanged when
-the loss is multiplied by a constant, so tasks of every loss scale look alike), bounded
-by the tanh (4 maps a 25% relative move to tanh(1) ≈ 0.76).
+The seed feeds the raw 16-loss buffer: its input scale is the loss's, so filter weights
+trained on losses near 2 meet another task's losses near 5 outside their range. The shape
+channel alone would lose amplitude (a 1% jitter and a 50% cliff give the same z), so two
+amplitude channels carry how large the movement is, in relative terms (they are unchanged
+when the loss is multiplied by a constant, so tasks of every loss scale look alike),
+bounded by the tanh (4 maps a 25% relative move to tanh(1) ≈ 0.76).
 
 Versions (all ≤ 10K parameters; ``thyroid_param_count`` checks it):
 

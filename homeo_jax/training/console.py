@@ -60,7 +60,7 @@ def ouro_lines(step: int, m: Metrics) -> list[str]:
     f"step {step:6d} | TOT {m['loss']:.4f} LM {lm:.4f} | PONDER {t('ponder'):.4f}"
     f" (RAW {t('ponder_raw'):.4f} RWD {t('coupon'):.4f}) | LR {m.get('lr', float('nan')):.2e}"
     f" | GRAD {m['grads/norm']:.3f} | λp {r('price'):.4g}{flags} | CTRL_ERR {r('ctrl_err'):+.3f}"
-    f" | P_NR {100 * t('p_low'):.1f}% | BATON {t('baton_rat'):.3f}"
+    f" | P_NR {100 * t('p_low'):.1f}% | BATON {t('baton_rat'):.3f} (lam={t('lam_mu'):.3f})"
     f" | PL/LM {100 * t('ponder') / max(lm, 1e-9):.2f}%"
     f" | exec {t('passes_run'):.2f}/k {t('avg_k'):.2f}/gap {t('gap'):+.2f}"
     f" | waste {100 * t('wasted_compute'):.0f}%"
@@ -68,10 +68,10 @@ def ouro_lines(step: int, m: Metrics) -> list[str]:
   ]
   delta_ce = t("delta_ce")
   tags = []
-  if delta_ce > 0 and t("ponder") == 0 and t("ponder_raw") > 0:
-    tags.append("[ECONOMIC WIN]")  # the extra depth paid for itself: coupon ≥ raw cost
-  if t("delta_pred_entropy") < 0:
-    tags.append("[CONFIDENCE+]")  # recurrence made the predictions sharper (H_final < H₁)
+  if delta_ce > 0:
+    tags.append("[ECONOMIC WIN]")  # the seed's: recurrence lowered the CE (ΔCE = CE₁ − CE_final)
+  if delta_ce > 0 and t("delta_pred_entropy") < 0:
+    tags.append("[CONFIDENCE+]")  # the seed's: ... and sharpened the predictions (ΔH < 0)
   if audit and delta_ce > 0:
     tags.append("[AUDIT-POS]")  # this step was an audit, and its forced depth paid off
   lines.append(

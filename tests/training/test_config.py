@@ -92,3 +92,25 @@ def test_cli_rejects_bad_value_with_one_line():
   )
   assert proc.returncode == 2
   assert proc.stderr.strip() == ("config error: optimizer.learning_rate must be > 0, got -1.0")
+
+
+def test_cli_shorthands_are_overrides():
+  """--seed, --hard_kill, --set_control and --gen_every are --set overrides, checked alike."""
+  from homeo_jax import train as train_cli
+
+  args = train_cli.parse_args(
+    ["--config", "configs/ouro_spec.py:tiny", "--seed", "42", "--hard_kill",
+     "--set_control", "compute_price.compute_price=0.02", "--gen_every", "5"]
+  )  # fmt: skip
+  overrides = train_cli.cli_overrides(args)
+  assert overrides == [
+    "train.pinned_controls.compute_price.compute_price=0.02",
+    "train.seed=42",
+    "data.seed=42",
+    "model.hard_kill=true",
+    "train.sample_every=5",
+  ]
+  cfg = apply_overrides(config_lib.load_config("configs/ouro_spec.py:tiny"), overrides)
+  assert cfg.train.seed == cfg.data.seed == 42 and cfg.model.hard_kill
+  assert cfg.train.pinned_controls == {"compute_price": {"compute_price": 0.02}}
+  validate_config(cfg)

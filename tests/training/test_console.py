@@ -6,6 +6,7 @@ def metrics(**overrides):
     "loss": 2.0, "lr": 1e-3, "grads/norm": 0.5, "dt": 0.01, "tok_s": 1000.0,
     "telemetry/ce_loss": 1.9, "telemetry/ponder": 0.0, "telemetry/ponder_raw": 0.01,
     "telemetry/coupon": 0.02, "telemetry/p_low": 0.1, "telemetry/baton_rat": 0.2,
+    "telemetry/lam_mu": 0.456,
     "telemetry/passes_run": 3.0, "telemetry/k_exec": 1.6, "telemetry/avg_k": 1.5,
     "telemetry/gap": 1.5, "telemetry/wasted_compute": 0.4667, "telemetry/delta_ce": 0.01,
     "telemetry/delta_pred_entropy": -0.02,
@@ -53,3 +54,12 @@ def test_a_named_compute_price_keeps_its_dashboard():
   lines = ouro_lines(10, renamed)
   assert "λp 0.03 " in lines[0] and "CTRL_ERR +0.100" in lines[0]
   assert "audit ΔCE +0.5000" in lines[1]
+
+
+def test_tags_follow_the_seeds_conditions():
+  """[ECONOMIC WIN]: ΔCE > 0; [CONFIDENCE+]: ΔCE > 0 and ΔH < 0 (the seed's table); the
+  BATON field carries the gate's mean (lam)."""
+  paid = ouro_lines(10, metrics(telemetry__ponder=0.004))  # the coupon did not cover the cost
+  assert "[ECONOMIC WIN]" in paid[1] and "BATON 0.200 (lam=0.456)" in paid[0]
+  sharper = ouro_lines(10, metrics(telemetry__delta_ce=-0.01, telemetry__delta_pred_entropy=-0.1))
+  assert "[CONFIDENCE+]" not in sharper[1] and "[ECONOMIC WIN]" not in sharper[1]
