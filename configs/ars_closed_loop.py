@@ -1,6 +1,6 @@
 """ARS in the closed loop it exists for (experiments/ars_closed_loop.py).
 
-    python experiments/ars_closed_loop.py                 # CPU size, minutes per arm
+    python -m experiments.ars_closed_loop                 # CPU size, minutes per arm
 
 Two phases per seed. ``pretrain``: the char LM (nanoGPT's CPU shape, 4 × 128, block 64)
 on the shipped Shakespeare. ``cpu``: from that checkpoint, the model keeps training on

@@ -1,7 +1,7 @@
 """ARS data-shift ablation: Shakespeare, then abruptly Python source (experiments/ars_narcissus.py).
 
-    python experiments/ars_narcissus.py                  # CPU size, minutes
-    python experiments/ars_narcissus.py --scale gpu
+    python -m experiments.ars_narcissus                  # CPU size, minutes
+    python -m experiments.ars_narcissus --scale gpu
 
 The run trains on Shakespeare until ``SHIFT_FRACTION`` of the steps, then on the Python
 standard library's sources, at a deliberately aggressive constant learning rate with no

@@ -1,8 +1,8 @@
 """ORD-Muon ablation: does spectral learning help? (experiments/ord_muon_ablation.py)
 
-    python experiments/ord_muon_ablation.py                 # CPU size, minutes
-    python experiments/ord_muon_ablation.py --scale gpu     # the nanoGPT-sized recipe
-    python experiments/ord_muon_ablation.py --scale seed    # the seed's schedule, GPU
+    python -m experiments.ord_muon_ablation                 # CPU size, minutes
+    python -m experiments.ord_muon_ablation --scale gpu     # the nanoGPT-sized recipe
+    python -m experiments.ord_muon_ablation --scale seed    # the seed's schedule, GPU
 
 The ``seed`` preset runs the seed's (modded-nanogpt's) schedule: three equal stages of
 1,560 scheduled steps at 131,072 / 262,144 / 393,216 tokens per step (batch multipliers

@@ -1,8 +1,8 @@
 """SpecHorn routing ablation: an MoE variant of the baseline LM (experiments/spechorn_ablation.py).
 
-    python experiments/spechorn_ablation.py                 # CPU size, minutes
-    python experiments/spechorn_ablation.py --scale cpu_long --arms spechorn deepseek_u0.01
-    python experiments/spechorn_ablation.py --scale gpu
+    python -m experiments.spechorn_ablation                 # CPU size, minutes
+    python -m experiments.spechorn_ablation --scale cpu_long --arms spechorn deepseek_u0.01
+    python -m experiments.spechorn_ablation --scale gpu
 
 8 experts, top-2, capacity factor 1.25 in training, char-level Shakespeare. The arms set
 ``model.moe.router`` and the optimizer (AdamW alone, or AdamW chained with a balancer).

@@ -33,12 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from homeo_jax.data import window_batches
-from homeo_jax.training.build import load_data
-from homeo_jax.training.closed_loop import SelfGeneratedBatches
-from homeo_jax.training.config import apply_overrides, load_config
-from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
-from homeo_jax.training.experiment import (
+from experiments.common import (
   markdown_table,
   mean_std,
   read_run,
@@ -46,6 +41,11 @@ from homeo_jax.training.experiment import (
   select_arms,
   write_experiment_report,
 )
+from homeo_jax.data import window_batches
+from homeo_jax.training.build import load_data
+from homeo_jax.training.closed_loop import SelfGeneratedBatches
+from homeo_jax.training.config import apply_overrides, load_config
+from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
 from homeo_jax.training.loop import train
 from homeo_jax.training.report import series
 from homeo_jax.training.trained import restore_state

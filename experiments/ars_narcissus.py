@@ -27,16 +27,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import configs.ars_narcissus as narcissus
-from homeo_jax.data import SwitchedBatches, TextData, build_tokenizer, window_batches
-from homeo_jax.data.corpora import load_corpus, split_train_val
-from homeo_jax.training import apply_overrides, train
-from homeo_jax.training.experiment import (
+from experiments.common import (
   markdown_table,
   mean_std,
   read_run,
   run_arms,
   write_experiment_report,
 )
+from homeo_jax.data import SwitchedBatches, TextData, build_tokenizer, window_batches
+from homeo_jax.data.corpora import load_corpus, split_train_val
+from homeo_jax.training import apply_overrides, train
 from homeo_jax.training.report import series
 
 ARS = ["optimizer.name=ars_adamw", "optimizer.kwargs.surprise=relative"]

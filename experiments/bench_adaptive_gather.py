@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments.common import markdown_table
 from homeo_jax.models.adaptive_layer import AdaptiveConfig, AdaptiveDecoderLayer
 from homeo_jax.training.build import hardware_description
-from homeo_jax.training.experiment import markdown_table
 
 
 class PrefixGate(AdaptiveDecoderLayer):

@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.common import markdown_table
 from homeo_jax.cores.sinkhorn import sinkhorn, sinkhorn_potentials
 from homeo_jax.regulators.ord_muon import ord_muon
 from homeo_jax.training.build import hardware_description
-from homeo_jax.training.experiment import markdown_table
 from homeo_jax.training.metrics import atomic_write_text
 
 # (layers, width): GPT-2 small/medium, and a quarter-width small for a 2-core CPU.

@@ -307,7 +307,7 @@ def main() -> None:
 
   import importlib.util
 
-  from homeo_jax.training.experiment import markdown_table
+  from experiments.common import markdown_table
 
   has_torch = importlib.util.find_spec("torch") is not None and not args.no_torch
   if importlib.util.find_spec("torch") is None:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.common import ResultsFile, git_revision
+from experiments.common import ResultsFile, git_revision, markdown_table
 from homeo_jax.models import roles
 from homeo_jax.regulators.ars import ars_adamw
 from homeo_jax.regulators.qk_clip import qk_clip
@@ -38,7 +38,6 @@ from homeo_jax.regulators.update_prox import fisher_subspace_prox
 from homeo_jax.regulators.update_ratio import update_ratio_homeostat
 from homeo_jax.training import config as config_lib
 from homeo_jax.training.build import build_model, hardware_description
-from homeo_jax.training.experiment import markdown_table
 from homeo_jax.training.step import functional_model, init_train_state, make_train_step
 
 

@@ -52,10 +52,10 @@ def throughput(args) -> None:
   import optax
   from flax import nnx
 
+  from experiments.common import markdown_table
   from homeo_jax.models import Transformer, TransformerConfig
   from homeo_jax.training.build import hardware_description
   from homeo_jax.training.config import OptimizerConfig
-  from homeo_jax.training.experiment import markdown_table
   from homeo_jax.training.optimizers import build_optimizer
   from homeo_jax.training.step import functional_model, init_train_state, make_train_step
 
@@ -123,9 +123,9 @@ def muon_sharding(args) -> None:
   import numpy as np
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+  from experiments.common import markdown_table
   from homeo_jax.cores.polar import orthogonalize, orthogonalize_many
   from homeo_jax.training.build import hardware_description
-  from homeo_jax.training.experiment import markdown_table
 
   devices = jax.devices()
   mesh = Mesh(np.asarray(devices), ("fsdp",))

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from experiments.common import markdown_table, mean_std
 from homeo_jax import controls as read_controls
 from homeo_jax.models import MoEConfig, MoETransformerConfig
 from homeo_jax.models.moe import MoEFeedForward
@@ -37,7 +38,6 @@ from homeo_jax.regulators.load_balance import (
   spechorn_balancer,
 )
 from homeo_jax.training.build import hardware_description
-from homeo_jax.training.experiment import markdown_table, mean_std
 
 EXPERTS, TOP_K, TOKENS, SKEW = 8, 2, 1024, 1.5
 

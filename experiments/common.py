@@ -1,4 +1,11 @@
-"""What every experiment shares: its results file, its command line and its statistics.
+"""What every experiment shares: arms × seeds over the one training loop, its results file,
+its command line, its statistics and its report.
+
+An experiment is a base config, a dict of arms (each a list of ``--set``-style overrides)
+and seeds. ``run_arms`` trains every (arm, seed) into ``<out_dir>/<arm>/seed<k>/`` —
+skipping runs that already finished, so an interrupted experiment resumes — and returns the
+run folders. ``write_experiment_report`` writes the run folder's ``report.md`` and the
+committed ``experiments/results/<name>.md`` and ``.json``.
 
 ``ResultsFile`` is an experiment's committed record, ``experiments/results/<name>.json``
 (the runs, one entry each, and the provenance) beside ``<name>.md`` (the tables people
@@ -12,13 +19,21 @@ import datetime
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from homeo_jax.training.build import load_data
+from homeo_jax.training.config import Config, apply_overrides, load_config
+from homeo_jax.training.cpu import reexec_with_page_keeping_allocator, split_cpu_cores
+from homeo_jax.training.loop import train
+from homeo_jax.training.report import markdown_table as markdown_table
+from homeo_jax.training.report import series
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,3 +129,183 @@ def mean_se(values: Sequence[float], digits: int = 3) -> str:
   if len(vals) == 1:
     return f"{vals[0]:.{digits}f} (1 seed)"
   return f"{np.mean(vals):.{digits}f} ± {standard_error(vals):.{digits}f}"
+
+
+def run_arms(
+  base: Config,
+  arms: Mapping[str, Sequence[str]],
+  seeds: Sequence[int],
+  out_dir: str | os.PathLike,
+  *,
+  data: Any = None,
+  train_fn: Callable[..., Any] = train,
+) -> dict[str, list[Path]]:
+  """Train every arm for every seed; returns ``{arm: [run_dir per seed]}``."""
+  out_dir = Path(out_dir)
+  data = data if data is not None else load_data(base)
+  runs: dict[str, list[Path]] = {}
+  for arm, overrides in arms.items():
+    runs[arm] = []
+    for seed in seeds:
+      run_dir = out_dir / arm / f"seed{seed}"
+      runs[arm].append(run_dir)
+      stats_path = run_dir / "stats.json"
+      # A run stopped on a non-finite step (train.on_nonfinite="stop") is a result too.
+      status = json.loads(stats_path.read_text()).get("status", "") if stats_path.exists() else ""
+      if status == "finished" or status.startswith("stopped"):
+        continue
+      config = seeded_config(base, overrides, seed, run_dir)
+      print(f"== {arm} seed {seed} -> {run_dir}", flush=True)
+      train_fn(config, data=data)
+  return runs
+
+
+def seeded_config(
+  base: Config, overrides: Sequence[str], seed: int, run_dir: str | os.PathLike
+) -> Config:
+  """``base`` with an arm's overrides, one seed (model and data) and its own run folder."""
+  return apply_overrides(
+    base,
+    [
+      *overrides,
+      f"train.seed={seed}",
+      f"data.seed={seed}",
+      f"train.run_dir={run_dir}",
+      "train.progress=false",
+    ],
+  )
+
+
+def experiment_setup(
+  description: str, config_file: str, scales: Sequence[str], out_prefix: str
+) -> tuple[Any, Config, Path]:
+  """The experiments' shared command line: ``--scale`` (a preset of ``configs/<file>``),
+  ``--seeds`` (default 0 1 2) and ``--arms`` (a subset, for ``select_arms``). Returns
+  (args, base config, output folder)."""
+  import argparse
+
+  reexec_with_page_keeping_allocator(sys.argv)  # CPU: before JAX starts (training/cpu.py)
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--scale", default=scales[0], choices=list(scales))
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--arms", nargs="+", default=None, help="run only these arms")
+  args = parser.parse_args()
+  root = Path(__file__).resolve().parents[2]
+  base = load_config(f"{root}/configs/{config_file}:{args.scale}")
+  split_cpu_cores(base.mesh, base.data.batch_size)  # CPU: one data-parallel device per core
+  return args, base, Path(f"runs/{out_prefix}_{args.scale}")
+
+
+def select_arms(
+  arms: Mapping[str, Sequence[str]], names: Sequence[str] | None
+) -> dict[str, Sequence[str]]:
+  """``arms`` restricted to ``names`` (all when None), in ``names``' order."""
+  if names is None:
+    return dict(arms)
+  unknown = [n for n in names if n not in arms]
+  if unknown:
+    raise SystemExit(f"unknown arm {unknown[0]!r}; arms: {', '.join(arms)}")
+  return {n: arms[n] for n in names}
+
+
+def read_run(run_dir: str | os.PathLike) -> tuple[list[dict], dict]:
+  run_dir = Path(run_dir)
+  records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+  return records, json.loads((run_dir / "stats.json").read_text())
+
+
+def mean_std(values: Sequence[float | None], digits: int = 4) -> str:
+  """``"m ± s"`` over the finite values (sample std), noting how many were missing."""
+  vals = [v for v in values if v is not None and math.isfinite(v)]
+  if not vals:
+    return "n/a"
+  text = f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.{digits}f}"
+  missing = len(values) - len(vals)
+  return text + (f" ({missing} n/a)" if missing else "")
+
+
+def first_step_at_or_below(records: Sequence[dict], key: str, threshold: float) -> int | None:
+  steps, values = series(records, key)
+  hits = np.nonzero(values <= threshold)[0]
+  return int(steps[hits[0]]) if len(hits) else None
+
+
+def verdict(arm: Sequence[float], reference: Sequence[float], lower_is_better: bool = True) -> str:
+  """better / worse when the means differ by more than 2 standard errors, else neutral."""
+  a, r = np.asarray(arm, np.float64), np.asarray(reference, np.float64)
+  diff = a.mean() - r.mean()
+  se = math.sqrt(a.var(ddof=1) / len(a) + r.var(ddof=1) / len(r)) if min(len(a), len(r)) > 1 else 0
+  if abs(diff) <= 2 * se:
+    return "neutral (within noise)"
+  return "better" if (diff < 0) == lower_is_better else "worse"
+
+
+def mean_curve(run_dirs: Sequence[Path], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(steps, mean, std) of ``key`` over runs, on the steps all runs logged."""
+  curves = [series(read_run(d)[0], key) for d in run_dirs]
+  common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+  stacked = np.stack(
+    [[dict(zip(s.tolist(), v, strict=True))[x] for x in common] for s, v in curves]
+  )
+  return np.asarray(common), stacked.mean(0), stacked.std(0)
+
+
+def restore_final_state(config: Config, data: Any):
+  """The last checkpoint of ``config``'s run folder: (apply_fn, TrainState)."""
+  from homeo_jax.training.step import functional_model
+  from homeo_jax.training.trained import restore_state
+
+  model, state = restore_state(config, data)
+  return functional_model(model)[0], state
+
+
+def write_experiment_report(
+  out_dir: Path,
+  title: str,
+  notes: Sequence[str],
+  table: str,
+  figure: str,
+  *,
+  name: str | None = None,
+  results_dir: Path = RESULTS_DIR,
+) -> Path:
+  """``<out_dir>/report.md`` — title, hardware, the notes as bullets, the table, the figure —
+  and the committed copy ``experiments/results/<name>.md`` (``name``: the run folder's) with
+  the command, revision and date, beside ``<name>.json`` holding the same fields and the
+  figure copied next to them."""
+  from homeo_jax.training.build import hardware_description
+  from homeo_jax.training.metrics import atomic_write_text
+
+  name = name or Path(out_dir).name
+  command = "python -m " + " ".join([_module_name(), *sys.argv[1:]])
+  revision = git_revision()
+  date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+  hardware = hardware_description()
+  head = [f"# {title}", "", f"- hardware: {hardware}"]
+  provenance = [f"- command: `{command}`", f"- revision {revision}, {date}"]
+  body = [
+    *(f"- {note}" for note in notes),
+    "",
+    table,
+    "",
+    *([f"![{Path(figure).stem}]({Path(figure).name})", ""] if figure else []),
+  ]
+  path = Path(out_dir) / "report.md"
+  atomic_write_text(path, "\n".join([*head, *body]))
+  results_dir = Path(results_dir)
+  results_dir.mkdir(parents=True, exist_ok=True)
+  atomic_write_text(results_dir / f"{name}.md", "\n".join([*head, *provenance, *body]))
+  record = dict(title=title, command=command, revision=revision, date=date, hardware=hardware,
+                notes=list(notes), table=table)  # fmt: skip
+  atomic_write_text(results_dir / f"{name}.json", json.dumps(record, indent=1) + "\n")
+  if figure and (Path(out_dir) / figure).is_file():
+    shutil.copyfile(Path(out_dir) / figure, results_dir / Path(figure).name)
+  print(f"wrote {path} and {results_dir / name}.md")
+  return path
+
+
+def _module_name() -> str:
+  """``experiments.<name>`` of the running experiment (``python -m`` sets ``__spec__``)."""
+  main = sys.modules.get("__main__")
+  spec = getattr(main, "__spec__", None)
+  return spec.name if spec is not None else Path(sys.argv[0]).stem

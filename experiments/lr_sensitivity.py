@@ -116,7 +116,7 @@ def lr_overrides(arm: Arm, lr: float) -> list[str]:
 
 def run_one(base, data, arm: Arm, lr: float, seed: int, run_dir: Path) -> dict:
   """Train one (arm, lr, seed) and return what the report needs."""
-  from homeo_jax.training.experiment import read_run, seeded_config
+  from experiments.common import read_run, seeded_config
   from homeo_jax.training.loop import NonFiniteError, train
   from homeo_jax.training.report import series
 

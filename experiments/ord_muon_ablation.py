@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from homeo_jax.training.experiment import (
+from experiments.common import (
   experiment_setup,
   first_step_at_or_below,
   markdown_table,

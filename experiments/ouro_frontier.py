@@ -62,19 +62,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from ouro_spec_ablation import FIXED, not_audit, tail_mean
 
-from homeo_jax.data import algorithmic, corpora
-from homeo_jax.training.build import load_data, model_config
-from homeo_jax.training.config import apply_overrides, load_config
-from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
-from homeo_jax.training.experiment import (
+from experiments.common import (
   markdown_table,
   mean_std,
   read_run,
   run_arms,
   write_experiment_report,
 )
+from experiments.ouro_spec_ablation import FIXED, not_audit, tail_mean
+from homeo_jax.data import algorithmic, corpora
+from homeo_jax.training.build import load_data, model_config
+from homeo_jax.training.config import apply_overrides, load_config
+from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
 from homeo_jax.training.flops import forward_flops_per_token
 
 ROOT = Path(__file__).resolve().parents[1]

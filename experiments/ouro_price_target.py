@@ -23,18 +23,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from ouro_spec_ablation import not_audit, tail_mean
 
-from homeo_jax.training.build import load_data
-from homeo_jax.training.config import load_config
-from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
-from homeo_jax.training.experiment import (
+from experiments.common import (
   markdown_table,
   mean_std,
   read_run,
   run_arms,
   write_experiment_report,
 )
+from experiments.ouro_spec_ablation import not_audit, tail_mean
+from homeo_jax.training.build import load_data
+from homeo_jax.training.config import load_config
+from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
 from homeo_jax.training.report import series
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,8 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from homeo_jax.training.build import load_data, model_config
-from homeo_jax.training.experiment import (
+from experiments.common import (
   experiment_setup,
   markdown_table,
   mean_curve,
@@ -31,6 +30,7 @@ from homeo_jax.training.experiment import (
   verdict,
   write_experiment_report,
 )
+from homeo_jax.training.build import load_data, model_config
 from homeo_jax.training.flops import forward_flops_per_token
 
 FIXED = [

@@ -99,9 +99,9 @@ def combined_report(scale: str, results: dict[str, tuple[str, float]]) -> Path:
 
 
 def print_plan(names: list[str], scale: str, seeds: int, mfu: float) -> None:
+  from experiments.common import markdown_table
   from homeo_jax import plan as plan_lib
   from homeo_jax.training.config import load_config
-  from homeo_jax.training.experiment import markdown_table
   from homeo_jax.training.flops import PLANNED, accelerator
 
   rows = []

@@ -33,13 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-from homeo_jax import controls as read_controls
-from homeo_jax.cores.sinkhorn import sinkhorn
-from homeo_jax.data import window_batches
-from homeo_jax.models.moe import MoEFeedForward
-from homeo_jax.training import apply_overrides
-from homeo_jax.training.build import build_model, load_data
-from homeo_jax.training.experiment import (
+from experiments.common import (
   experiment_setup,
   markdown_table,
   mean_curve,
@@ -50,6 +44,12 @@ from homeo_jax.training.experiment import (
   select_arms,
   write_experiment_report,
 )
+from homeo_jax import controls as read_controls
+from homeo_jax.cores.sinkhorn import sinkhorn
+from homeo_jax.data import window_batches
+from homeo_jax.models.moe import MoEFeedForward
+from homeo_jax.training import apply_overrides
+from homeo_jax.training.build import build_model, load_data
 from homeo_jax.training.report import series
 from homeo_jax.training.step import functional_model
 

@@ -39,12 +39,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
-from homeo_jax.models import TransformerConfig
-from homeo_jax.models.quant import quantized_mask
-from homeo_jax.regulators.flip_monitor import level_flip_monitor
-from homeo_jax.regulators.thyroid import ALPHA_RANGE
-from homeo_jax.training.build import load_data, model_config
-from homeo_jax.training.experiment import (
+from experiments.common import (
   experiment_setup,
   first_step_at_or_below,
   markdown_table,
@@ -55,6 +50,11 @@ from homeo_jax.training.experiment import (
   verdict,
   write_experiment_report,
 )
+from homeo_jax.models import TransformerConfig
+from homeo_jax.models.quant import quantized_mask
+from homeo_jax.regulators.flip_monitor import level_flip_monitor
+from homeo_jax.regulators.thyroid import ALPHA_RANGE
+from homeo_jax.training.build import load_data, model_config
 from homeo_jax.training.loop import train
 from homeo_jax.training.optimizers import build_optimizer
 

@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from thyroid_2bit import ADAMW, cliff_trace, running_stats, train_with_flip_monitor
 
+from experiments.common import markdown_table, read_run, run_arms
+from experiments.thyroid_2bit import ADAMW, cliff_trace, running_stats, train_with_flip_monitor
 from homeo_jax.training.build import hardware_description, load_data
 from homeo_jax.training.config import load_config
 from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
-from homeo_jax.training.experiment import markdown_table, read_run, run_arms
 
 LR = "optimizer.learning_rate="
 HARSH = ["optimizer.b2=0.999", "optimizer.grad_clip=0"]

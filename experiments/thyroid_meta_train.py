@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import thyroid_meta as meta
+from experiments.common import markdown_table
 from homeo_jax.regulators.thyroid import (
   VERSIONS,
   WEIGHTS_DIR,
@@ -40,7 +41,6 @@ from homeo_jax.regulators.thyroid import (
   save_thyroid_params,
 )
 from homeo_jax.training.build import hardware_description
-from homeo_jax.training.experiment import markdown_table
 
 GRID = list(itertools.product((0.5, 0.7, 1.0, 1.4, 2.0), (0.1, 1.0, 2.0), (0.5, 1.0, 2.0)))
 TASKS_PER_STEP = {"mlp": 32, "lm": 4, "lm_2bit": 4}

@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from homeo_jax.training.experiment import markdown_table
-from homeo_jax.training.report import plt, series
+from homeo_jax.training.report import markdown_table, plt, series
 
 DEFAULT_METRICS_SHOWN = 4  # regulator figures in the table when --metrics is not given
 

@@ -141,7 +141,7 @@ def hours(seconds: float) -> str:
 
 
 def format_plan(p: Plan, mfu: float) -> str:
-  from homeo_jax.training.experiment import markdown_table
+  from homeo_jax.training.report import markdown_table
 
   ratio = p.flops_per_step / p.analytic_flops if p.analytic_flops else float("nan")
   lines = [

@@ -113,3 +113,9 @@ def _percent(value: Any) -> str:
 
 def _fmt(value: Any) -> str:
   return "n/a" if value is None else f"{value:.4f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)

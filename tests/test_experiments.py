@@ -1,0 +1,33 @@
+"""The experiments package: every module imports (as ``python -m experiments.<name>`` does),
+and a report ships as a committed results file with its provenance."""
+
+import importlib
+import json
+import pkgutil
+
+import pytest
+
+import experiments
+from experiments.common import write_experiment_report
+
+MODULES = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_experiment_imports_as_a_package_module(name):
+  importlib.import_module(f"experiments.{name}")
+
+
+def test_a_report_ships_with_command_revision_and_hardware(tmp_path):
+  out, results = tmp_path / "runs" / "demo_cpu", tmp_path / "results"
+  out.mkdir(parents=True)
+  (out / "demo.png").write_bytes(b"\x89PNG")
+  write_experiment_report(out, "Demo", ["seeds [0, 1, 2]"], "| a |\n|---|\n| 1 |", "demo.png",
+                          results_dir=results)  # fmt: skip
+  shipped = json.loads((results / "demo_cpu.json").read_text())
+  assert shipped["title"] == "Demo" and shipped["notes"] == ["seeds [0, 1, 2]"]
+  assert shipped["revision"] and shipped["date"] and shipped["hardware"] and shipped["command"]
+  text = (results / "demo_cpu.md").read_text()
+  assert "- command: `" in text and "| 1 |" in text and "![demo](demo.png)" in text
+  assert (results / "demo.png").read_bytes() == b"\x89PNG"
+  assert (out / "report.md").is_file()
