@@ -53,6 +53,52 @@ class RunResult:
   state: Any = None
 
 
+@dataclasses.dataclass
+class Throughput:
+  """Tokens per second over the measured steps: the first step (compilation) is left out,
+  and so are the step flushed while a new batch shape (a staged batch) compiled and that
+  shape's first run (buffer allocation)."""
+
+  measured_from: int  # steps after this one count
+  tokens: int = 0
+  seconds: float = 0.0
+  steps: int = 0
+  last: float = dataclasses.field(default_factory=time.perf_counter)
+  compiled_during: int = -2  # the step flushed while a new shape compiled
+  shape: tuple | None = None
+
+  def dispatched(self, step: int, shape: tuple) -> None:
+    """A step is about to run on a batch of ``shape``."""
+    if self.shape is not None and shape != self.shape:
+      self.compiled_during = step - 1
+    self.shape = shape
+
+  def finished(self, step: int, tokens: int, now: float | None = None) -> float:
+    """Account for ``step``'s ``tokens``; returns the step's wall time."""
+    now = time.perf_counter() if now is None else now
+    seconds = now - self.last
+    if step > self.measured_from and step - self.compiled_during not in (0, 1):
+      self.tokens += tokens
+      self.seconds += seconds
+      self.steps += 1
+    self.last = now
+    return seconds
+
+  def restart_clock(self) -> None:
+    """Evaluation, sampling or saving ran since the last step: not a step's time."""
+    self.last = time.perf_counter()
+
+  @property
+  def tokens_per_second(self) -> float:
+    return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def due(step: int, every: int, last: int) -> bool:
+  """Whether an every-``every``-steps event (eval, sample, checkpoint) falls on ``step``; the
+  run's ``last`` step always has one (``every`` 0: never)."""
+  return bool(every) and (step % every == 0 or step == last)
+
+
 class NonFiniteError(RuntimeError):
   """The run met non-finite values its ``train.on_nonfinite`` policy could not absorb."""
 
@@ -264,15 +310,7 @@ def train(
   # Rollback target before the first checkpoint: the initial state, kept on the host.
   initial = jax.device_get(state) if t.on_nonfinite == "rollback" and start == 0 else None
   pending: tuple[int, dict] | None = None
-  timer = {
-    "tokens": 0,
-    "seconds": 0.0,
-    "steps": 0,
-    "last": time.perf_counter(),
-    "measured_from": start + 1,
-    "compiled_during": -2,
-    "shape": None,
-  }
+  timer = Throughput(measured_from=start + 1)
   bar = tqdm(
     total=t.steps, initial=start, disable=not t.progress, dynamic_ncols=True, file=sys.stdout
   )
@@ -287,24 +325,15 @@ def train(
     step, metrics, step_tokens = pending
     pending = None
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    now = time.perf_counter()
-    step_seconds = now - timer["last"]
-    # The first step includes compilation, and so does the step flushed while a new batch
-    # shape (a staged batch) compiled: dispatching that shape blocks before the flush. The
-    # new shape's first run (buffer allocation) is left out too, as the first step's is.
-    if step > timer["measured_from"] and step - timer["compiled_during"] not in (0, 1):
-      timer["tokens"] += step_tokens
-      timer["seconds"] += step_seconds
-      timer["steps"] += 1
-    timer["last"] = now
-    tok_s = timer["tokens"] / timer["seconds"] if timer["seconds"] else 0.0
+    step_seconds = timer.finished(step, step_tokens)
+    tok_s = timer.tokens_per_second
     bad = metrics.get("nonfinite", 0.0) > 0
     consecutive_skips = consecutive_skips + 1 if bad else 0
     if bad and t.on_nonfinite == "skip":
       stats["skipped_steps"] += 1
     stats.update(step=step, train_loss=metrics["loss"], tokens_per_second=tok_s)
-    if timer["steps"]:
-      stats["seconds_per_step"] = timer["seconds"] / timer["steps"]
+    if timer.steps:
+      stats["seconds_per_step"] = timer.seconds / timer.steps
     if peak and tok_s:
       stats["mfu"] = metrics["mfu"] = tok_s * flops_per_token / peak
     headline = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("regulators/")}
@@ -376,7 +405,7 @@ def train(
     pending = None
     bar.n = back_to
     bar.refresh()
-    timer["last"] = time.perf_counter()
+    timer.restart_clock()
     return True
 
   step = start
@@ -385,15 +414,13 @@ def train(
       while step < t.steps:
         step += 1
         batch = batch_at(position)
-        if batch.shape != timer["shape"] and timer["shape"] is not None:
-          timer["compiled_during"] = step - 1
-        timer["shape"] = batch.shape
+        timer.dispatched(step, batch.shape)
         state, metrics = train_step(state, put(batch))
         position += 1  # a rollback keeps the position: the data that diverged is skipped
         if on_fault(flush()):
           continue
         pending = (step, metrics, batch.shape[0] * hosts * (batch.shape[1] - 1))
-        if step % t.eval_every == 0 or step == t.steps:
+        if due(step, t.eval_every, t.steps):
           if on_fault(flush()):
             continue
           val = evaluate(state)
@@ -410,7 +437,7 @@ def train(
             }
           )
           bar.write(f"step {step:6d} | val loss {val_loss:.4f} (best {stats['best_val_loss']:.4f})")
-          timer["last"] = time.perf_counter()
+          timer.restart_clock()
         if t.sample_every and step % t.sample_every == 0:
           if on_fault(flush()):
             continue
@@ -418,15 +445,15 @@ def train(
           stats["last_sample"] = {"step": step, "text": text}
           files.append_metrics({"step": step, "sample": text})
           bar.write(f"step {step:6d} | sample:\n{text}")
-          timer["last"] = time.perf_counter()
+          timer.restart_clock()
         paused = pause.requested()
-        if step % t.checkpoint_every == 0 or step == t.steps or paused:
+        if due(step, t.checkpoint_every, t.steps) or paused:
           if on_fault(flush()):
             continue
           stats["status"] = "paused" if paused and step < t.steps else "running"
           save(state)
           files.write_stats(stats)
-          timer["last"] = time.perf_counter()
+          timer.restart_clock()
         if paused and step < t.steps:
           pause.consume()
           status = "paused"

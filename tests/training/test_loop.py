@@ -278,3 +278,32 @@ def test_adaptive_lm_resumes_price_and_deadband_exactly(tmp_path, tiny_data, cap
   np.testing.assert_array_equal(
     [losses(run_dir)[s] for s in range(1, 9)], [losses(tmp_path / "full")[s] for s in range(1, 9)]
   )
+
+
+def test_throughput_leaves_out_compilation_and_new_shapes():
+  """As the loop runs it: step n is dispatched, then step n − 1 is flushed. The first step
+  compiles; a new batch shape compiles while the step before it flushes (dispatch blocks),
+  and its first run allocates: none of those counts."""
+  from homeo_jax.training.loop import Throughput
+
+  timer = Throughput(measured_from=1, last=0.0)
+  shapes = {1: (8, 65), 2: (8, 65), 3: (8, 65), 4: (16, 65), 5: (16, 65), 6: (16, 65)}
+  clock = 0.0
+  for step in range(1, 8):
+    if step in shapes:
+      timer.dispatched(step, shapes[step])
+    if step > 1:  # flush the previous step; compiling a step shows in the flush before it
+      clock += 10.0 if step in (2, 4) else 1.0
+      timer.finished(step - 1, tokens=shapes[step - 1][0] * 64, now=clock)
+  # Counted: 2 (8 rows) and 5, 6 (16 rows), 1 s each; 1 compiled, 3 flushed while the new
+  # shape compiled, 4 was its first run.
+  assert timer.steps == 3 and timer.seconds == 3.0
+  assert timer.tokens == (8 + 16 + 16) * 64
+  assert timer.tokens_per_second == timer.tokens / 3.0
+
+
+def test_events_fall_on_their_steps_and_the_last():
+  from homeo_jax.training.loop import due
+
+  assert [s for s in range(1, 11) if due(s, 4, 10)] == [4, 8, 10]
+  assert not any(due(s, 0, 10) for s in range(1, 11))
