@@ -86,8 +86,9 @@ def held_out_tokens(config, data, count: int) -> np.ndarray:
   return tokens[:count]
 
 
-def score(config, data, run_dir: Path, tokens: np.ndarray) -> dict:
-  """The final model's per-layer MaxVio_global and load CV over ``tokens``."""
+def score(data, run_dir: Path, tokens: np.ndarray) -> dict:
+  """The final model of ``run_dir`` (its own config.json): MaxVio_global and load CV over
+  ``tokens``, averaged over the layers."""
   import jax
 
   from experiments.common import restore_final_state
@@ -95,8 +96,9 @@ def score(config, data, run_dir: Path, tokens: np.ndarray) -> dict:
   from homeo_jax.training.build import build_model
   from homeo_jax.training.config import apply_overrides
   from homeo_jax.training.step import functional_model
+  from homeo_jax.training.trained import read_config
 
-  config = apply_overrides(config, [f"train.run_dir={run_dir}"])
+  config = apply_overrides(read_config(run_dir), [f"train.run_dir={run_dir}"])
   _, state = restore_final_state(config, data)
   ctrl = read_controls(state.opt_state, deployment=True)
   apply_fn, _ = functional_model(build_model(config, data.vocab_size))
@@ -104,13 +106,14 @@ def score(config, data, run_dir: Path, tokens: np.ndarray) -> dict:
   d = config.data
   rows = len(tokens) // d.seq_len
   windows = tokens[: rows * d.seq_len].reshape(rows, d.seq_len)
-  load = 0.0
+  load, scored = 0.0, 0
   for start in range(0, rows - d.batch_size + 1, d.batch_size):
     load = load + np.asarray(forward(state.params, windows[start : start + d.batch_size]))
-  load = np.asarray(load, np.float64)  # [layers, experts]
+    scored += d.batch_size * d.seq_len
+  load = np.asarray(load, np.float64)  # [layers, experts], summed over the batches
   vio = [max_vio(layer) for layer in load]
   cv = [float(layer.std() / layer.mean()) for layer in load]
-  return {"max_vio": float(np.mean(vio)), "cv": float(np.mean(cv)), "tokens": int(load[0].sum())}
+  return {"max_vio": float(np.mean(vio)), "cv": float(np.mean(cv)), "tokens": scored}
 
 
 def report(results: ResultsFile) -> str:
@@ -167,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
   base = load_config(f"{ROOT}/configs/spechorn.py:cpu_long")
   data = load_data(base)
-  tokens = held_out_tokens(base, data, args.tokens)
+  per_batch = base.data.batch_size * base.data.seq_len  # whole batches, at least --tokens
+  tokens = held_out_tokens(base, data, -(-args.tokens // per_batch) * per_batch)
   moe = base.model.moe
   results.start(
     ["python -m experiments.spechorn_maxvio", *argv],
@@ -183,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       if results.has(key):
         continue
       runs = run_arms(base, {arm: spechorn_ablation.ARMS[arm]}, [seed], out, data=data)
-      results.record(key, score(base, data, runs[arm][0], tokens), hardware_description())
+      results.record(key, score(data, runs[arm][0], tokens), hardware_description())
       results.write_markdown(report(results))
   results.write_markdown(report(results))
   print(results.md_path.read_text())

@@ -192,6 +192,7 @@ def test_adaptive_bpe_run_samples_with_its_passes(tmp_path, capsys):
   assert set(digits) <= set("1234")
 
 
+@pytest.mark.slow
 def test_evaluate_leaves_unknown_characters_out_with_one_warning(run_dir, tmp_path, capsys):
   """A text with characters the run never saw is scored without them (the same score as the
   text with them removed), with one warning line; --strict refuses it."""

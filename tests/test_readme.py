@@ -6,6 +6,7 @@ from pathlib import Path
 import chex
 import jax
 import numpy as np
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -16,6 +17,7 @@ def section_code(heading: str) -> str:
   return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
 
 
+@pytest.mark.slow
 def test_own_loop_example():
   namespace: dict = {}
   exec(compile(section_code("Use a regulator in your own loop"), str(README), "exec"), namespace)

@@ -33,6 +33,7 @@ def qkv(seed=0):
   return [jax.random.normal(k, (B, H, T, HD), jnp.float32) for k in keys]
 
 
+@pytest.mark.slow
 def test_dense_matches_nnx_linear_values_and_gradients():
   dense = Dense(5, 6, use_bias=True, rngs=nnx.Rngs(0))
   linear = nnx.Linear(5, 6, use_bias=True, rngs=nnx.Rngs(0))
@@ -49,6 +50,7 @@ def test_dense_matches_nnx_linear_values_and_gradients():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_causal_attention_matches_float64_reference():
   q, k, v = qkv()
   got = causal_attention(q, k.transpose(0, 1, 3, 2), v)

@@ -29,6 +29,7 @@ def test_temperature_goes_from_soft_to_hard():
   assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-3 and errors[0] > 0.1
 
 
+@pytest.mark.slow
 def test_straight_through_passes_gradients():
   g = jax.grad(lambda w: jnp.sum(quantize(w, jnp.asarray(1e-4)) * 3.0))(W)
   assert float(jnp.abs(g).min()) > 0  # hard rounding alone would give zeros

@@ -17,6 +17,7 @@ def model_fn():
   return jax.jit(apply_fn, static_argnames="deterministic"), params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_shapes_and_dtypes(dtype):
   cfg = TransformerConfig(**{**CFG.__dict__, "dtype": dtype})
@@ -55,6 +56,7 @@ def test_dropout_is_active_only_when_training(model_fn):
   assert np.abs(np.asarray(train_a - train_b)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_overfits_tiny_batch(model_fn):
   apply_fn, params = model_fn
   batch = jnp.asarray(np.random.default_rng(1).integers(0, 37, (4, 17)))

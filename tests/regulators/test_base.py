@@ -15,6 +15,7 @@ LOAD_A = jnp.array([[10.0, 30.0, 20.0, 4.0]])
 LOAD_B = jnp.array([[4.0, 4.0, 4.0, 52.0]])
 
 
+@pytest.mark.slow
 def test_two_named_balancers_coexist_with_their_own_controls_and_metrics():
   """Two MoE stacks, one balancer each: each reads its own telemetry key."""
   tx = optax.chain(

@@ -67,6 +67,7 @@ def decomposition_reference(g, w):
   return rho, rho * w, g - rho * w
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spectral_lr, project", [(0.0, True), (0.5, False), (2.0, True)])
 def test_decomposition_against_float64(spectral_lr, project):
   w = jax.random.normal(jax.random.key(1), (24, 40))

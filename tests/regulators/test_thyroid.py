@@ -406,6 +406,7 @@ def test_lm_tasks_train_the_librarys_models(family, shakespeare_bytes):
   assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow
 def test_grad_norm_is_measured_from_the_updates_when_not_passed():
   """In a plain optax loop (value= only) the thyroid measures ‖updates‖: first in the chain
   that is the gradient norm, so the steps equal those given grad_norm explicitly."""

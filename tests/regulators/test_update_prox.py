@@ -66,6 +66,7 @@ def test_prox_against_float64_reference(refresh_every):
   assert state.basis["thin"].shape == ()  # a side of 3 <= rank: Fisher term only
 
 
+@pytest.mark.slow
 def test_no_penalty_is_the_inner_update():
   tx = fisher_subspace_prox(optax.sgd(0.1), fisher_weight=0.0, gamma=0.0)
   params = jax.tree.map(jnp.asarray, PARAMS)
@@ -99,6 +100,7 @@ def test_bad_arguments_are_named():
     fisher_subspace_prox(optax.sgd(0.1), rank=0)
 
 
+@pytest.mark.slow
 def test_state_survives_a_checkpoint(tmp_path):
   from homeo_jax.training.checkpoint import Checkpointer
 

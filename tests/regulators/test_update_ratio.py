@@ -84,6 +84,7 @@ def test_bad_arguments():
     tx.init({"w": jnp.ones(2)})
 
 
+@pytest.mark.slow
 def test_closed_loop_makes_the_loss_flat_in_the_learning_rate():
   """The plant: a noisy quadratic ‖W − T‖² under Adam with a constant lr. At lr 0.05 to 5
   plain Adam bounces around the target with an amplitude ~lr (the failure of a too-large

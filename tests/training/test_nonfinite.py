@@ -108,6 +108,7 @@ def test_rollback_before_the_first_checkpoint_restarts_from_init(tmp_path, tiny_
   assert (result.stats["rollbacks"], result.stats["rolled_back_steps"]) == (1, 2)
 
 
+@pytest.mark.slow
 def test_stop_raises_naming_the_step_and_saves_nothing_bad(tmp_path, tiny_data):
   batches = PoisonedBatches(tiny_data.train_tokens, positions=[4])  # step 5
   with pytest.raises(NonFiniteError, match="step 5: non-finite loss or gradient"):

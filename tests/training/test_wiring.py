@@ -80,6 +80,7 @@ def test_train_with_multi_steps_around_a_regulator(tmp_path, tiny_data):
   assert 0.0 < result.stats["train_loss"] < 10.0
 
 
+@pytest.mark.slow
 def test_a_pinned_control_reaches_the_model_and_must_exist(tmp_path, tiny_data):
   """--set_control NAME.FIELD=VALUE: the value replaces what the regulator publishes, in the
   train and eval steps; a control nobody publishes is a one-line error before compiling."""
