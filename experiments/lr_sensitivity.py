@@ -334,7 +334,11 @@ def report(results: ResultsFile, ceiling: float, base) -> str:
     f"to lr/10, β2 {o.b2}, weight decay {o.weight_decay}, no clipping; the homeostat's r* = "
     f"{SETPOINT:g} (following the schedule)",
     f"- seeds: {list(VERDICT_SEEDS)} for the verdict arms, {list(SCREEN_SEEDS)} for the "
-    "screening and setpoint arms (marked 1 seed)",
+    "screening and setpoint arms (marked 1 seed); a partial arm's statistics cover the seeds "
+    "whose lr curve is complete, and its verdict waits for all three",
+    "- step time / plain: the median seconds per step of the arm's runs over plain's, measured "
+    "while other jobs shared the two cores — rough; the side-by-side overhead is in "
+    "`experiments/results/bench_regulator_overhead_cpu.md`",
     f"- ℓ₀ = ln V = {ceiling:.3f} (a diverged run scores it); best loss of any arm "
     f"{best_all:.3f}; stable range: the largest lr whose mean loss is within {NATS} nats of "
     "the arm's own best / of the best arm's best",

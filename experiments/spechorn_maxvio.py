@@ -21,6 +21,7 @@ once, so the sweep resumes.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,6 +117,27 @@ def score(data, run_dir: Path, tokens: np.ndarray) -> dict:
   return {"max_vio": float(np.mean(vio)), "cv": float(np.mean(cv)), "tokens": scored}
 
 
+def verdicts(results: ResultsFile) -> list[str]:
+  """The SpecHorn verdict on this measure, once every arm has its three seeds."""
+  vio = {a: [results.runs[f"{a}/seed{s}"]["max_vio"] for s in SEEDS] for a in ARMS
+         if all(f"{a}/seed{s}" in results.runs for s in SEEDS)}  # fmt: skip
+  if len(vio) < len(ARMS):
+    return ["verdict: waiting for every arm's three seeds"]
+  floor = results.data["meta"]["floor"][0]
+  best = min(vio, key=lambda a: np.mean(vio[a]))
+  reached = [a for a in ARMS if np.mean(vio[a]) <= 0.04]
+  spec, ds = vio["spechorn_integral"], vio["deepseek_u0.01"]
+  gap = np.mean(spec) - np.mean(ds)
+  se = math.sqrt(np.var(spec, ddof=1) / len(spec) + np.var(ds, ddof=1) / len(ds))
+  return [
+    f"0.04 reached by: {', '.join(reached) or 'no arm'}; the best is {best} at "
+    f"{np.mean(vio[best]):.3f}, {np.mean(vio[best]) / floor:.0f}× the noise floor "
+    f"({floor:.4f}): the miss is the routers', not sampling noise",
+    f"the integral SpecHorn against DeepSeek u = 0.01: {gap:+.3f} ± {se:.3f} (s.e.) — "
+    + ("worse" if gap > 2 * se else "better" if gap < -2 * se else "within noise"),
+  ]
+
+
 def report(results: ResultsFile) -> str:
   meta = results.data["meta"]
   floor = meta.get("floor")
@@ -142,10 +164,17 @@ def report(results: ResultsFile) -> str:
       else "- noise floor: not computed yet"
     ),
     "- the Loss-Free Balancing target is MaxVio_global 0.04",
+    f"- seeds {list(SEEDS)}; 2,000 steps of spechorn.py:cpu_long; revisions "
+    f"{', '.join(sorted({r['revision'] for r in results.runs.values()}))}; hardware "
+    f"{'; '.join(sorted({r['hardware'] for r in results.runs.values()}))}",
     "",
     "| arm | seeds | MaxVio_global | load CV | MaxVio / floor |",
     "|---|---|---|---|---|",
     *rows,
+    "",
+    "## Verdict",
+    "",
+    *(f"- {line}" for line in verdicts(results)),
     "",
   ]
   return "\n".join(lines)
