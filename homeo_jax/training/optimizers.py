@@ -62,14 +62,6 @@ def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Sche
   )
 
 
-def check_kwargs(cfg: OptimizerConfig) -> None:
-  """One line for an unknown optimizer, regulator or keyword (before anything is built)."""
-  try:
-    registry.check_optimizer_config(cfg.name, cfg.kwargs, cfg.regulators)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-
-
 def build_optimizer(
   cfg: OptimizerConfig, total_steps: int, model: Any = None, mesh: Any = None
 ) -> optax.GradientTransformationExtraArgs:
