@@ -221,10 +221,14 @@ def summarize(results: ResultsFile, ceiling: float) -> dict[str, dict]:
       "seconds_per_step": float(np.median(sps)) if sps else math.nan,
     }
   if summary:
-    best_all = min(min(s["means"].values()) for s in summary.values())
-    for s in summary.values():
-      s["stable_global"] = stable_lr(s["per_lr"], best_all)
-    summary["_best"] = best_all
+    # "The best arm" is the best of the same inner optimizer: the verdicts are per optimizer.
+    best = {}
+    for name, s in summary.items():
+      muon = ARMS[name].muon
+      best[muon] = min(best.get(muon, math.inf), min(s["means"].values()))
+    for name, s in summary.items():
+      s["stable_global"] = stable_lr(s["per_lr"], best[ARMS[name].muon])
+    summary["_best"] = best.get(False, math.nan)
   return summary
 
 
@@ -339,9 +343,9 @@ def report(results: ResultsFile, ceiling: float, base) -> str:
     "- step time / plain: the median seconds per step of the arm's runs over plain's, measured "
     "while other jobs shared the two cores — rough; the side-by-side overhead is in "
     "`experiments/results/bench_regulator_overhead_cpu.md`",
-    f"- ℓ₀ = ln V = {ceiling:.3f} (a diverged run scores it); best loss of any arm "
+    f"- ℓ₀ = ln V = {ceiling:.3f} (a diverged run scores it); best loss of any AdamW arm "
     f"{best_all:.3f}; stable range: the largest lr whose mean loss is within {NATS} nats of "
-    "the arm's own best / of the best arm's best",
+    "the arm's own best / of the best arm's best with the same inner optimizer",
     "",
     "## Verdicts",
     "",
