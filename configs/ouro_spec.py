@@ -112,7 +112,7 @@ def get_config(arg: str | None = None) -> Config:
   if arg == "depth":
     # The depth task (experiments/ouro_frontier.py): characters, so each answer is its own
     # tokens; Shakespeare with a chain (pointer-chasing) snippet after nearly every line;
-    # 2 layers, Kmax 4. Measured (session 9, pure chain lines, one pass): at width 64 the
+    # 2 layers, Kmax 4. Measured (pure chain lines, one pass): at width 64 the
     # lookup never formed in 1,000–4,000 steps (chain answers at ln 10, and the baseline
     # Transformer of that shape learned even a one-pair copy in 1 of 3 seeds at 2,000
     # steps); at width 128 it formed within 2,000 steps. AdamW 2e-3, β2 0.99, warm-up 100:
@@ -149,7 +149,7 @@ def get_config(arg: str | None = None) -> Config:
     # k-layer stack, on Shakespeare with three copy-at-an-offset lines after nearly every
     # line. Copying a string at an unknown offset needs an induction head (a key that holds
     # the previous character), which one attention layer cannot build and two can. Measured
-    # (session 10, 2,000 steps, 3 seeds, copy answers; chance ln 36 = 3.58): one pass 3.24,
+    # (2,000 steps, 3 seeds, copy answers; chance ln 36 = 3.58): one pass 3.24,
     # two passes 2.16, four 2.03; the seed's static KV at four passes 3.25 (README).
     depth = get_config("depth")
     return dataclasses.replace(

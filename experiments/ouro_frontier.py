@@ -25,7 +25,7 @@ Arms:
   ⌈c·T⌉ most-alive tokens of each row, the overflow is counted). The coupon's one-pass
   forward is off: with λ_p at its floor it prices nothing and would cost a forward.
 
-Variants (session 11), passed through ``--set`` to every arm (the fixed arms ignore both,
+Variants, passed through ``--set`` to every arm (the fixed arms ignore both,
 so their directories can be linked in from the plain run):
 
 * ``--set model.gate_logit_bound=10``: the gate's logit is bounded to ±10, so the halting

@@ -81,7 +81,7 @@ CONTROLLERS = {
   ],
 }
 # The constant bias per target: gate_bias_fast's b over the last quarter, mean of its 3
-# seeds (measured, session 8: −2.54/−1.49/−2.33, 8.00/8.61/7.32, 29.09/29.71/29.89).
+# seeds (measured: −2.54/−1.49/−2.33, 8.00/8.61/7.32, 29.09/29.71/29.89).
 CONSTANT_BIAS = {1.3: -2.12, 2.0: 7.97, 3.0: 29.56}
 
 
