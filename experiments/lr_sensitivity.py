@@ -4,12 +4,14 @@
     python -m experiments.lr_sensitivity --tier verdict   # plain, qk-norm, ..., the stack
     python -m experiments.lr_sensitivity --arms plain qk_clip --max-runs 10
     python -m experiments.lr_sensitivity --report         # tables and plot from the file
+    python -m experiments.lr_sensitivity --workers 2      # two processes, one core each
 
 Every arm trains ``configs/lr_sensitivity.py`` (nanoGPT's CPU shape, 1,000 steps) at each
 peak lr of Wortsman et al.'s grid (3e-4 … 1 in half-decades; the min lr a tenth of it). A
 run that meets a non-finite loss stops (``train.on_nonfinite=stop``) and counts as
 diverged, scoring ℓ₀ = ln V. Each finished run is recorded in
-``experiments/results/lr_sensitivity.json`` at once, so the sweep resumes run by run.
+``experiments/results/lr_sensitivity.json`` at once, so the sweep resumes run by run;
+``--workers N`` shares the runs among N processes that record into the one file.
 
 Arms, with AdamW as the inner optimizer:
 - baselines: ``plain``; ``qk_norm`` (model.qk_norm); ``z_loss`` (1e-4); ``qk_norm_z_loss``;
@@ -40,7 +42,15 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import ROOT, ResultsFile, mean_se, reexec, standard_error
+from experiments.common import (
+  ROOT,
+  ResultsFile,
+  mean_se,
+  parse_shard,
+  reexec,
+  run_workers,
+  standard_error,
+)
 
 NAME = "lr_sensitivity"
 GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # Wortsman et al.'s, in half-decades
@@ -418,7 +428,21 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--report", action="store_true", help="only rewrite the report")
   parser.add_argument("--preset", default="cpu", help="configs/lr_sensitivity.py preset")
   parser.add_argument("--results", default=None, help="results folder (tests)")
+  parser.add_argument(
+    "--workers", type=int, default=1, help="parallel sweep processes, one CPU core each"
+  )
+  parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # k/n: one worker's share
   args = parser.parse_args(argv)
+  shard, shards = parse_shard(args.shard)
+  if args.workers < 1:
+    raise ValueError(f"--workers must be >= 1, got {args.workers}")
+  if args.workers > 1 and not args.report and args.shard is None:
+    rest = [a for i, a in enumerate(argv) if not _is_workers_arg(argv, i)]
+    code = run_workers("experiments.lr_sensitivity", rest, args.workers)
+    if code:
+      raise SystemExit(code)
+    main([*rest, "--report"])
+    return
 
   from homeo_jax.training.build import hardware_description, load_data
   from homeo_jax.training.config import load_config
@@ -443,6 +467,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     if args.max_runs:
       todo = todo[: args.max_runs]
+    todo = todo[shard::shards]
     hardware = hardware_description()
     for i, (name, lr, seed) in enumerate(todo):
       print(f"== [{i + 1}/{len(todo)}] {name} lr {lr:g} seed {seed}", flush=True)
@@ -452,6 +477,12 @@ def main(argv: Sequence[str] | None = None) -> None:
       results.write_markdown(report(results, ceiling, base))
   results.write_markdown(report(results, ceiling, base))
   print(results.md_path.read_text())
+
+
+def _is_workers_arg(argv: Sequence[str], i: int) -> bool:
+  """Whether ``argv[i]`` is ``--workers``, its value, or ``--workers=N``."""
+  a = argv[i]
+  return a == "--workers" or a.startswith("--workers=") or (i > 0 and argv[i - 1] == "--workers")
 
 
 if __name__ == "__main__":

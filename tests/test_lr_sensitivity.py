@@ -36,3 +36,29 @@ def test_the_sweep_records_runs_and_resumes(tmp_path, monkeypatch):
   sweep.main(args)  # resumes: the next two runs, not the first two again
   assert len(ResultsFile("lr_sensitivity", tmp_path).runs) == 4
   assert "plain (partial)" in (tmp_path / "lr_sensitivity.md").read_text()
+
+
+def test_workers_sharing_a_results_file_keep_each_others_runs(tmp_path):
+  first, second = ResultsFile("sweep", tmp_path), ResultsFile("sweep", tmp_path)
+  first.record("a/lr0.1/seed0", {"val_loss": 2.0}, "cpu")
+  second.record("a/lr1/seed0", {"val_loss": 3.0}, "cpu")  # read the file before `first` wrote
+  first.record("b/lr0.1/seed0", {"val_loss": 2.5}, "cpu")
+  on_disk = ResultsFile("sweep", tmp_path).runs
+  assert {k: v["val_loss"] for k, v in on_disk.items()} == {
+    "a/lr0.1/seed0": 2.0,
+    "a/lr1/seed0": 3.0,
+    "b/lr0.1/seed0": 2.5,
+  }
+  assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_shard_argument_is_checked():
+  from experiments.common import parse_shard
+
+  assert parse_shard(None) == (0, 1) and parse_shard("1/2") == (1, 2)
+  with pytest.raises(ValueError, match="'2/2'"):
+    parse_shard("2/2")
+  with pytest.raises(ValueError, match="'x'"):
+    parse_shard("x")
+  assert sweep._is_workers_arg(["--arms", "plain", "--workers", "2"], 3)
+  assert not sweep._is_workers_arg(["--arms", "plain", "--workers", "2"], 1)
