@@ -30,7 +30,7 @@ so their directories can be linked in from the plain run):
 
 * ``--set model.gate_logit_bound=10``: the gate's logit is bounded to ±10, so the halting
   bias (|b| ≤ 30) keeps authority over every token;
-* ``... --set optimizer.kwargs.price_gain=0.03 --set optimizer.kwargs.price_max=10.0``:
+* ``... --set optimizer.kwargs.controller.price_gain=0.03 --set optimizer.kwargs.price_max=10.0``:
   the price re-centres b (mid-ranging), so the loss, not only b, opposes surplus depth.
 
 Validation per token class, after training, with the deployment controls: 300K held-out
@@ -102,7 +102,7 @@ def arms(
 
   def shared(t):
     return [
-      "optimizer.kwargs.controller=gate_bias",
+      "optimizer.kwargs.controller.kind=gate_bias",
       f"optimizer.kwargs.target_k={t}",
       "model.coupon=False",
       f"model.gather_capacity={capacity(t) if gather is None else gather}",
@@ -111,17 +111,17 @@ def arms(
   adaptive = {
     f"adaptive_k{t:g}": [
       *shared(t),
-      "optimizer.kwargs.deadband=(0.98, 1.02)",
-      "optimizer.kwargs.bias_gain=1.0",  # gate_bias_fast of ouro_price_target.py
-      "optimizer.kwargs.bias_max=30.0",
+      "optimizer.kwargs.deadband.band=(0.98, 1.02)",
+      "optimizer.kwargs.controller.bias_gain=1.0",  # gate_bias_fast of ouro_price_target.py
+      "optimizer.kwargs.controller.bias_max=30.0",
     ]
     for t in targets
   }
   constant = {
     f"constant_k{t:g}": [
       *shared(t),
-      "optimizer.kwargs.bias_gain=0.0",
-      "optimizer.kwargs.price_gain=0.0",
+      "optimizer.kwargs.controller.bias_gain=0.0",
+      "optimizer.kwargs.controller.price_gain=0.0",
       f"optimizer.kwargs.fixed_price={constant_price}",
     ]
     for t in (targets if constant_price is not None else ())

@@ -43,41 +43,41 @@ TOLERANCE = 0.1
 CONTROLLERS = {
   "seed": [],
   "log_pi": [
-    "optimizer.kwargs.controller=log_pi",
+    "optimizer.kwargs.controller.kind=log_pi",
     "optimizer.kwargs.price_min=1e-3",
     "optimizer.kwargs.price_max=10.0",
-    "optimizer.kwargs.integral_gain=0.1",
-    "optimizer.kwargs.proportional_gain=0.5",
+    "optimizer.kwargs.controller.integral_gain=0.1",
+    "optimizer.kwargs.controller.proportional_gain=0.5",
   ],
   # κ_i 1: λ_p crosses two decades in ~20 steps; at 0.1 it still climbed when the tiny
   # run ended (measured: 1e-3 at step 300 → 0.09 at step 590, depth rising regardless).
   "log_pi_fast": [
-    "optimizer.kwargs.controller=log_pi",
+    "optimizer.kwargs.controller.kind=log_pi",
     "optimizer.kwargs.price_min=1e-3",
     "optimizer.kwargs.price_max=10.0",
-    "optimizer.kwargs.integral_gain=1.0",
-    "optimizer.kwargs.proportional_gain=0.5",
+    "optimizer.kwargs.controller.integral_gain=1.0",
+    "optimizer.kwargs.controller.proportional_gain=0.5",
   ],
   # The dual variable is a bias on the gate's logit (κ_b 0.1, κ_p 0.5); λ_p stays at its
   # floor. Band ±2%: the seed's upper edge 1.05·3 would sit 0.15 above target 3.
   "gate_bias": [
-    "optimizer.kwargs.controller=gate_bias",
-    "optimizer.kwargs.deadband=(0.98, 1.02)",
+    "optimizer.kwargs.controller.kind=gate_bias",
+    "optimizer.kwargs.deadband.band=(0.98, 1.02)",
   ],
   # κ_b 1 and a clamp of ±30: measured with κ_b 0.1, AdamW moves the gate's own logit
   # against the bias (layer 1's p fell to 0.05 with b pinned at +8), and an integral loop
   # holds a ramp only with error = drift/κ_b.
   "gate_bias_fast": [
-    "optimizer.kwargs.controller=gate_bias",
-    "optimizer.kwargs.deadband=(0.98, 1.02)",
-    "optimizer.kwargs.bias_gain=1.0",
-    "optimizer.kwargs.bias_max=30.0",
+    "optimizer.kwargs.controller.kind=gate_bias",
+    "optimizer.kwargs.deadband.band=(0.98, 1.02)",
+    "optimizer.kwargs.controller.bias_gain=1.0",
+    "optimizer.kwargs.controller.bias_max=30.0",
   ],
   # bias_gain 0: b stays at initial_bias (set per target below)
   "constant_bias": [
-    "optimizer.kwargs.controller=gate_bias",
-    "optimizer.kwargs.bias_gain=0.0",
-    "optimizer.kwargs.bias_max=30.0",
+    "optimizer.kwargs.controller.kind=gate_bias",
+    "optimizer.kwargs.controller.bias_gain=0.0",
+    "optimizer.kwargs.controller.bias_max=30.0",
   ],
 }
 # The constant bias per target: gate_bias_fast's b over the last quarter, mean of its 3
@@ -88,7 +88,7 @@ CONSTANT_BIAS = {1.3: -2.12, 2.0: 7.97, 3.0: 29.56}
 def arm_overrides(controller: str, target: float) -> list[str]:
   overrides = [*CONTROLLERS[controller], f"optimizer.kwargs.target_k={target}"]
   if controller == "constant_bias":  # only this arm needs (and has) a measured constant
-    overrides.append(f"optimizer.kwargs.initial_bias={CONSTANT_BIAS[target]}")
+    overrides.append(f"optimizer.kwargs.controller.initial_bias={CONSTANT_BIAS[target]}")
   return overrides
 
 

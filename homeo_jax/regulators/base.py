@@ -212,3 +212,34 @@ def fresh(x: Any, dtype: Any = None) -> jax.Array:
   """A new buffer holding ``x``: every leaf of an ``init`` state must own its memory,
   since a jitted step donates the whole optimizer state."""
   return jnp.array(x, dtype=dtype, copy=True)
+
+
+def options(kind: str, arg: str, value: Any, default: Any, kinds: dict[str, type] | None = None):
+  """An option group (a frozen dataclass) from itself, ``None`` (``default``), or a config
+  dict of its fields; with ``kinds`` ({name: class}), a name or a dict with ``"kind"`` picks
+  the class. Unknown names and fields are one-line errors naming them."""
+  if value is None:
+    return default
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if kinds is not None and type(value) not in kinds.values():
+      raise ValueError(f"{kind}: {arg} must be one of {sorted(kinds)}, got {value!r}")
+    return value
+  if kinds is not None and isinstance(value, str):
+    value = {"kind": value}
+  if not isinstance(value, dict):
+    raise ValueError(f"{kind}: {arg} must be a {type(default).__name__} or a dict, got {value!r}")
+  fields = dict(value)
+  cls, base = type(default), default
+  if kinds is not None:
+    name = fields.pop("kind", None)
+    if name is not None and name not in kinds:
+      raise ValueError(f"{kind}: {arg} must be one of {sorted(kinds)}, got {name!r}")
+    if name is not None and kinds[name] is not cls:
+      cls, base = kinds[name], kinds[name]()
+  names = {f.name for f in dataclasses.fields(cls)}
+  for key in fields:
+    if key not in names:
+      raise ValueError(
+        f"{kind}: {arg}.{key} is not a field of {cls.__name__} (it has: {', '.join(sorted(names))})"
+      )
+  return dataclasses.replace(base, **fields)

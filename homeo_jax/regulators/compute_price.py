@@ -19,7 +19,7 @@ Per step t (its batch ran with the controls published at t − 1):
    r = 1 before the deadband engages;
 2. deadband: once engaged, r = 0 inside [0.98·target_k, 1.05·target_k] and, as the
    seed, outside it the step is measured from the band's nearer *edge* (avg_k − 1.05·
-   target_k above, avg_k − 0.98·target_k below) at r = ``deadband_rate`` (½). The seed's
+   target_k above, avg_k − 0.98·target_k below) at r = ``Deadband.rate`` (½). The seed's
    trigger "λ_p > 0.50 for 100 steps" can never fire under price_max = 0.05, so the
    trigger here is *settling*: λ_p has stayed within ±``settle_rtol`` (5%) of a reference
    value for ``settle_steps`` (100) consecutive control steps, away from its clamps (a
@@ -83,15 +83,22 @@ Deployment (``deployment_controls()``, used by evaluation and generation): the c
 be deployed.
 
 Reads ``avg_k`` (and ``delta_ce`` when present); publishes ``compute_price``, ``force_k``,
-``gate_clamp`` and ``halt_bias`` under its ``name`` (default ``"compute_price"``). Numeric arguments
-may be traced (``optax.inject_hyperparams``); ``max_passes`` and ``seed`` are Python ints.
+``gate_clamp`` and ``halt_bias`` under its ``name`` (default ``"compute_price"``).
+
+Arguments: the target, λ_p's clamp and pin are plain numbers, which may be traced
+(``optax.inject_hyperparams``); ``max_passes`` and ``seed`` are Python ints. The rest come
+in option groups, small frozen dataclasses with the seed's defaults: the controller
+(``DualAscent``, ``LogPI``, ``GateBias``), the ``PriceSchedule`` and the ``Deadband``. A
+config gives each group as a dict of its fields (``optimizer.kwargs.schedule.warmup_steps=0``,
+``optimizer.kwargs.controller.kind=gate_bias``); the fields named in this docstring
+(``dual_lr``, ``integral_gain``, ``bias_gain``, ``settle_steps``, ...) live in those groups.
 
 Bad telemetry (NaN/Inf avg_k) skips the dual step; λ_p stays finite and in its clamp.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -103,6 +110,7 @@ from homeo_jax.regulators.base import (
   RegulatorSpec,
   check,
   fresh,
+  options,
   read_telemetry,
   regulator_spec,
   static_int,
@@ -113,7 +121,6 @@ PUBLISHED = ("compute_price", "force_k", "gate_clamp", "halt_bias")
 # change a move, so the bias's reference is floored at 0.1 logit: settled means b stayed
 # within 0.005 logit (≈ 0.1% of p at p = 0.5) when |b| < 0.1.
 BIAS_SETTLE_FLOOR = 0.1
-CONTROLLERS = ("seed", "log_pi", "gate_bias")
 
 
 class ComputePriceState(NamedTuple):
@@ -158,33 +165,70 @@ class ComputePriceState(NamedTuple):
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class DualAscent:
+  """The seed's controller: λ_p ← clip(λ_p + r·dual_lr·(avg_k − target_k))."""
+
+  dual_lr: float = 5e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class LogPI:
+  """PI on log λ_p over the relative depth error (module docstring)."""
+
+  integral_gain: float = 0.05  # κ_i
+  proportional_gain: float = 0.5  # κ_p
+
+
+@dataclasses.dataclass(frozen=True)
+class GateBias:
+  """The halting bias b as the dual variable; λ_p optionally re-centres it (module
+  docstring). ``bias_gain=0`` keeps b at ``initial_bias``: the best-constant baseline."""
+
+  bias_gain: float = 0.1  # κ_b
+  proportional_gain: float = 0.5  # κ_p
+  bias_max: float = 8.0  # |b| clamp
+  initial_bias: float = 0.0  # b before the first step
+  price_gain: float = 0.0  # κ_m: 0 leaves λ_p where it starts
+  price_damping: float = 100.0  # τ_m
+
+
+@dataclasses.dataclass(frozen=True)
+class PriceSchedule:
+  """The seed's step counts (for a 10,000-step run) and its audits."""
+
+  warmup_steps: int = 800  # force ``warmup_force`` passes before this step
+  warmup_force: int = 2
+  ponder_start: int = 1200  # λ_p is published from this step (0 before)
+  clamp_until: int = 4000  # the gate clamp holds until this step
+  audit_start: int = 1200
+  audit_prob: float = 0.05  # chance that a step is an audit
+  audit_force: int = 2  # passes an audit runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Deadband:
+  """The deadband around the target and the settling test that engages it."""
+
+  band: tuple[float, float] = (0.98, 1.05)  # fractions of target_k
+  rate: float = 0.5  # step rate outside the band once engaged
+  settle_steps: int = 100
+  settle_rtol: float = 0.05
+
+
+CONTROLLER_KINDS = {"seed": DualAscent, "log_pi": LogPI, "gate_bias": GateBias}
+
+
 def compute_price(
   *,
   max_passes: int = 4,
   target_k: float = 1.30,
-  dual_lr: float = 5e-5,
+  controller: DualAscent | LogPI | GateBias | str | dict = DualAscent(),
   price_min: float = 1e-4,
   price_max: float = 5e-2,
-  warmup_steps: int = 800,
-  warmup_force: int = 2,
-  ponder_start: int = 1200,
-  clamp_until: int = 4000,
-  audit_prob: float = 0.05,
-  audit_start: int = 1200,
-  audit_force: int = 2,
-  deadband: tuple[float, float] = (0.98, 1.05),
-  deadband_rate: float = 0.5,
-  settle_steps: int = 100,
-  settle_rtol: float = 0.05,
   fixed_price: float | None = None,
-  controller: str = "seed",
-  integral_gain: float = 0.05,
-  proportional_gain: float = 0.5,
-  bias_gain: float = 0.1,
-  bias_max: float = 8.0,
-  initial_bias: float = 0.0,
-  price_gain: float = 0.0,
-  price_damping: float = 100.0,
+  schedule: PriceSchedule | dict = PriceSchedule(),
+  deadband: Deadband | dict = Deadband(),
   seed: int = 0,
   name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -193,24 +237,40 @@ def compute_price(
   Args:
     max_passes: Kmax of the model (4, a Python int).
     target_k: the mean depth to hold (1.30, in [1, Kmax]).
-    dual_lr, price_min, price_max: the dual step and λ_p's clamp (5e-5, 1e-4, 5e-2).
-    warmup_steps, warmup_force: force-k warm-up length and depth (800, 2).
-    ponder_start: first step λ_p is published (1200); clamp_until: gate clamp (4000).
-    audit_prob, audit_start, audit_force: audits (5%, from 1200, depth 2).
-    deadband, deadband_rate, settle_steps, settle_rtol: the deadband (module docstring).
-    fixed_price: pin λ_p (None: dual ascent).
-    controller: ``"seed"`` (additive dual ascent), ``"log_pi"`` or ``"gate_bias"`` (the
-      module docstring); integral_gain: κ_i of ``"log_pi"`` (0.05); proportional_gain: κ_p
-      of both (0.5); bias_gain, bias_max: κ_b and the clamp of b (0.1, 8).
-    initial_bias: b before the first step (0); with ``bias_gain=0`` it stays there, a
-      constant halting bias (the best-constant baseline of the controller).
-    price_gain, price_damping: κ_m and τ_m of ``"gate_bias"``: λ_p re-centres the bias
-      (module docstring; κ_m = 0: λ_p stays put; τ_m 100).
+    controller: ``DualAscent(dual_lr)`` (the seed's), ``LogPI(...)`` or ``GateBias(...)``;
+      a config gives a name (``"seed"``, ``"log_pi"``, ``"gate_bias"``) or a dict with
+      ``"kind"`` and fields.
+    price_min, price_max: λ_p's clamp (1e-4, 5e-2).
+    fixed_price: pin λ_p (None: the controller moves it).
+    schedule: ``PriceSchedule`` (warm-up, ponder start, gate clamp, audits) or a dict.
+    deadband: ``Deadband`` (band, rate, settling test) or a dict.
     seed: PRNG seed of the audit draws; name: instance name (``"compute_price"``).
 
   State: ``ComputePriceState`` (fields commented in the class).
   """
   kind = "compute_price"
+  controller = options(kind, "controller", controller, DualAscent(), CONTROLLER_KINDS)
+  mode = next(k for k, cls in CONTROLLER_KINDS.items() if isinstance(controller, cls))
+  schedule = options(kind, "schedule", schedule, PriceSchedule())
+  deadband = options(kind, "deadband", deadband, Deadband())
+  warmup_steps, warmup_force = schedule.warmup_steps, schedule.warmup_force
+  ponder_start, clamp_until = schedule.ponder_start, schedule.clamp_until
+  audit_start, audit_prob, audit_force = (
+    schedule.audit_start,
+    schedule.audit_prob,
+    schedule.audit_force,
+  )
+  band, band_rate = deadband.band, deadband.rate
+  settle_steps, settle_rtol = deadband.settle_steps, deadband.settle_rtol
+  dual_lr = getattr(controller, "dual_lr", 0.0)
+  integral_gain = getattr(controller, "integral_gain", 0.0)
+  proportional_gain = getattr(controller, "proportional_gain", 0.0)
+  bias_gain = getattr(controller, "bias_gain", 0.0)
+  bias_max = getattr(controller, "bias_max", GateBias.bias_max)
+  initial_bias = getattr(controller, "initial_bias", 0.0)
+  price_gain = getattr(controller, "price_gain", 0.0)
+  price_damping = getattr(controller, "price_damping", 0.0)
+
   max_passes = static_int(kind, "max_passes", max_passes)
   check(kind, "target_k", target_k, lambda v: 1.0 <= v <= max_passes, f"in [1, {max_passes}]")
   check(kind, "price_min", price_min, lambda v: v > 0, "> 0")
@@ -219,12 +279,10 @@ def compute_price(
   check(kind, "audit_prob", audit_prob, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
   for arg, k in (("warmup_force", warmup_force), ("audit_force", audit_force)):
     check(kind, arg, k, lambda v: 1 <= v <= max_passes, f"in [1, {max_passes}]")
-  if not deadband[0] <= 1.0 <= deadband[1]:
-    raise ValueError(f"{kind}: deadband must bracket 1 (fractions of target_k), got {deadband}")
+  if not band[0] <= 1.0 <= band[1]:
+    raise ValueError(f"{kind}: deadband.band must bracket 1 (fractions of target_k), got {band}")
   if fixed_price is not None:
     check(kind, "fixed_price", fixed_price, lambda v: v >= 0, ">= 0")
-  if controller not in CONTROLLERS:
-    raise ValueError(f"{kind}: controller must be one of {CONTROLLERS}, got {controller!r}")
   check(kind, "integral_gain", integral_gain, lambda v: v >= 0, ">= 0")
   check(kind, "proportional_gain", proportional_gain, lambda v: v >= 0, ">= 0")
   check(kind, "bias_gain", bias_gain, lambda v: v >= 0, ">= 0")
@@ -234,11 +292,8 @@ def compute_price(
   )
   check(kind, "price_gain", price_gain, lambda v: v >= 0, ">= 0")
   check(kind, "price_damping", price_damping, lambda v: v >= 0, ">= 0")
-  if isinstance(price_gain, int | float) and price_gain > 0:
-    if controller != "gate_bias":
-      raise ValueError(f"{kind}: price_gain steers the gate_bias controller, got {controller!r}")
-    if fixed_price is not None:
-      raise ValueError(f"{kind}: price_gain moves λ_p, so fixed_price must be None")
+  if isinstance(price_gain, int | float) and price_gain > 0 and fixed_price is not None:
+    raise ValueError(f"{kind}: price_gain moves λ_p, so fixed_price must be None")
   spec = regulator_spec(kind, name, reads=("avg_k",), publishes=PUBLISHED)
 
   def publish(next_step, price, audit, bias):
@@ -259,7 +314,7 @@ def compute_price(
       step=fresh(0, jnp.int32),
       price=fresh(price, jnp.float32),
       halt_bias=fresh(initial_bias, jnp.float32),
-      settle_ref=fresh(initial_bias if controller == "gate_bias" else price, jnp.float32),
+      settle_ref=fresh(initial_bias if mode == "gate_bias" else price, jnp.float32),
       settle_count=fresh(0, jnp.int32),
       deadband=fresh(0, jnp.int32),
       deadband_steps_since_trigger=fresh(0, jnp.int32),
@@ -281,14 +336,14 @@ def compute_price(
     finite = jnp.isfinite(avg_k)
     control = (state.step >= warmup_steps) & ~was_audit & finite
     err = jnp.where(finite, avg_k - target_k, 0.0)
-    lo_edge, hi_edge = deadband[0] * target_k, deadband[1] * target_k
+    lo_edge, hi_edge = band[0] * target_k, band[1] * target_k
     inside = (avg_k >= lo_edge) & (avg_k <= hi_edge)
     engaged_now = state.deadband > 0
-    rate = jnp.where(engaged_now, jnp.where(inside, 0.0, deadband_rate), 1.0)
+    rate = jnp.where(engaged_now, jnp.where(inside, 0.0, band_rate), 1.0)
     edge_err = jnp.where(avg_k > hi_edge, avg_k - hi_edge, avg_k - lo_edge)
     step_err = jnp.where(engaged_now & finite, edge_err, err)
     bias, price = state.halt_bias, state.price
-    if controller == "gate_bias":
+    if mode == "gate_bias":
       # the bias is the dual variable; the settling test below watches it instead of λ_p
       bias_step = bias_gain * (step_err + proportional_gain * (err - state.ctrl_err))
       stepped = jnp.clip(bias - rate * bias_step, -bias_max, bias_max)
@@ -299,7 +354,7 @@ def compute_price(
       dual, lo, hi, floor = bias, -bias_max, bias_max, BIAS_SETTLE_FLOOR
     else:
       if fixed_price is None:
-        if controller == "log_pi":
+        if mode == "log_pi":
           # integral on the (edge) error, proportional on the change of the error
           rel, change = step_err / target_k, (err - state.ctrl_err) / target_k
           log_step = rate * (integral_gain * rel + proportional_gain * change)
@@ -355,27 +410,48 @@ def scaled_schedule(
   return {name: round(value * factor) for name, value in steps.items()}
 
 
-SCHEDULED_STEPS = ("warmup_steps", "ponder_start", "clamp_until", "audit_start", "settle_steps")
+SCHEDULED_STEPS = ("warmup_steps", "ponder_start", "clamp_until", "audit_start")
 
 
 @registry.register_optimizer("adamw_compute_price", compute_price)
 def _build(
-  ctx: registry.BuildContext, reference_steps: int = 10_000, **kwargs
+  ctx: registry.BuildContext,
+  reference_steps: int = 10_000,
+  controller=None,
+  schedule=None,
+  deadband=None,
+  **kwargs,
 ) -> optax.GradientTransformation:
   """AdamW + the Ouro-Spec compute price (model_type=adaptive_transformer).
 
   The step counts are the seed's; runs shorter than ``reference_steps`` scale them (and
-  raise ``dual_lr`` by the same factor, so λ_p can cross its range in the same fraction
-  of the run): see ``scaled_schedule``.
+  raise the seed controller's ``dual_lr`` by the same factor, so λ_p can cross its range in
+  the same fraction of the run): see ``scaled_schedule``.
   """
   if not hasattr(ctx.model, "max_passes"):
     raise ValueError("adamw_compute_price steers an adaptive model: use adaptive_transformer")
-  defaults = {k: p.default for k, p in inspect.signature(compute_price).parameters.items()}
-  args = {**defaults, **kwargs, "max_passes": ctx.model.max_passes}
+  kind = "adamw_compute_price"
+  controller = options(kind, "controller", controller, DualAscent(), CONTROLLER_KINDS)
+  schedule = options(kind, "schedule", schedule, PriceSchedule())
+  deadband = options(kind, "deadband", deadband, Deadband())
   total_steps = ctx.total_steps
-  steps = scaled_schedule(total_steps, reference_steps, **{k: args[k] for k in SCHEDULED_STEPS})
+  steps = scaled_schedule(
+    total_steps,
+    reference_steps,
+    settle_steps=deadband.settle_steps,
+    **{k: getattr(schedule, k) for k in SCHEDULED_STEPS},
+  )
   # Below ~20 steps "settled" would mean nothing: the settling window has a floor.
-  steps["settle_steps"] = max(steps["settle_steps"], min(args["settle_steps"], 20))
+  settle_steps = max(steps.pop("settle_steps"), min(deadband.settle_steps, 20))
   speedup = max(1.0, reference_steps / max(total_steps, 1))
-  args.update(steps, dual_lr=args["dual_lr"] * speedup)
-  return optax.chain(registry.adamw(ctx), compute_price(**args))
+  if isinstance(controller, DualAscent):
+    controller = dataclasses.replace(controller, dual_lr=controller.dual_lr * speedup)
+  kwargs.pop("max_passes", None)  # the model's, always
+  price = compute_price(
+    **kwargs,
+    max_passes=ctx.model.max_passes,
+    controller=controller,
+    schedule=dataclasses.replace(schedule, **steps),
+    deadband=dataclasses.replace(deadband, settle_steps=settle_steps),
+  )
+  return optax.chain(registry.adamw(ctx), price)

@@ -61,7 +61,9 @@ def test_specs_declare_reads_and_publications():
 def test_deployment_controls_drop_training_overrides():
   """During warm-up and clamping, training forces depth 2 and clamps the gate; the
   deployment controls run the model free, at the current price."""
-  tx = compute_price(warmup_steps=10, clamp_until=10, ponder_start=0, fixed_price=0.03)
+  tx = compute_price(
+    schedule={"warmup_steps": 10, "clamp_until": 10, "ponder_start": 0}, fixed_price=0.03
+  )
   state = tx.init({})
   _, state = tx.update({}, state, avg_k=jnp.float32(2.0))
   train = controls(state)["compute_price"]

@@ -5,9 +5,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from homeo_jax.regulators.compute_price import compute_price, scaled_schedule
+from homeo_jax.regulators.compute_price import (
+  Deadband,
+  DualAscent,
+  GateBias,
+  LogPI,
+  PriceSchedule,
+  compute_price,
+  scaled_schedule,
+)
 
 PARAMS = {"w": jnp.zeros(3)}
+NO_AUDITS = PriceSchedule(warmup_steps=0, audit_prob=0.0)
+FROM_STEP_0 = PriceSchedule(warmup_steps=0, ponder_start=0, audit_prob=0.0)
+NEVER_SETTLES = Deadband(settle_steps=10_000)
 GRADS = {"w": jnp.ones(3)}
 
 
@@ -48,8 +59,15 @@ def reference(avg_ks, audits, *, target, lr, lo, hi, warmup, settle_steps, rtol,
 
 
 def test_dual_ascent_with_deadband_against_a_float64_reference():
-  kw = dict(target_k=1.3, dual_lr=2e-3, price_min=1e-4, price_max=5e-2, warmup_steps=5)
-  tx = compute_price(**kw, ponder_start=5, audit_start=5, audit_prob=0.2, settle_steps=10, seed=3)
+  tx = compute_price(
+    target_k=1.3,
+    controller=DualAscent(dual_lr=2e-3),
+    price_min=1e-4,
+    price_max=5e-2,
+    schedule=PriceSchedule(warmup_steps=5, ponder_start=5, audit_start=5, audit_prob=0.2),
+    deadband=Deadband(settle_steps=10),
+    seed=3,
+  )
   rng = np.random.default_rng(0)
   # Above target (price climbs to its clamp and settles there), then near/below target.
   avg_ks = np.concatenate([rng.uniform(1.6, 2.2, 80), rng.uniform(1.15, 1.45, 120)])
@@ -80,7 +98,7 @@ def test_dual_ascent_with_deadband_against_a_float64_reference():
 
 
 def test_clamps_and_bad_telemetry():
-  tx = compute_price(dual_lr=1.0, warmup_steps=0, audit_prob=0.0, price_min=1e-4, price_max=5e-2)
+  tx = compute_price(controller=DualAscent(1.0), schedule=NO_AUDITS, price_min=1e-4, price_max=5e-2)
   high = run(tx, np.full(5, 4.0))
   assert np.all(high.price == np.float32(5e-2))
   low = run(tx, np.full(5, 1.0))
@@ -91,7 +109,9 @@ def test_clamps_and_bad_telemetry():
 
 
 def test_deadband_holds_inside_and_steps_from_the_edge_outside():
-  tx = compute_price(dual_lr=1e-2, warmup_steps=0, audit_prob=0.0, settle_steps=3, price_max=5e-2)
+  tx = compute_price(
+    controller=DualAscent(1e-2), schedule=NO_AUDITS, deadband=Deadband(settle_steps=3)
+  )
   # one step up off the floor, then on target: λ_p unmoved for 3 steps -> settled -> engaged
   s = run(tx, [1.8, 1.3, 1.3, 1.3, 1.3 * 1.02, 1.3 * 1.04, 1.0, 2.0])
   np.testing.assert_allclose(s.price[0], 1e-4 + 1e-2 * 0.5, rtol=1e-6)
@@ -104,7 +124,9 @@ def test_deadband_holds_inside_and_steps_from_the_edge_outside():
 
 
 def test_a_price_pinned_at_its_clamp_never_triggers_the_deadband():
-  tx = compute_price(dual_lr=1e-2, warmup_steps=0, audit_prob=0.0, settle_steps=3, price_max=5e-2)
+  tx = compute_price(
+    controller=DualAscent(1e-2), schedule=NO_AUDITS, deadband=Deadband(settle_steps=3)
+  )
   high = run(tx, np.full(20, 10.0))  # λ_p saturates at price_max: saturated, not settled
   low = run(tx, np.full(20, 1.0))  # and at price_min
   assert high.price[-1] == np.float32(5e-2) and low.price[-1] == np.float32(1e-4)
@@ -112,7 +134,9 @@ def test_a_price_pinned_at_its_clamp_never_triggers_the_deadband():
 
 
 def test_audits_are_forced_to_two_passes_and_kept_apart():
-  tx = compute_price(warmup_steps=2, ponder_start=2, audit_start=4, audit_prob=1.0)
+  tx = compute_price(
+    schedule=PriceSchedule(warmup_steps=2, ponder_start=2, audit_start=4, audit_prob=1.0)
+  )
   s = run(tx, np.full(8, 1.6), delta_ces=np.arange(8) * 0.01)
   # controls for step t+1 sit in state t: warm-up forces 2, audits force 2 from step 4
   assert list(s.controls["force_k"]) == [2, 0, 0, 2, 2, 2, 2, 2]
@@ -126,7 +150,8 @@ def test_audits_are_forced_to_two_passes_and_kept_apart():
 
 def test_schedule_controls_and_fixed_price():
   tx = compute_price(
-    warmup_steps=2, ponder_start=4, clamp_until=6, audit_prob=0.0, fixed_price=0.02
+    schedule=PriceSchedule(warmup_steps=2, ponder_start=4, clamp_until=6, audit_prob=0.0),
+    fixed_price=0.02,
   )
   state = tx.init(PARAMS)
   assert int(state.controls["force_k"]) == 2 and float(state.controls["compute_price"]) == 0.0
@@ -142,13 +167,18 @@ def test_schedule_controls_and_fixed_price():
     ({"target_k": 0.5}, "compute_price: target_k must be in \\[1, 4\\], got 0.5"),
     ({"target_k": 5.0}, "compute_price: target_k must be in \\[1, 4\\], got 5.0"),
     ({"max_passes": 0}, "compute_price: max_passes must be an int >= 1, got 0"),
-    ({"audit_prob": 2.0}, "audit_prob must be in \\[0, 1\\], got 2.0"),
-    ({"price_gain": 0.1}, "price_gain steers the gate_bias controller, got 'seed'"),
+    ({"schedule": {"audit_prob": 2.0}}, "audit_prob must be in \\[0, 1\\], got 2.0"),
     (
-      {"price_gain": 0.1, "controller": "gate_bias", "fixed_price": 0.02},
+      {"controller": {"kind": "seed", "price_gain": 0.1}},
+      "controller.price_gain is not a field of DualAscent \\(it has: dual_lr\\)",
+    ),
+    (
+      {"controller": GateBias(price_gain=0.1), "fixed_price": 0.02},
       "price_gain moves λ_p, so fixed_price must be None",
     ),
-    ({"price_damping": -1.0}, "price_damping must be >= 0, got -1.0"),
+    ({"controller": GateBias(price_damping=-1.0)}, "price_damping must be >= 0, got -1.0"),
+    ({"schedule": {"warmup": 3}}, "schedule.warmup is not a field of PriceSchedule"),
+    ({"deadband": [0.9, 1.1]}, "deadband must be a Deadband or a dict, got \\[0.9, 1.1\\]"),
   ],
 )
 def test_bad_arguments_are_named(kwargs, message):
@@ -163,11 +193,14 @@ def test_scaled_schedule():
 
 def test_log_pi_controller_against_a_float64_reference():
   """PI on log λ_p over the relative error; no audits, deadband never engages here."""
-  kw = dict(target_k=2.0, price_min=1e-4, price_max=10.0, warmup_steps=3, ponder_start=3)
   tx = compute_price(
-    **kw, controller="log_pi", integral_gain=0.1, proportional_gain=0.4, audit_prob=0.0,
-    settle_steps=10_000,
-  )  # fmt: skip
+    target_k=2.0,
+    price_min=1e-4,
+    price_max=10.0,
+    controller=LogPI(integral_gain=0.1, proportional_gain=0.4),
+    schedule=PriceSchedule(warmup_steps=3, ponder_start=3, audit_prob=0.0),
+    deadband=NEVER_SETTLES,
+  )
   avg_ks = np.concatenate([np.linspace(3.5, 2.5, 40), np.linspace(2.4, 1.6, 40)])
   states = run(tx, avg_ks)
   price, prev, want = 1e-4, 0.0, []
@@ -184,9 +217,11 @@ def test_log_pi_controller_against_a_float64_reference():
 
 def test_gate_bias_controller_against_a_float64_reference():
   """b ← clip(b − κ_b·(e + κ_p·Δe), ±bias_max), e = avg_k − target; λ_p stays put."""
-  kw = dict(target_k=2.0, warmup_steps=3, ponder_start=3, audit_prob=0.0, settle_steps=10_000)
   tx = compute_price(
-    **kw, controller="gate_bias", bias_gain=0.2, proportional_gain=0.5, bias_max=1.5
+    target_k=2.0,
+    controller=GateBias(bias_gain=0.2, proportional_gain=0.5, bias_max=1.5),
+    schedule=PriceSchedule(warmup_steps=3, ponder_start=3, audit_prob=0.0),
+    deadband=NEVER_SETTLES,
   )
   avg_ks = np.concatenate([np.linspace(3.5, 2.5, 40), np.linspace(1.2, 1.9, 40)])
   states = run(tx, avg_ks)
@@ -206,11 +241,13 @@ def test_gate_bias_controller_against_a_float64_reference():
 def test_price_gain_recentres_the_bias_against_a_float64_reference():
   """log λ_p ← clip(log λ_p − κ_m·(b_t + τ_m·(b_t − b_{t−1})), log price_min, log price_max),
   after b's own step; b's trajectory is the controller's without the price."""
-  kw = dict(target_k=2.0, warmup_steps=3, ponder_start=3, audit_prob=0.0, settle_steps=10_000)
   tx = compute_price(
-    **kw, controller="gate_bias", bias_gain=0.2, price_gain=0.05, price_damping=60.0,
+    target_k=2.0,
+    controller=GateBias(bias_gain=0.2, price_gain=0.05, price_damping=60.0),
     price_max=10.0,
-  )  # fmt: skip
+    schedule=PriceSchedule(warmup_steps=3, ponder_start=3, audit_prob=0.0),
+    deadband=NEVER_SETTLES,
+  )
   avg_ks = np.concatenate([np.linspace(3.5, 2.5, 40), np.linspace(1.2, 1.9, 40)])
   states = run(tx, avg_ks)
   bias, prev, price, want_b, want_p = 0.0, 0.0, 1e-4, [], []
@@ -250,14 +287,13 @@ def test_price_gain_holds_a_gate_that_learns_against_the_bias(target):
   it to its clamp and depth overshoots (the looped task's failure, README); with
   price_gain the price settles at the return of depth at the target, (4 − t)/3, and the
   bias returns near 0."""
-  kw = dict(
-    target_k=target, warmup_steps=0, ponder_start=0, audit_prob=0.0, controller="gate_bias",
-    deadband=(0.98, 1.02), price_max=10.0,
-  )  # fmt: skip
-  alone = gate_learning_plant(compute_price(**kw), 1200)[900:]
+  kw = dict(target_k=target, schedule=FROM_STEP_0, deadband=Deadband(band=(0.98, 1.02)))
+  alone = gate_learning_plant(compute_price(**kw, controller="gate_bias", price_max=10.0), 1200)
+  alone = alone[900:]
   assert np.all(alone[:, 1] == -8.0) and np.all(alone[:, 0] - target > 0.5)
   for rate, gain in ((0.05, 1.0), (0.2, 3.0)):
-    held = gate_learning_plant(compute_price(**kw, price_gain=0.03), 1200)[900:]
+    tx = compute_price(**kw, controller=GateBias(price_gain=0.03), price_max=10.0)
+    held = gate_learning_plant(tx, 1200)[900:]
     assert np.max(np.abs(held[:, 0] - target)) <= 0.1, (rate, gain)
     assert np.max(np.abs(held[:, 1])) <= 1.0, (rate, gain)
     np.testing.assert_allclose(held[-1, 2], (4.0 - target) / 3.0, rtol=0.15)
@@ -271,9 +307,11 @@ def test_gate_bias_controller_holds_a_drifting_plant_at_its_target(target):
   quarter, where the one-sided price of issue 20 could not. Should the deadband engage, the
   seed's band [0.98, 1.05]·target would reach 0.15 above 3, so the band here is ±2%."""
   tx = compute_price(
-    target_k=target, warmup_steps=0, ponder_start=0, audit_prob=0.0, controller="gate_bias",
-    deadband=(0.98, 1.02),
-  )  # fmt: skip
+    target_k=target,
+    controller="gate_bias",
+    schedule=FROM_STEP_0,
+    deadband=Deadband(band=(0.98, 1.02)),
+  )
   state, ks = tx.init(PARAMS), []
   update = jax.jit(tx.update)
   for t in range(800):
@@ -286,18 +324,22 @@ def test_gate_bias_controller_holds_a_drifting_plant_at_its_target(target):
 
 def test_a_constant_halting_bias_is_published_from_the_first_step():
   """``bias_gain=0`` with ``initial_bias``: the best-constant baseline of the controller."""
-  tx = compute_price(controller="gate_bias", bias_gain=0.0, initial_bias=2.5, warmup_steps=0)
+  tx = compute_price(
+    controller=GateBias(bias_gain=0.0, initial_bias=2.5), schedule={"warmup_steps": 0}
+  )
   states = run(tx, np.linspace(1.0, 4.0, 30))
   assert float(tx.init(PARAMS).controls["halt_bias"]) == 2.5
   np.testing.assert_array_equal(states.controls["halt_bias"], 2.5)
   with pytest.raises(
     ValueError, match="initial_bias must be in \\[-bias_max, bias_max\\], got 9.0"
   ):
-    compute_price(controller="gate_bias", initial_bias=9.0)
+    compute_price(controller={"kind": "gate_bias", "initial_bias": 9.0})
 
 
 def test_deployment_controls_keep_the_halting_bias():
-  tx = compute_price(warmup_steps=0, ponder_start=0, controller="gate_bias", clamp_until=10)
+  tx = compute_price(
+    schedule=PriceSchedule(warmup_steps=0, ponder_start=0, clamp_until=10), controller="gate_bias"
+  )
   state = tx.init(PARAMS)
   for _ in range(5):
     _, state = tx.update(GRADS, state, PARAMS, avg_k=jnp.float32(3.0))

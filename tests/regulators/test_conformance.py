@@ -42,7 +42,9 @@ REGULATORS = {
   "adamw_deepseek": lambda lr: optax.chain(optax.adamw(lr), deepseek_balancer(1, 4)),
   "thyroid": lambda lr: thyroid(optax.adamw, lr, 1e-4, weights="random", update_every=2),
   "thyroid_alpha": lambda lr: thyroid(optax.adamw, lr, version="alpha", weights="random"),
-  "adamw_compute_price": lambda lr: optax.chain(optax.adamw(lr), compute_price(warmup_steps=0)),
+  "adamw_compute_price": lambda lr: optax.chain(
+    optax.adamw(lr), compute_price(schedule={"warmup_steps": 0})
+  ),
   "spike_guard_adamw": lambda lr: skip_spikes(optax.adamw(lr), window=8, min_history=4),
   "fisher_subspace_ars": lambda lr: fisher_subspace_prox(
     ars_adamw(lr), gamma=0.1, fisher_weight=0.2, rank=2, refresh_every=3

@@ -88,7 +88,7 @@ def test_public_factories_under_inject_hyperparams():
       )
     )(learning_rate=1e-2, weight_decay=1e-4),
     "ord_muon": optax.inject_hyperparams(ord_muon)(learning_rate=1e-2, spectral_lr=0.5),
-    "compute_price": optax.inject_hyperparams(compute_price)(target_k=2.0, dual_lr=1e-3),
+    "compute_price": optax.inject_hyperparams(compute_price)(target_k=2.0, price_max=0.1),
     "deepseek": optax.inject_hyperparams(deepseek_balancer)(1, 4, update_rate=1e-2),
   }
   for name, tx in injected.items():

@@ -226,16 +226,12 @@ def adaptive_config(run_dir):
     optimizer={
       "name": "adamw_compute_price",
       "kwargs": {
-        "warmup_steps": 1,
-        "ponder_start": 1,
-        "audit_start": 2,
-        "audit_prob": 0.3,
-        "settle_steps": 2,
+        "schedule": {"warmup_steps": 1, "ponder_start": 1, "audit_start": 2, "audit_prob": 0.3},
         # a wide tolerance and a high cap: λ_p settles off its clamps within 8 steps (a price
         # pinned at a clamp never engages the deadband)
-        "settle_rtol": 10.0,
+        "deadband": {"settle_steps": 2, "settle_rtol": 10.0},
         "price_max": 1.0,
-        "dual_lr": 0.1,
+        "controller": {"kind": "seed", "dual_lr": 0.1},
         "reference_steps": 8,
       },
     },

@@ -10,8 +10,8 @@ from tests.training.mesh_script import PRELUDE
   "cases",
   [
     '[("moe_transformer", "adamw_spechorn"), ("moe_transformer", "adamw_deepseek")]',
-    '[("adaptive_transformer", "adamw_compute_price", {"warmup_steps": 1, "ponder_start": 1,'
-    ' "reference_steps": 3})]',
+    '[("adaptive_transformer", "adamw_compute_price",'
+    ' {"schedule": {"warmup_steps": 1, "ponder_start": 1}, "reference_steps": 3})]',
   ],
   ids=["moe", "adaptive"],
 )
