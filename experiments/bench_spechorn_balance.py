@@ -33,6 +33,7 @@ from homeo_jax import controls as read_controls
 from homeo_jax.models import MoEConfig, MoETransformerConfig
 from homeo_jax.models.moe import MoEFeedForward
 from homeo_jax.regulators.load_balance import (
+  Stages,
   deepseek_balancer,
   load_stats,
   spechorn_balancer,
@@ -97,12 +98,11 @@ def arms() -> dict[str, dict]:
       1,
       EXPERTS,
       8,
-      orthogonality=False,
-      schedule=False,
-      sinkhorn=sinkhorn,
-      stages=mode,
+      stages=Stages(mode=mode, **scales),
+      scheduler=None,
+      spectral=None,
+      sinkhorn_rate=0.5 if sinkhorn else None,
       name="balancer",
-      **scales,
     )
 
   out: dict[str, dict] = {"no balancer": {"router": "softmax_aux", "balancer": _identity}}
@@ -117,11 +117,10 @@ def arms() -> dict[str, dict]:
       1,
       EXPERTS,
       8,
-      orthogonality=False,
-      schedule=False,
+      stages=Stages(bias_scale=8.0, cap_penalty_scale=15.0),
+      scheduler=None,
+      spectral=None,
       name="balancer",
-      bias_scale=8.0,
-      cap_penalty_scale=15.0,
     ),
   }
   for iterations in (4, 16, 64):

@@ -66,17 +66,17 @@ ARMS = {
     "optimizer.name=adamw_deepseek",
   ],
   "spechorn": SPECHORN,
-  "spechorn_no_scheduler": [*SPECHORN, "optimizer.kwargs.schedule=False"],
-  "spechorn_no_ortho": [*SPECHORN, "optimizer.kwargs.orthogonality=False"],
+  "spechorn_no_scheduler": [*SPECHORN, "optimizer.kwargs.scheduler=None"],
+  "spechorn_no_ortho": [*SPECHORN, "optimizer.kwargs.spectral=None"],
   # Separates SpecHorn's balancing from its GRU gate (which adds sequence context).
   "spechorn_linear_gate": [*SPECHORN, "model.moe.gating=linear"],
   # Sinkhorn duals alone (stages 2-4 off): what balances once routing is causal.
   "spechorn_duals_only": [
     *SPECHORN,
-    "optimizer.kwargs.schedule=False",
-    "optimizer.kwargs.orthogonality=False",
-    "optimizer.kwargs.bias_scale=0.0",
-    "optimizer.kwargs.cap_penalty_scale=0.0",
+    "optimizer.kwargs.scheduler=None",
+    "optimizer.kwargs.spectral=None",
+    "optimizer.kwargs.stages.bias_scale=0.0",
+    "optimizer.kwargs.stages.cap_penalty_scale=0.0",
   ],
   # Fair baselines: the aux-loss weight and DeepSeek's u swept over the run length, and
   # the GRU gate given to them (its sequence context is capacity, not balancing).
@@ -101,10 +101,10 @@ ARMS = {
   ],
   # Stages 2-4 integrated with the Sinkhorn duals instead of added as shifts (the
   # redesign: with converged duals the shifts oscillate; experiments/bench_spechorn_balance).
-  "spechorn_integral": [*SPECHORN, "optimizer.kwargs.stages=integral"],
+  "spechorn_integral": [*SPECHORN, "optimizer.kwargs.stages.mode=integral"],
   "spechorn_integral_linear": [
     *SPECHORN,
-    "optimizer.kwargs.stages=integral",
+    "optimizer.kwargs.stages.mode=integral",
     "model.moe.gating=linear",
   ],
   # ST-MoE's router z-loss (1e-3) on the best-balancing baseline.

@@ -8,7 +8,7 @@ step. Chain them after the optimizer: ``optax.chain(optax.adamw(...), spechorn_b
 SpecHorn (``spechorn_balancer``), per layer l and expert e, with relative load
 r = load / mean(load) (1 = balanced):
 
-* load EMA           L̄ ← EMA(r)                       (decay ``load_decay``, 0.9)
+* load EMA           L̄ ← EMA(r)                       (decay ``Stages.load_decay``, 0.9)
 * EMA load bias      bias = −bias_scale·(L̄ − 1)          overloaded experts are pushed down
 * capacity use       U = load / target of *this* batch ("real-time", as the seed's stage
                      4), target = routed_scaling_factor·k·N/E (the k·N assignments spread
@@ -16,45 +16,49 @@ r = load / mean(load) (1 = balanced):
 * capacity penalty   cap = cap_penalty_scale·relu(U − 1)² (published for the next step:
                      a batch's own routing cannot depend on its load and stay causal)
 * spectral vectors   s_e ← EMA(P·mean routed input of e), P a fixed random projection
-                     d → ``spec_dim`` (128) from ``seed``, refreshed every
-                     ``spec_update_every`` (16) steps
+                     d → ``SpectralVectors.dim`` (128) from its ``seed``, refreshed
+                     every ``update_every`` (16) steps (``spectral=None``: no vectors)
 * orthogonality      ortho_e = mean_{j≠e} relu(cos(s_e, s_j))
 * Sinkhorn bias      sb ← sb + ``sinkhorn_rate``·d, d = the router's telemetry
                      ``moe_sinkhorn_dual`` [L, E]: eps × Sinkhorn's column potentials on
                      this batch's adjusted scores (centred), the shift that would have
                      balanced it. Sinkhorn balances through this bias; routing stays per
-                     token and causal (``models/moe.py``). ``sinkhorn=False`` drops it.
+                     token and causal (``models/moe.py``). ``sinkhorn_rate=None`` drops it.
 * published control  moe_logit_adjust = bias − cap − ortho_scale·ortho + sb
 
-``stages="integral"`` (a documented variant; the default ``"shift"`` is the seed's form
+``Stages(mode="integral")`` (a documented variant; the default ``"shift"`` is the seed's form
 above) feeds the load-bias and capacity terms into the same integral as the duals instead:
-sb ← sb + sinkhorn_rate·d + ``stage_rate``·(bias − cap), published as sb −
+sb ← sb + sinkhorn_rate·d + ``Stages.rate``·(bias − cap), published as sb −
 ortho_scale·ortho. Why: added as a shift, the stages are a lagging proportional term on top
 of the duals' integral; with converged duals (16–64 iterations) the loop oscillates (hard
 load CV 0.73, ``experiments/bench_spechorn_balance.py``). Integrated, they add their error
 signals to the duals' and vanish only when the loads are balanced.
 
-The scheduler (``schedule=True``) moves cap_penalty_scale multiplicatively by
-``scheduler_rate`` (5%) per step, up when the load CV = std/mean of the load (mean over
-layers) is above ``cv_band[1]`` and down when below ``cv_band[0]``, within
+The scheduler (``CVScheduler``; ``scheduler=None`` turns it off) moves cap_penalty_scale
+multiplicatively by its ``rate`` (5%) per step, up when the load CV = std/mean of the load
+(mean over layers) is above ``cv_band[1]`` and down when below ``cv_band[0]``, within
 ``cap_penalty_range``; bias_scale rises linearly over ``total_steps`` through
 ``bias_scale_range`` and ortho_scale through ``ortho_scale_range``. Without it the
-scales stay at ``bias_scale``, ``cap_penalty_scale``, ``ortho_scale``.
+scales stay at the ``Stages`` values ``bias_scale``, ``cap_penalty_scale``, ``ortho_scale``.
 
 DeepSeek (``deepseek_balancer``): b_i ← b_i + u·sign(mean load − load_i), u = 0.001,
 published as ``moe_selection_bias`` (selection only). Wang et al. 2024, arXiv 2408.15664.
 
 Both take ``name`` (default ``"spechorn"`` / ``"deepseek"``): their metrics and controls
 are keyed by it, so two MoE stacks can each have a balancer; the router names the instance
-it reads (``MoEConfig.balancer``). Every number may be injected with
-``optax.inject_hyperparams``; the shape arguments (layers, experts, spec_dim) must then be
-concrete when ``init`` runs (eagerly, or listed in ``static_args``).
+it reads (``MoEConfig.balancer``). SpecHorn's options come in groups (``Stages``,
+``CVScheduler``, ``SpectralVectors``: frozen dataclasses; a config gives dicts, e.g.
+``optimizer.kwargs.stages.mode=integral``). DeepSeek's ``update_rate`` and SpecHorn's
+``sinkhorn_rate`` may be injected with ``optax.inject_hyperparams``; the shape arguments
+(layers, experts) must then be concrete when ``init`` runs (eagerly, or listed in
+``static_args``).
 
 Bad telemetry (a non-finite load) skips the update; the state stays finite.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -67,6 +71,7 @@ from homeo_jax.regulators.base import (
   RegulatorSpec,
   check,
   fresh,
+  options,
   read_telemetry,
   regulator_spec,
   shape_int,
@@ -119,81 +124,117 @@ class SpecHornState(NamedTuple):
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class Stages:
+  """Stages 2–4: the EMA load bias, the capacity penalty and how they reach the router."""
+
+  mode: str = "shift"  # "shift": added to the logits (the seed's); "integral": into the duals
+  rate: float = 0.1  # the "integral" mode's rate
+  bias_scale: float = 0.5  # fixed scales when the scheduler is off; 1/16 of the seed's 8
+  cap_penalty_scale: float = 0.5  # also the scheduler's start; 1/16 of the seed's 15
+  ortho_scale: float = 0.4
+  load_decay: float = 0.9  # EMA decay of the relative load
+  routed_scaling_factor: float = 1.0  # capacity target scale
+
+
+@dataclasses.dataclass(frozen=True)
+class CVScheduler:
+  """The seed's SpecHornScheduler: cap_penalty_scale × (1 ± rate) per step outside the CV
+  band; bias and ortho scales ramped linearly over ``total_steps``."""
+
+  total_steps: int = 1000
+  cv_band: tuple[float, float] = (0.03, 0.08)
+  cap_penalty_range: tuple[float, float] = (0.1, 0.5)  # the seed's 5–30, /16 (docstring)
+  bias_scale_range: tuple[float, float] = (0.25, 0.75)  # the seed's 4–12, /16
+  ortho_scale_range: tuple[float, float] = (0.1, 0.6)
+  rate: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectralVectors:
+  """Per-expert spectral vectors: EMA of a fixed random projection of the mean routed input."""
+
+  dim: int = 128
+  update_every: int = 16
+  decay: float = 0.9
+  seed: int = 0  # of the random projection
+
+
 def spechorn_balancer(
   num_layers: int,
   num_experts: int,
   d_model: int,
   *,
-  total_steps: int = 1000,
-  bias_scale: float = 0.5,
-  cap_penalty_scale: float = 0.5,
-  ortho_scale: float = 0.4,
-  orthogonality: bool = True,
-  schedule: bool = True,
-  cv_band: tuple[float, float] = (0.03, 0.08),
-  cap_penalty_range: tuple[float, float] = (0.1, 0.5),
-  bias_scale_range: tuple[float, float] = (0.25, 0.75),
-  ortho_scale_range: tuple[float, float] = (0.1, 0.6),
-  scheduler_rate: float = 0.05,
-  load_decay: float = 0.9,
-  spec_decay: float = 0.9,
-  spec_dim: int = 128,
-  spec_update_every: int = 16,
-  routed_scaling_factor: float = 1.0,
-  sinkhorn: bool = True,
-  sinkhorn_rate: float = 0.5,
-  stages: str = "shift",
-  stage_rate: float = 0.1,
-  seed: int = 0,
+  stages: Stages | dict = Stages(),
+  scheduler: CVScheduler | dict | None = CVScheduler(),
+  spectral: SpectralVectors | dict | None = SpectralVectors(),
+  sinkhorn_rate: float | None = 0.5,
   name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """SpecHorn's load state, penalties and CV scheduler; see the module docstring.
 
   Args:
     num_layers, num_experts, d_model: the MoE stack's shape (Python ints).
-    total_steps: run length for the scheduler's linear ramps (1000).
-    bias_scale, cap_penalty_scale, ortho_scale: fixed scales when ``schedule=False``
-      (0.5, 0.5, 0.4); ``cap_penalty_scale`` is also the scheduler's starting value. The
-      seed's 8 and 15 (ranges 4–12, 5–30) were set for a router that took top-k of
-      Sinkhorn's plan, where a per-expert shift barely matters; with per-token routing
-      they drive the loop bang-bang into collapse (measured in
+    stages: ``Stages`` (mode, scales, load EMA, capacity target) or a dict of its fields.
+      The seed's scales 8 and 15 (scheduler ranges 4–12, 5–30) were set for a router that
+      took top-k of Sinkhorn's plan, where a per-expert shift barely matters; with per-token
+      routing they drive the loop bang-bang into collapse (measured in
       ``experiments/bench_spechorn_balance.py``), so the defaults are 1/16 of the seed's.
-    orthogonality, schedule: enable the spectral-vector penalty and the CV scheduler.
-    cv_band, cap_penalty_range, bias_scale_range, ortho_scale_range, scheduler_rate: the
-      scheduler's band, ranges and multiplicative rate.
-    load_decay, spec_decay: EMA decays (0.9, in [0, 1)).
-    spec_dim, spec_update_every: spectral vector size (128) and refresh period (16).
-    routed_scaling_factor: capacity target scale (1.0, > 0).
-    sinkhorn, sinkhorn_rate: accumulate the router's Sinkhorn duals into the bias, at this
-      rate (True, 0.5, in (0, 1]).
-    stages, stage_rate: ``"shift"`` (the seed's: load bias and capacity penalty added to
-      the logits) or ``"integral"`` (added to the Sinkhorn bias at ``stage_rate``).
-    seed: seed of the random projection; name: instance name (``"spechorn"``).
+    scheduler: ``CVScheduler`` or a dict; None keeps the scales fixed at ``stages``'.
+    spectral: ``SpectralVectors`` or a dict; None drops the orthogonality penalty.
+    sinkhorn_rate: rate at which the router's Sinkhorn duals accumulate into the bias (0.5,
+      in (0, 1]); None drops them.
+    name: instance name (``"spechorn"``).
 
   State: ``SpecHornState`` (fields commented in the class).
   """
   kind = "spechorn"
+  stage = options(kind, "stages", stages, Stages())
+  sched = options(kind, "scheduler", scheduler, CVScheduler())
+  vectors = options(kind, "spectral", spectral, SpectralVectors())
+  schedule, orthogonality, sinkhorn = (
+    scheduler is not None,
+    spectral is not None,
+    sinkhorn_rate is not None,
+  )
+  stage_mode, stage_rate = stage.mode, stage.rate
+  bias_scale, cap_penalty_scale, ortho_scale = (
+    stage.bias_scale,
+    stage.cap_penalty_scale,
+    stage.ortho_scale,
+  )
+  load_decay, routed_scaling_factor = stage.load_decay, stage.routed_scaling_factor
+  total_steps, cv_band, scheduler_rate = sched.total_steps, sched.cv_band, sched.rate
+  cap_penalty_range, bias_scale_range = sched.cap_penalty_range, sched.bias_scale_range
+  ortho_scale_range = sched.ortho_scale_range
+  spec_dim, spec_update_every, spec_decay, seed = (
+    vectors.dim,
+    vectors.update_every,
+    vectors.decay,
+    vectors.seed,
+  )
   for arg, (lo, hi) in (
-    ("cv_band", cv_band),
-    ("cap_penalty_range", cap_penalty_range),
-    ("bias_scale_range", bias_scale_range),
-    ("ortho_scale_range", ortho_scale_range),
+    ("scheduler.cv_band", cv_band),
+    ("scheduler.cap_penalty_range", cap_penalty_range),
+    ("scheduler.bias_scale_range", bias_scale_range),
+    ("scheduler.ortho_scale_range", ortho_scale_range),
   ):
     if not 0 <= lo <= hi:
       raise ValueError(f"{kind}: {arg} must satisfy 0 <= low <= high, got {(lo, hi)}")
-  for arg, value in (("load_decay", load_decay), ("spec_decay", spec_decay)):
+  for arg, value in (("stages.load_decay", load_decay), ("spectral.decay", spec_decay)):
     check(kind, arg, value, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
   num_layers = static_int(kind, "num_layers", num_layers)
   num_experts = static_int(kind, "num_experts", num_experts)
   d_model = static_int(kind, "d_model", d_model)
-  spec_dim = static_int(kind, "spec_dim", spec_dim)
-  check(kind, "spec_update_every", spec_update_every, lambda v: v >= 1, ">= 1")
-  check(kind, "total_steps", total_steps, lambda v: v >= 1, ">= 1")
-  check(kind, "routed_scaling_factor", routed_scaling_factor, lambda v: v > 0, "> 0")
-  check(kind, "sinkhorn_rate", sinkhorn_rate, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
-  check(kind, "stage_rate", stage_rate, lambda v: v >= 0, ">= 0")
-  if stages not in STAGE_MODES:
-    raise ValueError(f"{kind}: stages must be one of {STAGE_MODES}, got {stages!r}")
+  spec_dim = static_int(kind, "spectral.dim", spec_dim)
+  check(kind, "spectral.update_every", spec_update_every, lambda v: v >= 1, ">= 1")
+  check(kind, "scheduler.total_steps", total_steps, lambda v: v >= 1, ">= 1")
+  check(kind, "stages.routed_scaling_factor", routed_scaling_factor, lambda v: v > 0, "> 0")
+  if sinkhorn:
+    check(kind, "sinkhorn_rate", sinkhorn_rate, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+  check(kind, "stages.rate", stage_rate, lambda v: v >= 0, ">= 0")
+  if stage_mode not in STAGE_MODES:
+    raise ValueError(f"{kind}: stages.mode must be one of {STAGE_MODES}, got {stage_mode!r}")
   reads = ("moe_load",) + ("moe_mean_input",) * orthogonality + ("moe_sinkhorn_dual",) * sinkhorn
   spec = regulator_spec(kind, name, reads=reads, publishes=("moe_logit_adjust",))
 
@@ -254,7 +295,7 @@ def spechorn_balancer(
       dual = telemetry["moe_sinkhorn_dual"]
       good = jnp.logical_and(ok, jnp.all(jnp.isfinite(dual)))
       sinkhorn_bias = sinkhorn_bias + jnp.where(good, sinkhorn_rate * dual, 0.0)
-    if stages == "integral":
+    if stage_mode == "integral":
       sinkhorn_bias = sinkhorn_bias + jnp.where(ok, stage_rate * (bias - cap), 0.0)
       adjust = sinkhorn_bias - o_scale * ortho
     else:
@@ -351,7 +392,8 @@ def _build_deepseek(ctx: registry.BuildContext, **kwargs) -> optax.GradientTrans
 def _build_spechorn(ctx: registry.BuildContext, **kwargs) -> optax.GradientTransformation:
   """AdamW + the SpecHorn load regulator and CV scheduler (router="spechorn")."""
   layers, experts, d_model = registry.moe_shape(ctx)
-  balancer = spechorn_balancer(
-    layers, experts, d_model, **{"total_steps": ctx.total_steps, **kwargs}
-  )
+  scheduler = kwargs.pop("scheduler", {})
+  if isinstance(scheduler, dict):  # the ramps span the run unless the config says otherwise
+    scheduler = {"total_steps": ctx.total_steps, **scheduler}
+  balancer = spechorn_balancer(layers, experts, d_model, scheduler=scheduler, **kwargs)
   return optax.chain(registry.adamw(ctx), balancer)

@@ -19,8 +19,8 @@ LOAD_B = jnp.array([[4.0, 4.0, 4.0, 52.0]])
 def test_two_named_balancers_coexist_with_their_own_controls_and_metrics():
   """Two MoE stacks, one balancer each: each reads its own telemetry key."""
   tx = optax.chain(
-    spechorn_balancer(1, 4, 8, name="encoder", orthogonality=False, sinkhorn=False),
-    spechorn_balancer(1, 4, 8, name="decoder", orthogonality=False, sinkhorn=False),
+    spechorn_balancer(1, 4, 8, name="encoder", spectral=None, sinkhorn_rate=None),
+    spechorn_balancer(1, 4, 8, name="decoder", spectral=None, sinkhorn_rate=None),
   )
   state = tx.init({})
   # Each instance reads moe_load; a user with two stacks passes each its own by chaining
@@ -54,7 +54,7 @@ def test_specs_declare_reads_and_publications():
   assert price.publishes == ("compute_price", "force_k", "gate_clamp", "halt_bias")
   (horn,) = regulator_specs(spechorn_balancer(1, 4, 8).init({}))
   assert horn.reads == ("moe_load", "moe_mean_input", "moe_sinkhorn_dual")
-  (no_ortho,) = regulator_specs(spechorn_balancer(1, 4, 8, orthogonality=False).init({}))
+  (no_ortho,) = regulator_specs(spechorn_balancer(1, 4, 8, spectral=None).init({}))
   assert no_ortho.reads == ("moe_load", "moe_sinkhorn_dual")
 
 

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from homeo_jax import controls
-from homeo_jax.regulators.load_balance import deepseek_balancer, spechorn_balancer
+from homeo_jax.regulators.load_balance import (
+  CVScheduler,
+  SpectralVectors,
+  Stages,
+  deepseek_balancer,
+  spechorn_balancer,
+)
 
 L, E, D = 2, 4, 8
 
@@ -61,14 +67,15 @@ def test_spechorn_against_float64_reference(schedule):
     L,
     E,
     D,
-    total_steps=50,
-    schedule=schedule,
-    seed=3,
-    sinkhorn=False,
-    bias_scale=8.0,  # the seed's gains, which the reference below hard-codes
-    cap_penalty_scale=15.0,
-    bias_scale_range=(4.0, 12.0),
-    cap_penalty_range=(5.0, 30.0),
+    # the seed's gains, which the reference below hard-codes
+    stages=Stages(bias_scale=8.0, cap_penalty_scale=15.0),
+    scheduler=CVScheduler(
+      total_steps=50, bias_scale_range=(4.0, 12.0), cap_penalty_range=(5.0, 30.0)
+    )
+    if schedule
+    else None,
+    spectral=SpectralVectors(seed=3),
+    sinkhorn_rate=None,
   )
   projection = np.asarray(jax.random.normal(jax.random.key(3), (D, 128)), np.float64) / D**0.5
   want = numpy_spechorn(
@@ -87,7 +94,7 @@ def test_spechorn_against_float64_reference(schedule):
 
 @pytest.mark.slow
 def test_bias_pushes_overloaded_experts_down_and_scheduler_stays_in_range():
-  tx = spechorn_balancer(L, E, D, total_steps=10, orthogonality=False, sinkhorn=False)
+  tx = spechorn_balancer(L, E, D, scheduler={"total_steps": 10}, spectral=None, sinkhorn_rate=None)
   state = tx.init({})
   skewed = np.array([[40.0, 10, 10, 10]] * L)
   for _ in range(200):  # CV stays high: the cap penalty scale climbs to its ceiling
@@ -113,7 +120,7 @@ def test_deepseek_bias_against_reference():
 
 
 def test_bad_telemetry_and_arguments():
-  tx = spechorn_balancer(L, E, D, sinkhorn=False, orthogonality=False)
+  tx = spechorn_balancer(L, E, D, sinkhorn_rate=None, spectral=None)
   state = tx.init({})
   _, state = tx.update({}, state, None, moe_load=np.ones((L, E)) * 5)
   before = controls(state)["spechorn"]["moe_logit_adjust"]
@@ -122,16 +129,18 @@ def test_bad_telemetry_and_arguments():
   np.testing.assert_allclose(controls(state)["spechorn"]["moe_logit_adjust"], before, atol=1e-6)
   with pytest.raises(ValueError, match="moe_load"):
     tx.update({}, state, None)
-  with pytest.raises(ValueError, match="cv_band"):
-    spechorn_balancer(L, E, D, cv_band=(0.1, 0.05))
+  with pytest.raises(ValueError, match="scheduler.cv_band must satisfy"):
+    spechorn_balancer(L, E, D, scheduler={"cv_band": (0.1, 0.05)})
+  with pytest.raises(ValueError, match="scheduler.band is not a field of CVScheduler"):
+    spechorn_balancer(L, E, D, scheduler={"band": (0.1, 0.05)})
   with pytest.raises(ValueError, match="update_rate must be > 0"):
     deepseek_balancer(L, E, update_rate=0.0)
 
 
 def test_sinkhorn_duals_accumulate_into_the_bias():
   """adjust = (stages 2-4) + Σ rate·dual; a non-finite dual is skipped."""
-  base = spechorn_balancer(L, E, D, orthogonality=False, sinkhorn=False, schedule=False)
-  tx = spechorn_balancer(L, E, D, orthogonality=False, schedule=False, sinkhorn_rate=0.25)
+  base = spechorn_balancer(L, E, D, spectral=None, sinkhorn_rate=None, scheduler=None)
+  tx = spechorn_balancer(L, E, D, spectral=None, scheduler=None, sinkhorn_rate=0.25)
   load = np.ones((L, E)) * 5
   dual = np.linspace(-1, 1, L * E).reshape(L, E)
   b_state, s_state = base.init({}), tx.init({})
@@ -147,8 +156,8 @@ def test_sinkhorn_duals_accumulate_into_the_bias():
 
 def test_integral_stages_add_their_terms_to_the_duals_integral():
   """stages="integral": sb ← sb + rate·dual + stage_rate·(bias − cap), by hand."""
-  kw = dict(orthogonality=False, schedule=False, bias_scale=0.5, cap_penalty_scale=0.5)
-  tx = spechorn_balancer(L, E, D, **kw, stages="integral", stage_rate=0.2, sinkhorn_rate=0.25)
+  stages = Stages(mode="integral", rate=0.2, bias_scale=0.5, cap_penalty_scale=0.5)
+  tx = spechorn_balancer(L, E, D, stages=stages, spectral=None, scheduler=None, sinkhorn_rate=0.25)
   load = np.arange(1.0, L * E + 1).reshape(L, E)
   dual = np.linspace(-1, 1, L * E).reshape(L, E)
   state = tx.init({})
@@ -161,5 +170,5 @@ def test_integral_stages_add_their_terms_to_the_duals_integral():
     cap = 0.5 * np.maximum(rel - 1, 0) ** 2
     sb = sb + 0.25 * dual + 0.2 * (bias - cap)
     np.testing.assert_allclose(controls(state)["spechorn"]["moe_logit_adjust"], sb, rtol=1e-5)
-  with pytest.raises(ValueError, match="stages must be one of .*got 'sum'"):
-    spechorn_balancer(L, E, D, stages="sum")
+  with pytest.raises(ValueError, match="stages.mode must be one of .*got 'sum'"):
+    spechorn_balancer(L, E, D, stages={"mode": "sum"})
