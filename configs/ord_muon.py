@@ -100,7 +100,7 @@ def get_config(arg: str | None = None) -> Config:
         learning_rate=3e-3,  # AdamW on embeddings, head and gains
         min_learning_rate=4.5e-4,  # the cooldown's floor: 0.15 × learning_rate
         warmup_steps=0,
-        kwargs={"ns_coeffs": "polar_express"},
+        kwargs={"newton_schulz": {"coeffs": "polar_express"}},
       ),
       train=TrainConfig(
         steps=1600,

@@ -75,8 +75,8 @@ def bench_polar(shapes: str, repeats: int) -> list[list]:
   rows = []
   txs = {
     "optax.contrib.muon": optax.contrib.muon(0.02),
-    "ours, float32": ord_muon(0.02, compute_dtype=jnp.float32),
-    "ours, bfloat16": ord_muon(0.02, compute_dtype=jnp.bfloat16),
+    "ours, float32": ord_muon(0.02, newton_schulz={"compute_dtype": jnp.float32}),
+    "ours, bfloat16": ord_muon(0.02, newton_schulz={"compute_dtype": jnp.bfloat16}),
   }
   reference_ms = None
   probe = "h0.up"

@@ -43,9 +43,9 @@ ARMS = {
   "muon_wd0": [ORD, "optimizer.weight_decay=0.0"],
   "geometric_wd0": [ORD, "optimizer.kwargs.project_radial=True", "optimizer.weight_decay=0.0"],
   # The seed names Polar Express (Amsel et al. 2025) as its polar step.
-  "muon_polar_express": [ORD, "optimizer.kwargs.ns_coeffs=polar_express"],
+  "muon_polar_express": [ORD, "optimizer.kwargs.newton_schulz.coeffs=polar_express"],
   "ord_1_polar_express": [
-    ORD, "optimizer.kwargs.spectral_lr=1.0", "optimizer.kwargs.ns_coeffs=polar_express"
+    ORD, "optimizer.kwargs.spectral_lr=1.0", "optimizer.kwargs.newton_schulz.coeffs=polar_express"
   ],
 }  # fmt: skip
 SEED_ARMS = ("adamw", "muon", "ord_0.5", "ord_1", "geometric")

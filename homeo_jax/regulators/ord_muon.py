@@ -35,6 +35,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -49,6 +50,7 @@ from homeo_jax.regulators.base import (
   RegulatorSpec,
   check,
   is_concrete,
+  options,
   regulator_spec,
   static_int,
 )
@@ -104,18 +106,52 @@ def _resolve(weight_dimension_numbers: WeightDimNums, tree: Any) -> Any:
   return dims
 
 
+@dataclasses.dataclass(frozen=True)
+class Momentum:
+  """Muon's momentum, as ``optax.contrib.muon``: Nesterov with bias correction."""
+
+  beta: float = 0.95
+  nesterov: bool = True
+  mu_dtype: Any = None  # the momentum's dtype (None: the params')
+
+
+@dataclasses.dataclass(frozen=True)
+class NewtonSchulz:
+  """The polar step: ``homeo_jax.cores.polar`` schedule, its input guard and precision."""
+
+  coeffs: str | tuple = "standard"  # "standard", "dion", "polar_express" or coefficients
+  steps: int = 5  # iterations for a fixed coefficient triple (a Python int)
+  eps: float = 1e-8  # added to the norm before the iteration
+  compute_dtype: Any = "float32"  # a name: inject_hyperparams calls dtype classes
+  radial_rtol: float = 1e-3  # ‖G⊥‖/‖G‖ below which G⊥ counts as zero
+
+
+@dataclasses.dataclass(frozen=True)
+class Matrices:
+  """Which leaves are matrices and how they are laid out, scaled and sharded."""
+
+  dimension_numbers: Any = None  # tree/callable of MuonDimensionNumbers (None: AdamW leaf)
+  consistent_rms: float | None = None  # optax's alternative shape scaling
+  stack_mesh: Any = None  # a Mesh: orthogonalise same-shape stacks sharded on the stack axis
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamLeaves:
+  """The AdamW that takes the non-matrix leaves (optax.contrib.muon's ``adam_*``)."""
+
+  b1: float = 0.9
+  b2: float = 0.999
+  eps_root: float = 0.0
+  weight_decay: float = 0.0
+  learning_rate: Any = None  # None: the Muon learning rate
+
+
 def scale_by_ord_muon(
-  ns_coeffs: str | tuple = "standard",
-  ns_steps: int = 5,
-  beta: float = 0.95,
-  eps: float = 1e-8,
-  mu_dtype: Any = None,
-  *,
   spectral_lr: float = 0.0,
+  *,
   project_radial: bool = False,
-  radial_rtol: float = 1e-3,
-  nesterov: bool = True,
-  compute_dtype: Any = "float32",
+  momentum: Momentum | dict = Momentum(),
+  newton_schulz: NewtonSchulz | dict = NewtonSchulz(),
   weight_dimension_numbers: WeightDimNums = None,
   stack_mesh: Any = None,
   name: str | None = None,
@@ -123,32 +159,28 @@ def scale_by_ord_muon(
   """Muon's direction with the ORD split; see the module docstring for the formula.
 
   Args:
-    ns_coeffs: Newton–Schulz schedule name (``"standard"``, ``"dion"``,
-      ``"polar_express"``) or coefficients, as ``homeo_jax.cores.polar``.
-    ns_steps: iterations for a fixed coefficient triple (default 5).
-    beta: momentum decay (default 0.95), Nesterov with bias correction as optax.
-    eps: added to the norm before Newton–Schulz (default 1e-8).
-    mu_dtype: momentum dtype (default: the params').
     spectral_lr: weight of the radial part G∥ in the update (default 0: Muon).
     project_radial: remove G∥ before Polar even when ``spectral_lr == 0``.
-    radial_rtol: ‖G⊥‖/‖G‖ below which G⊥ counts as zero (default 1e-3, in [0, 1)).
-    nesterov: Nesterov momentum (default True).
-    compute_dtype: Newton–Schulz compute dtype, a name or dtype ("float32"; "bfloat16" for
-      speed). A name, not a dtype class, by default: inject_hyperparams calls callables.
+    momentum: ``Momentum`` (β 0.95, Nesterov, dtype) or a dict of its fields.
+    newton_schulz: ``NewtonSchulz`` (schedule, steps, eps, compute dtype, radial guard).
     weight_dimension_numbers: tree (or callable) of ``MuonDimensionNumbers`` saying which
       axes of each leaf form the matrix; None: every leaf is a 2-D matrix.
     stack_mesh: a ``jax.sharding.Mesh``: orthogonalize same-shape stacks sharded along
       the stack axis (whole matrices per device) instead of per sharded leaf.
     name: instance name of its metrics (default ``"ord_muon"``).
 
-  ``spectral_lr``, ``radial_rtol``, ``beta`` and ``eps`` may be traced
-  (``optax.inject_hyperparams``); ``ns_steps`` is a Python int.
+  ``spectral_lr`` may be traced (``optax.inject_hyperparams``).
   """
   kind = "ord_muon"
+  momentum = options(kind, "momentum", momentum, Momentum())
+  polar = options(kind, "newton_schulz", newton_schulz, NewtonSchulz())
+  beta, nesterov, mu_dtype = momentum.beta, momentum.nesterov, momentum.mu_dtype
+  ns_coeffs, ns_steps, eps = polar.coeffs, polar.steps, polar.eps
+  compute_dtype, radial_rtol = polar.compute_dtype, polar.radial_rtol
   check(kind, "spectral_lr", spectral_lr, lambda v: v >= 0, ">= 0")
-  check(kind, "radial_rtol", radial_rtol, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-  check(kind, "beta", beta, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-  ns_steps = static_int(kind, "ns_steps", ns_steps)  # a tracer runs as a loop
+  check(kind, "newton_schulz.radial_rtol", radial_rtol, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+  check(kind, "momentum.beta", beta, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+  ns_steps = static_int(kind, "newton_schulz.steps", ns_steps)  # a tracer runs as a loop
   spec = regulator_spec(kind, name)
   schedule = resolve_schedule(ns_coeffs)
   # 0/1: at 0 the radial part is multiplied away, not branched around (a traced
@@ -268,39 +300,37 @@ def _muon_dims(params, weight_dimension_numbers: WeightDimNums):
 def ord_muon(
   learning_rate: optax.ScalarOrSchedule,
   spectral_lr: float = 0.0,
-  ns_coeffs: str | tuple = "standard",
-  ns_steps: int = 5,
-  beta: float = 0.95,
-  eps: float = 1e-8,
-  weight_decay: float = 0.0,
-  weight_decay_mask: Any = None,
-  mu_dtype: Any = None,
   *,
   project_radial: bool = False,
-  radial_rtol: float = 1e-3,
-  nesterov: bool = True,
-  compute_dtype: Any = "float32",
-  adam_b1: float = 0.9,
-  adam_b2: float = 0.999,
-  adam_eps_root: float = 0.0,
-  adam_weight_decay: float = 0.0,
-  adam_learning_rate: optax.ScalarOrSchedule | None = None,
-  muon_weight_dimension_numbers: WeightDimNums = None,
-  consistent_rms: float | None = None,
-  stack_mesh: Any = None,
+  momentum: Momentum | dict = Momentum(),
+  newton_schulz: NewtonSchulz | dict = NewtonSchulz(),
+  weight_decay: float = 0.0,
+  weight_decay_mask: Any = None,
+  matrices: Matrices | dict = Matrices(),
+  adam: AdamLeaves | dict = AdamLeaves(),
   name: str | None = None,
 ) -> optax.GradientTransformation:
   """ORD-Muon for matrices, AdamW for everything else; ``spectral_lr=0`` is optax's Muon.
 
-  Arguments, defaults and semantics follow ``optax.contrib.muon`` (momentum β 0.95 with
-  Nesterov, shape scaling, weight decay and its mask, AdamW for non-matrix leaves,
-  ``muon_weight_dimension_numbers`` — a tree/callable with ``None`` for AdamW leaves),
-  plus ``spectral_lr``, ``project_radial``, ``radial_rtol``, ``compute_dtype``, ``stack_mesh``
-  and ``name`` of ``scale_by_ord_muon``.
+  Defaults and semantics follow ``optax.contrib.muon`` (momentum β 0.95 with Nesterov,
+  shape scaling, weight decay and its mask, AdamW for non-matrix leaves), with optax's
+  flat arguments gathered into groups: ``momentum`` (beta, nesterov, mu_dtype),
+  ``newton_schulz`` (ns_coeffs, ns_steps, eps; plus the compute dtype and the radial
+  guard), ``matrices`` (muon_weight_dimension_numbers, consistent_rms; plus the stack
+  mesh) and ``adam`` (the ``adam_*`` arguments). ``spectral_lr`` and ``project_radial``
+  are ``scale_by_ord_muon``'s.
   """
+  kind = "ord_muon"
+  momentum = options(kind, "momentum", momentum, Momentum())
+  newton_schulz = options(kind, "newton_schulz", newton_schulz, NewtonSchulz())
+  matrices = options(kind, "matrices", matrices, Matrices())
+  adam = options(kind, "adam", adam, AdamLeaves())
+  ns_coeffs = newton_schulz.coeffs
+  muon_weight_dimension_numbers = matrices.dimension_numbers
   if isinstance(ns_coeffs, str) and ns_coeffs not in SCHEDULES:
     raise ValueError(
-      f"ns_coeffs must be one of {sorted(SCHEDULES)} or coefficients, got {ns_coeffs!r}"
+      f"{kind}: newton_schulz.coeffs must be one of {sorted(SCHEDULES)} or coefficients, "
+      f"got {ns_coeffs!r}"
     )
 
   def labels(params):
@@ -317,33 +347,27 @@ def ord_muon(
 
   muon_branch = optax.chain(
     scale_by_ord_muon(
-      ns_coeffs,
-      ns_steps,
-      beta,
-      eps,
-      mu_dtype,
-      spectral_lr=spectral_lr,
+      spectral_lr,
       project_radial=project_radial,
-      radial_rtol=radial_rtol,
-      nesterov=nesterov,
-      compute_dtype=compute_dtype,
+      momentum=momentum,
+      newton_schulz=newton_schulz,
       weight_dimension_numbers=muon_dims,
-      stack_mesh=stack_mesh,
+      stack_mesh=matrices.stack_mesh,
       name=name,
     ),
-    scale_by_shape(muon_dims, consistent_rms),
+    scale_by_shape(muon_dims, matrices.consistent_rms),
     optax.add_decayed_weights(weight_decay, weight_decay_mask),
     optax.scale_by_learning_rate(learning_rate),
   )
   adam_branch = optax.adamw(
-    learning_rate=learning_rate if adam_learning_rate is None else adam_learning_rate,
-    b1=adam_b1,
-    b2=adam_b2,
-    eps=eps,
-    eps_root=adam_eps_root,
-    weight_decay=adam_weight_decay,
-    mu_dtype=mu_dtype,
-    nesterov=nesterov,
+    learning_rate=learning_rate if adam.learning_rate is None else adam.learning_rate,
+    b1=adam.b1,
+    b2=adam.b2,
+    eps=newton_schulz.eps,
+    eps_root=adam.eps_root,
+    weight_decay=adam.weight_decay,
+    mu_dtype=momentum.mu_dtype,
+    nesterov=momentum.nesterov,
   )
   return optax.partition({"muon": muon_branch, "adam": adam_branch}, labels)
 
@@ -355,5 +379,13 @@ def _build(
   """ORD-Muon on attention, MLP and expert matrices (lr ``muon_learning_rate`` on the
   config's schedule shape), AdamW at the config's lr on the rest. ``spectral_lr=0`` is
   Muon. On a mesh the same-shape stacks are sharded along the stack axis."""
-  args = {**registry.muon_args(ctx, muon_learning_rate), "stack_mesh": ctx.mesh}
-  return ord_muon(**{**args, **kwargs})
+  args = registry.muon_args(ctx, muon_learning_rate)
+  kind = "ord_muon"
+  run_adam = AdamLeaves(
+    b1=args["adam_b1"], b2=args["adam_b2"], learning_rate=args["adam_learning_rate"]
+  )
+  run_matrices = Matrices(args["muon_weight_dimension_numbers"], stack_mesh=ctx.mesh)
+  kwargs["adam"] = options(kind, "adam", kwargs.get("adam"), run_adam)
+  kwargs["matrices"] = options(kind, "matrices", kwargs.get("matrices"), run_matrices)
+  kwargs.setdefault("weight_decay", args["weight_decay"])
+  return ord_muon(args["learning_rate"], **kwargs)

@@ -7,7 +7,15 @@ from optax.contrib import MuonDimensionNumbers
 from optax.transforms import MaskedNode
 
 from homeo_jax.cores.polar import orthogonalize
-from homeo_jax.regulators.ord_muon import ord_muon, scale_by_ord_muon
+from homeo_jax.regulators.ord_muon import (
+  Matrices,
+  Momentum,
+  NewtonSchulz,
+  ord_muon,
+  scale_by_ord_muon,
+)
+
+NO_MOMENTUM = Momentum(beta=0.0)
 
 
 def random_tree(seed=0):
@@ -41,7 +49,9 @@ def run(tx, params, steps=4):
 @pytest.mark.parametrize("preset", ["standard", "dion"])
 def test_spectral_lr_zero_is_optax_muon(preset):
   params = random_tree()
-  ours, _ = run(ord_muon(0.02, spectral_lr=0.0, ns_coeffs=preset, weight_decay=0.1), params)
+  ours, _ = run(
+    ord_muon(0.02, spectral_lr=0.0, newton_schulz={"coeffs": preset}, weight_decay=0.1), params
+  )
   ref, _ = run(optax.contrib.muon(0.02, ns_coeffs=preset, weight_decay=0.1), params)
   for a, b in zip(ours, ref, strict=True):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-7, rtol=1e-5), a, b)
@@ -55,7 +65,7 @@ def test_dimension_numbers_match_optax():
     "mlp": {"up": MuonDimensionNumbers(), "down": MuonDimensionNumbers()},
     "conv": MuonDimensionNumbers(reduction_axis=1, output_axis=2),
   }
-  ours, _ = run(ord_muon(0.02, muon_weight_dimension_numbers=dims), params, steps=2)
+  ours, _ = run(ord_muon(0.02, matrices=Matrices(dims)), params, steps=2)
   ref, _ = run(optax.contrib.muon(0.02, muon_weight_dimension_numbers=dims), params, steps=2)
   for a, b in zip(ours, ref, strict=True):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-7, rtol=1e-5), a, b)
@@ -72,7 +82,7 @@ def decomposition_reference(g, w):
 def test_decomposition_against_float64(spectral_lr, project):
   w = jax.random.normal(jax.random.key(1), (24, 40))
   g = jax.random.normal(jax.random.key(2), (24, 40)) + 0.7 * w  # a real radial component
-  tx = scale_by_ord_muon(beta=0.0, spectral_lr=spectral_lr, project_radial=project)
+  tx = scale_by_ord_muon(spectral_lr, project_radial=project, momentum=NO_MOMENTUM)
   update, state = tx.update({"w": g}, tx.init({"w": w}), {"w": w})
   rho, g_par, g_perp = decomposition_reference(g, w)
   assert abs(float(state.rho["w"]) - rho) < 1e-5
@@ -86,7 +96,7 @@ def test_decomposition_against_float64(spectral_lr, project):
 def test_muon_mode_reports_diagnostics_without_decomposing():
   w = jax.random.normal(jax.random.key(1), (24, 40))
   g = jax.random.normal(jax.random.key(2), (24, 40)) + 0.7 * w
-  tx = scale_by_ord_muon(beta=0.0)
+  tx = scale_by_ord_muon(momentum=NO_MOMENTUM)
   update, state = tx.update({"w": g}, tx.init({"w": w}), {"w": w})
   np.testing.assert_allclose(update["w"], orthogonalize(g), atol=1e-6)  # Polar(G), not G⊥
   assert abs(float(state.rho["w"]) - decomposition_reference(g, w)[0]) < 1e-5
@@ -95,16 +105,16 @@ def test_muon_mode_reports_diagnostics_without_decomposing():
 def test_near_radial_gradient_is_not_inflated():
   w = jax.random.normal(jax.random.key(3), (16, 32))
   g = 3.0 * w + 1e-6 * jax.random.normal(jax.random.key(4), (16, 32))
-  geometric = scale_by_ord_muon(beta=0.0, project_radial=True)
+  geometric = scale_by_ord_muon(project_radial=True, momentum=NO_MOMENTUM)
   u, _ = geometric.update({"w": g}, geometric.init({"w": w}), {"w": w})
   np.testing.assert_array_equal(u["w"], 0.0)  # Polar(rounding noise) would be full size
-  spectral = scale_by_ord_muon(beta=0.0, spectral_lr=1.0)
+  spectral = scale_by_ord_muon(1.0, momentum=NO_MOMENTUM)
   u, _ = spectral.update({"w": g}, spectral.init({"w": w}), {"w": w})
   np.testing.assert_allclose(u["w"], g, rtol=1e-4, atol=1e-5)  # only the radial term
 
 
 def test_zero_weights_and_zero_gradients():
-  tx = scale_by_ord_muon(beta=0.0, spectral_lr=1.0)
+  tx = scale_by_ord_muon(1.0, momentum=NO_MOMENTUM)
   g = jax.random.normal(jax.random.key(5), (8, 12))
   u, state = tx.update({"w": g}, tx.init({"w": jnp.zeros((8, 12))}), {"w": jnp.zeros((8, 12))})
   assert float(state.rho["w"]) == 0.0
@@ -140,7 +150,9 @@ def test_non_matrix_leaves_go_to_adam():
 def test_bad_hyperparameters():
   with pytest.raises(ValueError, match="spectral_lr must be >= 0, got -1"):
     scale_by_ord_muon(spectral_lr=-1.0)
-  with pytest.raises(ValueError, match="radial_rtol must be in"):
-    scale_by_ord_muon(radial_rtol=1.5)
-  with pytest.raises(ValueError, match="'fast'"):
-    ord_muon(0.1, ns_coeffs="fast")
+  with pytest.raises(ValueError, match="newton_schulz.radial_rtol must be in"):
+    scale_by_ord_muon(newton_schulz=NewtonSchulz(radial_rtol=1.5))
+  with pytest.raises(ValueError, match="newton_schulz.coeffs must be one of .*'fast'"):
+    ord_muon(0.1, newton_schulz={"coeffs": "fast"})
+  with pytest.raises(ValueError, match="adam.beta1 is not a field of AdamLeaves"):
+    ord_muon(0.1, adam={"beta1": 0.9})
