@@ -51,19 +51,23 @@ from homeo_jax.training.report import series
 from homeo_jax.training.trained import restore_state
 
 ROOT = Path(__file__).resolve().parents[1]
-ARS = ["optimizer.name=ars_adamw", "optimizer.kwargs.surprise=relative"]
+ARS = ["optimizer.name=ars_adamw", "optimizer.kwargs.gate.surprise=relative"]
 ARMS = {
   "adamw": ["optimizer.name=adamw", "optimizer.kwargs={}"],
-  "psi": [*ARS, "optimizer.kwargs.jitter=False"],
-  "psi_chi": [*ARS, "optimizer.kwargs.jitter=True"],
+  "psi": [*ARS, "optimizer.kwargs.jitter=None"],
+  "psi_chi": [*ARS, "optimizer.kwargs.jitter.scale=0.1"],
   "psi_chi_phi": [
     *ARS,
-    "optimizer.kwargs.jitter=True",
+    "optimizer.kwargs.jitter.scale=0.1",
     "optimizer.regulators.update_prox={'gamma': 1.0, 'rank': 8}",
   ],
-  "psi_chi_spectral": [*ARS, "optimizer.kwargs.jitter=True", "optimizer.kwargs.detector=spectral"],
+  "psi_chi_spectral": [
+    *ARS,
+    "optimizer.kwargs.jitter.scale=0.1",
+    "optimizer.kwargs.guard.detector=spectral",
+  ],
   # The seed's own surprise: the raw loss (Φ ≈ 0.1 + 0.9·exp(−loss/Ψ), ≈ 0.35 at loss 1.3).
-  "psi_chi_raw": ["optimizer.name=ars_adamw", "optimizer.kwargs.jitter=True"],
+  "psi_chi_raw": ["optimizer.name=ars_adamw", "optimizer.kwargs.jitter.scale=0.1"],
   # The bars ARS must clear: a quarter of the learning rate, and constant betas as low as
   # the raw gate's (Φ = 1/3).
   "adamw_lr5e-4": ["optimizer.name=adamw", "optimizer.kwargs={}", "optimizer.learning_rate=5e-4"],

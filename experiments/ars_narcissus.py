@@ -39,11 +39,11 @@ from homeo_jax.data.corpora import load_corpus, split_train_val
 from homeo_jax.training import apply_overrides, train
 from homeo_jax.training.report import series
 
-ARS = ["optimizer.name=ars_adamw", "optimizer.kwargs.surprise=relative"]
+ARS = ["optimizer.name=ars_adamw", "optimizer.kwargs.gate.surprise=relative"]
 ARMS = {
   "adamw": ["optimizer.name=adamw"],
-  "guard": [*ARS, "optimizer.kwargs.jitter=False"],
-  "guard_jitter": [*ARS, "optimizer.kwargs.jitter=True"],
+  "guard": [*ARS, "optimizer.kwargs.jitter=None"],
+  "guard_jitter": [*ARS, "optimizer.kwargs.jitter.scale=0.1"],
 }
 SPIKE_WINDOW, SPIKE_K = 50, 3.0
 

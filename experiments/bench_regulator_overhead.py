@@ -71,7 +71,7 @@ def pairs():
     ),
     (
       "ars_adamw, spectral detector",
-      ars_adamw(1e-3, b2=0.99, weight_decay=0.1, detector="spectral"),
+      ars_adamw(1e-3, b2=0.99, weight_decay=0.1, guard={"detector": "spectral"}),
       optax.adamw(1e-3, b2=0.99, weight_decay=0.1),
     ),
     (

@@ -105,7 +105,7 @@ ARMS: dict[str, Arm] = {
   "spike_aware": Arm(SPIKE_AWARE, "screen"),
   "update_ratio": Arm(update_ratio(), "screen"),
   "spike_guard": Arm(SPIKE_GUARD, "screen"),
-  "ars": Arm(("optimizer.name=ars_adamw", "optimizer.kwargs.surprise=relative"), "screen"),
+  "ars": Arm(("optimizer.name=ars_adamw", "optimizer.kwargs.gate.surprise=relative"), "screen"),
   "thyroid": Arm(("optimizer.name=thyroid_adamw",), "screen"),
   "muon_qk_clip": Arm((*MUON, *QK_CLIP), "screen", muon=True),
   **{f"update_ratio_r{r:g}": Arm(update_ratio(r), "setpoint", lrs=SETPOINT_LRS) for r in SETPOINTS},

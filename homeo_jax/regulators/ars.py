@@ -31,21 +31,24 @@ Choices the seed leaves open, made here:
   without a trend, give r ≥ 0.99 (Ψ ≤ 0.02). It needs 16 values before it measures.
 * Warm-up: until the window holds ``min_window`` (default 3) values, Ψ = 1 and Φ follows
   from S alone (there is no autocorrelation to measure yet); jitter is then 0.
-* ``guard=False`` fixes Ψ ≡ 1, which also makes the jitter 0.
+* ``guard=None`` fixes Ψ ≡ 1, which also makes the jitter 0; ``jitter=None`` drops the jitter.
 * Bad telemetry: a NaN/Inf S never enters the buffer or the baseline; that step holds
   the previous Ψ and Φ, uses no jitter, and the state stays finite.
-* Surprise normalisation (``surprise``): ``"raw"`` (default) uses S as given, so Φ
+* Surprise normalisation (``Gate.surprise``): ``"raw"`` (default) uses S as given, so Φ
   depends on the loss's absolute scale (a loss of 3 gives Φ ≈ 0.14, i.e. β's shrink 7×);
   ``"relative"`` uses S_t = max(0, S_t / EMA(S)_{t−1} − 1), the excess over a running
   baseline (EMA decay ``baseline_decay``, 0.99), so Φ ≈ 1 while the loss is as expected
   and falls only when it exceeds its own recent level. The data-shift ablation in
   ``experiments/ars_narcissus.py`` uses ``"relative"``.
 
-Every numeric hyperparameter except ``window``, ``min_window`` and ``seed`` may be a traced
-array (``optax.inject_hyperparams``); those three fix shapes or keys and must be Python
-ints. ``name`` (default ``"ars"``) keys its logged metrics.
+The hyperparameters come in three groups, one per component of the seed: ``Guard`` (Ψ:
+window, min_window, ε, detector), ``Gate`` (Φ: α, Φ_min, the surprise signal) and ``Jitter``
+(χ: amplitude, seed) — frozen dataclasses with the seed's defaults; a config gives dicts
+(``optimizer.kwargs.gate.surprise=relative``). The base lr, betas, eps and weight decay may
+be traced (``optax.inject_hyperparams``); ``window`` and ``min_window`` set shapes and must be
+Python ints. ``name`` (default ``"ars"``) keys its logged metrics.
 
-Reads: ``value`` (or ``surprise_key``) from the extra args. Exposes in its state: Ψ
+Reads: ``value`` (or ``Gate.surprise_key``) from the extra args. Exposes in its state: Ψ
 (``psi``), Φ (``phi``), ρ₁ (``rho1``), S̃ (``surprise_eff``), ``jitter`` and the effective
 ``b1``, ``b2``, ``learning_rate``.
 
@@ -55,6 +58,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -67,6 +71,7 @@ from homeo_jax.regulators import registry
 from homeo_jax.regulators.base import (
   RegulatorSpec,
   check,
+  options,
   read_telemetry,
   regulator_spec,
   shape_int,
@@ -109,24 +114,53 @@ class ARSState(NamedTuple):
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class Guard:
+  """The entropy guard Ψ = max(ε, 1 − r²): r from the last ``window`` surprises."""
+
+  window: int = 100  # W (a Python int: it sets the buffer's shape)
+  min_window: int = 3  # values before Ψ is measured (Ψ = 1 until then)
+  epsilon: float = 1e-6  # ε, Ψ's floor
+  detector: str = "lag1"  # "lag1" (the seed's ρ₁) or "spectral" (module docstring)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+  """The surprise gate Φ = Φ_min + (1 − Φ_min)·exp(−α·S/Ψ) on β1 and β2."""
+
+  alpha: float = 1.0  # α, the surprise sensitivity
+  phi_min: float = 0.1  # Φ_min, the gate's floor
+  surprise: str = "raw"  # "raw" (the seed's) or "relative" (module docstring)
+  surprise_key: str = "value"  # the telemetry scalar read as S (the loss)
+  baseline_decay: float = 0.99  # EMA decay of the relative mode's baseline
+
+
+@dataclasses.dataclass(frozen=True)
+class Jitter:
+  """Chronos-jitter: lr·(1 + U(−1, 1)·scale·(1 − Ψ))."""
+
+  scale: float = 0.1
+  seed: int = 0  # of the PRNG key carried in the state
+
+
 def ars_controller(
   *,
-  window: int = 100,
-  alpha: float = 1.0,
-  phi_min: float = 0.1,
-  jitter_scale: float = 0.1,
-  epsilon: float = 1e-6,
-  min_window: int = 3,
-  guard: bool = True,
-  jitter: bool = True,
-  surprise: str = "raw",
-  surprise_key: str = "value",
-  baseline_decay: float = 0.99,
-  detector: str = "lag1",
-  seed: int = 0,
+  guard: Guard | dict | None = Guard(),
+  gate: Gate | dict = Gate(),
+  jitter: Jitter | dict | None = Jitter(),
   name: str | None = None,
 ) -> HyperparamController:
-  """The ARS controller for ``steer_hyperparams`` (steers ``learning_rate``, ``b1``, ``b2``)."""
+  """The ARS controller for ``steer_hyperparams`` (steers ``learning_rate``, ``b1``, ``b2``);
+  ``guard=None`` fixes Ψ ≡ 1 (and so no jitter), ``jitter=None`` turns the jitter off."""
+  guard_on, jitter_on = guard is not None, jitter is not None
+  guard_opts = options("ars", "guard", guard, Guard())
+  gate = options("ars", "gate", gate, Gate())
+  jitter_opts = options("ars", "jitter", jitter, Jitter())
+  window, min_window = guard_opts.window, guard_opts.min_window
+  epsilon, detector = guard_opts.epsilon, guard_opts.detector
+  alpha, phi_min, surprise = gate.alpha, gate.phi_min, gate.surprise
+  surprise_key, baseline_decay = gate.surprise_key, gate.baseline_decay
+  jitter_scale, seed = jitter_opts.scale, jitter_opts.seed
   window = static_int("ars", "window", window, minimum=3)
   min_window = static_int("ars", "min_window", min_window, minimum=3)
   check("ars", "min_window", min_window, lambda v: v <= window, f"in [3, window={window}]")
@@ -180,12 +214,12 @@ def ars_controller(
     else:
       resonance = rho1
       warm = signals.ring_size(buffer) >= min_window
-    psi = jnp.where(jnp.logical_and(guard, warm), jnp.maximum(epsilon, 1.0 - resonance**2), 1.0)
+    psi = jnp.where(jnp.logical_and(guard_on, warm), jnp.maximum(epsilon, 1.0 - resonance**2), 1.0)
     s_eff = jnp.where(ok, s, 0.0) / psi
     phi = phi_min + (1.0 - phi_min) * jnp.exp(-alpha * s_eff)
     key, subkey = jax.random.split(jax.random.wrap_key_data(state.key))
     noise = jax.random.uniform(subkey, (), jnp.float32, -1.0, 1.0)
-    jit = jnp.where(jitter, noise * jitter_scale * (1.0 - psi), 0.0)
+    jit = jnp.where(jitter_on, noise * jitter_scale * (1.0 - psi), 0.0)
     # A bad S holds the previous guard and gate and adds no jitter.
     psi = jnp.where(ok, psi, state.psi)
     phi = jnp.where(ok, phi, state.phi)
@@ -222,19 +256,19 @@ def ars(
   b1: float = 0.9,
   b2: float = 0.999,
   *,
+  guard: Guard | dict | None = Guard(),
+  gate: Gate | dict = Gate(),
+  jitter: Jitter | dict | None = Jitter(),
   name: str | None = None,
   static_args: tuple[str, ...] = (),
-  controller_kwargs: dict[str, Any] | None = None,
   **inner_kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
-  """ARS around any inner optimizer whose factory takes ``learning_rate``, ``b1``, ``b2``.
-
-  ``controller_kwargs`` go to ``ars_controller`` (see the module docstring), the rest to
-  ``inner_factory``.
+  """ARS around any inner optimizer whose factory takes ``learning_rate``, ``b1``, ``b2``;
+  ``guard``, ``gate`` and ``jitter`` go to ``ars_controller``, the rest to ``inner_factory``.
   """
   return steer_hyperparams(
     inner_factory,
-    ars_controller(name=name, **(controller_kwargs or {})),
+    ars_controller(guard=guard, gate=gate, jitter=jitter, name=name),
     {"learning_rate": learning_rate, "b1": b1, "b2": b2},
     static_args=static_args,
     **inner_kwargs,
@@ -247,21 +281,11 @@ def ars_adamw(
   b2: float = 0.999,
   eps: float = 1e-8,
   weight_decay: float = 1e-4,
-  window: int = 100,
-  alpha: float = 1.0,
-  phi_min: float = 0.1,
-  jitter_scale: float = 0.1,
-  guard: bool = True,
-  jitter: bool = True,
-  seed: int = 0,
-  *,
-  epsilon: float = 1e-6,
-  min_window: int = 3,
-  surprise: str = "raw",
-  surprise_key: str = "value",
-  baseline_decay: float = 0.99,
-  detector: str = "lag1",
   mask: Any = None,
+  *,
+  guard: Guard | dict | None = Guard(),
+  gate: Gate | dict = Gate(),
+  jitter: Jitter | dict | None = Jitter(),
   name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamW under ARS: ``tx.update(grads, state, params, value=loss)``.
@@ -270,47 +294,26 @@ def ars_adamw(
     learning_rate: base lr, a number or schedule (jittered by ARS).
     b1, b2: base Adam betas (0.9, 0.999), both scaled by the surprise gate Φ.
     eps, weight_decay, mask: as ``optax.adamw`` (weight decay 1e-4).
-    window: W, values in the autocorrelation window (100, ≥ 3; a Python int).
-    alpha: α, surprise sensitivity of the gate (1.0, > 0).
-    phi_min: Φ_min, the gate's floor (0.1, in (0, 1]).
-    jitter_scale: chronos-jitter amplitude (0.1, ≥ 0).
-    guard: the entropy guard Ψ (True); False fixes Ψ ≡ 1, and so no jitter.
-    jitter: chronos-jitter on the lr (True).
-    seed: PRNG seed of the jitter (a Python int).
-    epsilon: ε, Ψ's floor (1e-6, in (0, 1]).
-    min_window: values before Ψ is measured (3, in [3, W]).
-    surprise: ``"raw"`` or ``"relative"`` (see the module docstring).
-    surprise_key: the telemetry scalar read as surprise (``"value"``, the loss).
-    baseline_decay: EMA decay of the relative mode's baseline (0.99, in [0, 1)).
-    detector: ``"lag1"`` (the seed's ρ₁) or ``"spectral"`` (see the module docstring).
+    guard: ``Guard`` — W (100, ≥ 3), min_window (3), ε (1e-6), detector (``"lag1"``) — or a
+      dict of its fields; None fixes Ψ ≡ 1, and so no jitter.
+    gate: ``Gate`` — α (1.0), Φ_min (0.1), the surprise mode (``"raw"``), its telemetry key
+      (``"value"``) and baseline decay (0.99) — or a dict.
+    jitter: ``Jitter`` — amplitude (0.1) and PRNG seed (0) — or a dict; None turns it off.
     name: instance name for metrics (default ``"ars"``).
 
   State: ``SteeredState(count, inner, controller=ARSState(...))``; the formula and the
   fields are in the module docstring.
   """
-  controller = dict(
-    window=window,
-    alpha=alpha,
-    phi_min=phi_min,
-    jitter_scale=jitter_scale,
-    epsilon=epsilon,
-    min_window=min_window,
-    guard=guard,
-    jitter=jitter,
-    surprise=surprise,
-    surprise_key=surprise_key,
-    baseline_decay=baseline_decay,
-    detector=detector,
-    seed=seed,
-  )
   return ars(
     optax.adamw,
     learning_rate,
     b1,
     b2,
+    guard=guard,
+    gate=gate,
+    jitter=jitter,
     name=name,
     static_args=("mask",),
-    controller_kwargs=controller,
     eps=eps,
     weight_decay=weight_decay,
     mask=mask,

@@ -5,15 +5,26 @@ import optax
 import pytest
 
 from homeo_jax import regulator_metrics
-from homeo_jax.regulators.ars import ars_adamw
+from homeo_jax.regulators.ars import Gate, Guard, Jitter, ars_adamw
 from tests.cores.test_signals import SYNTHETIC, reference_lag1, reference_spectral_resonance
 
 PARAMS = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}
 
 
+def ars_options(
+  window=100, jitter=True, guard=True, jitter_scale=0.1, seed=0, detector="lag1", **gate
+):
+  """``ars_adamw``'s option groups from the flat names the tests speak."""
+  return dict(
+    guard=Guard(window=window, detector=detector) if guard else None,
+    gate=Gate(**gate),
+    jitter=Jitter(scale=jitter_scale, seed=seed) if jitter else None,
+  )
+
+
 def run_ars(values, **kwargs):
   """Feed a loss sequence; return per-step controller states (a list of dicts)."""
-  tx = ars_adamw(1e-3, **kwargs)
+  tx = ars_adamw(1e-3, **ars_options(**kwargs))
   state = tx.init(PARAMS)
   update = jax.jit(tx.update)
   grads = jax.tree.map(jnp.ones_like, PARAMS)
@@ -123,7 +134,7 @@ def test_relative_surprise_uses_running_baseline():
 def test_schedule_stays_source_of_truth_and_chain_and_apply_if_finite():
   schedule = optax.linear_schedule(1e-3, 0.0, 10)
   tx = optax.chain(
-    optax.clip_by_global_norm(1.0), ars_adamw(schedule, jitter=False, surprise="relative")
+    optax.clip_by_global_norm(1.0), ars_adamw(schedule, jitter=None, gate=Gate(surprise="relative"))
   )
   guarded = optax.apply_if_finite(tx, max_consecutive_errors=5)
   state = guarded.init(PARAMS)
@@ -147,11 +158,12 @@ def test_missing_telemetry_is_a_clear_error():
 @pytest.mark.parametrize(
   "kwargs, message",
   [
-    ({"window": 2}, "ars: window must be an int >= 3, got 2"),
-    ({"phi_min": 0.0}, "ars: phi_min must be in \\(0, 1\\], got 0.0"),
-    ({"phi_min": 1.5}, "phi_min must be in"),
-    ({"alpha": 0.0}, "alpha must be > 0, got 0.0"),
-    ({"surprise": "zscore"}, "surprise must be one of"),
+    ({"guard": {"window": 2}}, "ars: window must be an int >= 3, got 2"),
+    ({"gate": {"phi_min": 0.0}}, "ars: phi_min must be in \\(0, 1\\], got 0.0"),
+    ({"gate": {"phi_min": 1.5}}, "phi_min must be in"),
+    ({"gate": {"alpha": 0.0}}, "alpha must be > 0, got 0.0"),
+    ({"gate": {"surprise": "zscore"}}, "surprise must be one of"),
+    ({"gate": {"window": 10}}, "ars: gate.window is not a field of Gate"),
   ],
 )
 def test_bad_hyperparameters_rejected_at_construction(kwargs, message):
@@ -173,4 +185,4 @@ def test_spectral_detector_drives_the_guard(name):
 
 def test_unknown_detector_is_named():
   with pytest.raises(ValueError, match="ars: detector must be one of .*got 'fft'"):
-    ars_adamw(1e-3, detector="fft")
+    ars_adamw(1e-3, guard={"detector": "fft"})

@@ -34,7 +34,9 @@ MOE_DUAL = jnp.array([[0.1, -0.2, 0.05, 0.05]])
 
 REGULATORS = {
   "ars_adamw": lambda lr: ars_adamw(lr),
-  "ars_adamw_relative": lambda lr: ars_adamw(lr, surprise="relative", window=10),
+  "ars_adamw_relative": lambda lr: ars_adamw(
+    lr, gate={"surprise": "relative"}, guard={"window": 10}
+  ),
   "ord_muon": lambda lr: ord_muon(lr, spectral_lr=0.0),
   "ord_muon_spectral": lambda lr: ord_muon(lr, spectral_lr=0.5),
   "ord_muon_geometric": lambda lr: ord_muon(lr, project_radial=True),

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from homeo_jax.regulators.ars import ars_adamw
+from homeo_jax.regulators.ars import Guard, ars_adamw
 from homeo_jax.regulators.compute_price import compute_price
 from homeo_jax.regulators.load_balance import deepseek_balancer
 from homeo_jax.regulators.ord_muon import ord_muon
@@ -80,7 +80,7 @@ def test_public_factories_under_inject_hyperparams():
   params = init_params()
   grads = jax.tree.map(jnp.ones_like, params)
   injected = {
-    "ars_adamw": optax.inject_hyperparams(ars_adamw)(learning_rate=1e-2, phi_min=0.2),
+    "ars_adamw": optax.inject_hyperparams(ars_adamw)(learning_rate=1e-2, b2=0.99),
     # thyroid forwards **inner_kwargs, which inject_hyperparams cannot bind: name them.
     "thyroid": optax.inject_hyperparams(
       lambda learning_rate, weight_decay: thyroid(
@@ -98,15 +98,14 @@ def test_public_factories_under_inject_hyperparams():
 
 
 def test_shape_arguments_are_concrete_at_init_or_static():
-  """inject_hyperparams injects every number; a window is fine when init runs eagerly,
-  a clear error when init is traced, and fine again when listed in static_args."""
-  tx = optax.inject_hyperparams(ars_adamw)(learning_rate=1e-2, window=10)
+  """A window sets a shape: fine as a Python int, a clear error when traced."""
+  tx = optax.inject_hyperparams(ars_adamw)(learning_rate=1e-2, guard=Guard(window=10))
   state = tx.init(init_params())
   assert state.inner_state.controller.surprise_buffer.values.shape == (10,)
+  jax.eval_shape(tx.init, init_params())  # the option group is static under inject
+  traced = lambda w: ars_adamw(1e-2, guard=Guard(window=w)).init(init_params())  # noqa: E731
   with pytest.raises(ValueError, match="ars: window sets a shape and must not be traced"):
-    jax.eval_shape(tx.init, init_params())
-  static = optax.inject_hyperparams(ars_adamw, static_args=("window", "min_window", "seed"))
-  jax.eval_shape(static(learning_rate=1e-2, window=10).init, init_params())
+    jax.eval_shape(traced, 10)
 
 
 @pytest.mark.slow

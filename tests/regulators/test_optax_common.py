@@ -3,9 +3,8 @@
 The suite is generated from the installed optax (``optax/contrib/_common_test.py``), not
 copied: its helper section is executed, the optimizer tables are replaced by ARS
 (``ars_adamw``), the Spectral Thyroid over AdamW and ORD-Muon, and its test class is then
-executed against them. Two adaptations, both of optax's own kind: ``value=`` (the loss) is
-passed to our regulators as the suite passes it to momo, and ARS's ``window`` is static
-under ``inject_hyperparams`` as the suite keeps ``ns_steps`` and ``rank`` static.
+executed against them. One adaptation, of optax's own kind: ``value=`` (the loss) is
+passed to our regulators as the suite passes it to momo.
 """
 
 import inspect
@@ -50,7 +49,6 @@ def _suite() -> types.ModuleType:
   ):  # noqa: E501
     assert momo in tests or momo.endswith("'sgd']") or momo.startswith("['polyak"), momo
     tests = tests.replace(momo, momo[:-1] + f", {names}]")
-  tests = tests.replace("'ns_steps', 'rank',", "'ns_steps', 'rank', 'window',")
   module = types.ModuleType("optax_common_suite")
   exec(compile(helpers, "optax/contrib/_common_test.py", "exec"), module.__dict__)  # noqa: S102
   module._get_opt_factory = OURS.__getitem__

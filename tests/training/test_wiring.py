@@ -43,7 +43,7 @@ def test_control_read_from_a_missing_regulator(tmp_path, tiny_data):
 
 
 def test_telemetry_the_model_does_not_emit(tmp_path, tiny_data):
-  tx = ars_adamw(1e-3, surprise_key="moe_load")
+  tx = ars_adamw(1e-3, gate={"surprise_key": "moe_load"})
   with pytest.raises(
     ConfigError, match="regulator 'ars' \\(ars\\) reads telemetry 'moe_load', which model "
   ):
@@ -57,7 +57,8 @@ def test_matching_wiring_builds(tmp_path, tiny_data):
 
 def test_optimizer_kwargs_are_forwarded_wholesale():
   cfg = OptimizerConfig(
-    name="ars_adamw", kwargs={"baseline_decay": 0.9, "min_window": 5, "name": "guard"}
+    name="ars_adamw",
+    kwargs={"gate": {"baseline_decay": 0.9}, "guard": {"min_window": 5}, "name": "guard"},
   )
   tx = build_optimizer(cfg, total_steps=10)
   assert tx is not None
@@ -67,13 +68,15 @@ def test_optimizer_kwargs_are_forwarded_wholesale():
   with pytest.raises(ConfigError, match="optimizer.kwargs.bogus"):
     validate_config(dataclasses.replace(tiny_config("/tmp/x"), optimizer=bad))
   with pytest.raises(ConfigError, match="optimizer 'ars_adamw': ars: phi_min must be in"):
-    build_optimizer(OptimizerConfig(name="ars_adamw", kwargs={"phi_min": 2.0}), total_steps=10)
+    build_optimizer(
+      OptimizerConfig(name="ars_adamw", kwargs={"gate": {"phi_min": 2.0}}), total_steps=10
+    )
 
 
 @pytest.mark.slow
 def test_train_with_multi_steps_around_a_regulator(tmp_path, tiny_data):
   """train(cfg, tx=MultiSteps(ars_adamw)) hands the loss to ARS (it would raise otherwise)."""
-  tx = optax.MultiSteps(ars_adamw(1e-3, window=3), every_k_schedule=2)
+  tx = optax.MultiSteps(ars_adamw(1e-3, guard={"window": 3}), every_k_schedule=2)
   result = train(tiny_config(tmp_path, train={"steps": 4}), data=tiny_data, tx=tx)
   ars_state = result.state.opt_state.inner_opt_state.controller
   assert int(ars_state.surprise_buffer.count) == 2  # two emitted steps of four mini-steps
