@@ -103,6 +103,49 @@ class NonFiniteError(RuntimeError):
   """The run met non-finite values its ``train.on_nonfinite`` policy could not absorb."""
 
 
+@dataclasses.dataclass(frozen=True)
+class NonFinitePolicy:
+  """``train.on_nonfinite`` as a decision: what a non-finite step does to the run.
+
+  ``"stop"`` ends it; ``"skip"`` drops the update (the guarded step already did) until
+  ``max_consecutive_skips`` in a row; ``"rollback"`` restores the newest checkpoint with
+  the update scale times ``lr_scale``, at most ``max_rollbacks`` times.
+  """
+
+  mode: str
+  max_consecutive_skips: int = 20
+  max_rollbacks: int = 3
+  lr_scale: float = 0.5
+
+  @classmethod
+  def from_config(cls, t: config_lib.TrainConfig) -> NonFinitePolicy:
+    return cls(t.on_nonfinite, t.max_consecutive_skips, t.max_rollbacks, t.rollback_lr_scale)
+
+  def decide(
+    self, bad_step: int, consecutive_skips: int, rollbacks: int, newest: int | None
+  ) -> str:
+    """``"skip"`` or ``"rollback"`` for non-finite step ``bad_step``; raises
+    ``NonFiniteError`` when the run must stop (``newest``: the newest checkpoint's step)."""
+    if self.mode == "stop":
+      raise NonFiniteError(
+        f"step {bad_step}: non-finite loss or gradient (train.on_nonfinite=stop); nothing "
+        f"non-finite was saved, newest checkpoint: step {newest}"
+      )
+    if self.mode == "skip":
+      if consecutive_skips >= self.max_consecutive_skips:
+        raise NonFiniteError(
+          f"step {bad_step}: {consecutive_skips} non-finite steps in a row were skipped "
+          f"(train.max_consecutive_skips); lower the learning rate or use on_nonfinite=rollback"
+        )
+      return "skip"
+    if rollbacks >= self.max_rollbacks:
+      raise NonFiniteError(
+        f"step {bad_step}: non-finite again after {rollbacks} rollbacks "
+        f"(train.max_rollbacks); newest checkpoint: step {newest}"
+      )
+    return "rollback"
+
+
 def prepare_run_dir(run_dir: Path, *, tensorboard: bool = True) -> RunFiles:
   """Create the run folder and prove it writable, before any data is loaded or compiled."""
   try:
@@ -316,6 +359,7 @@ def train(
   )
   status = "finished"
   consecutive_skips = 0
+  policy = NonFinitePolicy.from_config(t)
 
   def flush() -> int | None:
     """Log the pending step's metrics; return that step if its update was non-finite."""
@@ -363,30 +407,15 @@ def train(
       return False
     saved = checkpointer.steps()
     newest = saved[-1] if saved else None
-    if t.on_nonfinite == "stop":
-      raise NonFiniteError(
-        f"step {bad_step}: non-finite loss or gradient (train.on_nonfinite=stop); nothing "
-        f"non-finite was saved, newest checkpoint: step {newest}"
-      )
-    if t.on_nonfinite == "skip":
-      if consecutive_skips >= t.max_consecutive_skips:
-        raise NonFiniteError(
-          f"step {bad_step}: {consecutive_skips} non-finite steps in a row were skipped "
-          f"(train.max_consecutive_skips); lower the learning rate or use on_nonfinite=rollback"
-        )
+    if policy.decide(bad_step, consecutive_skips, stats["rollbacks"], newest) == "skip":
       print(f"step {bad_step}: non-finite loss or gradient; update skipped", file=sys.stderr)
       return False
-    if stats["rollbacks"] >= t.max_rollbacks:
-      raise NonFiniteError(
-        f"step {bad_step}: non-finite again after {stats['rollbacks']} rollbacks "
-        f"(train.max_rollbacks); newest checkpoint: step {newest}"
-      )
     restored = checkpointer.restore_latest(state)
     if restored is not None:
       target = restored[0]
     else:
       target = jax.tree.map(lambda h, d: jax.device_put(h, d.sharding), initial, state)
-    scale = float(target.update_scale) * t.rollback_lr_scale
+    scale = float(target.update_scale) * policy.lr_scale
     state = target._replace(
       update_scale=jax.device_put(np.float32(scale), target.update_scale.sharding)
     )

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from homeo_jax.training.checkpoint import Checkpointer, CheckpointError
-from homeo_jax.training.loop import PAUSE_FILE, train
+from homeo_jax.training.loop import PAUSE_FILE, NonFiniteError, train
 from tests.conftest import run_cli, tiny_config
 
 
@@ -303,3 +303,21 @@ def test_events_fall_on_their_steps_and_the_last():
 
   assert [s for s in range(1, 11) if due(s, 4, 10)] == [4, 8, 10]
   assert not any(due(s, 0, 10) for s in range(1, 11))
+
+
+def test_non_finite_policy_decides_skip_rollback_or_stop():
+  from homeo_jax.training.loop import NonFinitePolicy
+
+  stop = NonFinitePolicy("stop")
+  with pytest.raises(
+    NonFiniteError, match="step 7: .*on_nonfinite=stop.*newest checkpoint: step 5"
+  ):
+    stop.decide(7, consecutive_skips=0, rollbacks=0, newest=5)
+  skip = NonFinitePolicy("skip", max_consecutive_skips=2)
+  assert skip.decide(7, consecutive_skips=1, rollbacks=0, newest=None) == "skip"
+  with pytest.raises(NonFiniteError, match="step 8: 2 non-finite steps in a row were skipped"):
+    skip.decide(8, consecutive_skips=2, rollbacks=0, newest=None)
+  rollback = NonFinitePolicy("rollback", max_rollbacks=1)
+  assert rollback.decide(9, consecutive_skips=1, rollbacks=0, newest=4) == "rollback"
+  with pytest.raises(NonFiniteError, match="step 9: non-finite again after 1 rollbacks"):
+    rollback.decide(9, consecutive_skips=1, rollbacks=1, newest=4)
