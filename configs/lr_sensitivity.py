@@ -12,8 +12,9 @@ with linear warm-up (100 steps) and cosine decay to a tenth of the peak, β2 0.9
 decay 0.1, no gradient clipping, ``attention_telemetry`` on (each head's largest logit).
 """
 
+from configs import base
 from homeo_jax.models import TransformerConfig
-from homeo_jax.training.config import Config, DataConfig, OptimizerConfig, TrainConfig
+from homeo_jax.training.config import Config
 
 
 def get_config(arg: str | None = None) -> Config:
@@ -22,35 +23,18 @@ def get_config(arg: str | None = None) -> Config:
   config = Config(
     name="lr_sensitivity_cpu",
     model=TransformerConfig(
-      vocab_size=0,
-      num_layers=4,
-      num_heads=4,
-      d_model=128,
-      max_seq_len=64,
-      dropout=0.0,
-      attention_telemetry=True,
+      vocab_size=0, **base.NANOGPT_CPU, dropout=0.0, attention_telemetry=True
     ),
-    data=DataConfig(corpus="shakespeare", tokenizer="char", seq_len=64, batch_size=12),
-    optimizer=OptimizerConfig(
-      name="adamw",
-      learning_rate=1e-2,
-      min_learning_rate=1e-3,
-      warmup_steps=100,
-      b1=0.9,
-      b2=0.95,
-      weight_decay=0.1,
-      grad_clip=0.0,
-    ),
-    train=TrainConfig(
-      steps=1000,
+    data=base.char_data(64, 12, max_chars=0),
+    optimizer=base.adamw(1e-2, warmup_steps=100, b2=0.95, grad_clip=0.0),
+    train=base.run(
+      1000,
+      "runs/lr_sensitivity_cpu",
       eval_every=500,
       eval_batches=40,
-      log_every=10,
-      checkpoint_every=1000,
       keep_checkpoints=1,
       on_nonfinite="stop",
       tensorboard=False,
-      run_dir="runs/lr_sensitivity_cpu",
     ),
   )
   if arg == "smoke":  # seconds: for the experiment's own test

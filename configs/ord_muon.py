@@ -20,64 +20,43 @@ matrices with AdamW for embeddings and gains).
 
 import dataclasses
 
+from configs import base
 from homeo_jax.models import TransformerConfig
-from homeo_jax.training.config import Config, DataConfig, OptimizerConfig, TrainConfig
+from homeo_jax.training.config import Config, DataConfig, TrainConfig
 
 
 def get_config(arg: str | None = None) -> Config:
   if arg in (None, "cpu"):
     return Config(
       name="ord_muon_cpu",
-      model=TransformerConfig(
-        vocab_size=0, num_layers=2, num_heads=4, d_model=128, max_seq_len=64, dropout=0.0
-      ),
-      data=DataConfig(
-        corpus="shakespeare", tokenizer="char", seq_len=64, batch_size=16, max_chars=1_000_000
-      ),
-      optimizer=OptimizerConfig(
-        name="adamw",
-        learning_rate=2e-3,
-        min_learning_rate=2e-4,
-        warmup_steps=30,
-        b2=0.99,
-        weight_decay=0.1,
-        grad_clip=1.0,
-        kwargs={},
-      ),
-      train=TrainConfig(
-        steps=300,
-        eval_every=50,
-        eval_batches=16,
-        log_every=10,
-        checkpoint_every=300,
-        run_dir="runs/ord_muon",
-      ),
+      model=TransformerConfig(vocab_size=0, **base.SMALL, dropout=0.0),
+      data=base.char_data(),
+      optimizer=base.adamw(2e-3, warmup_steps=30),
+      train=base.run(300, "runs/ord_muon", eval_every=50),
     )
   if arg == "gpu":
-    base = get_config("cpu")
+    cpu = get_config("cpu")
     return dataclasses.replace(
-      base,
+      cpu,
       name="ord_muon_gpu",
-      model=TransformerConfig(
-        vocab_size=0, num_layers=6, num_heads=6, d_model=384, max_seq_len=256, dropout=0.2
-      ),
-      data=DataConfig(corpus="shakespeare", tokenizer="char", seq_len=256, batch_size=64),
+      model=TransformerConfig(vocab_size=0, **base.NANOGPT_CHAR, dropout=0.2),
+      data=base.char_data(256, 64, max_chars=0),
       optimizer=dataclasses.replace(
-        base.optimizer, learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100
+        cpu.optimizer, learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100
       ),
-      train=TrainConfig(
-        steps=2000,
+      train=base.run(
+        2000,
+        "runs/ord_muon_gpu",
         eval_every=250,
         eval_batches=50,
         log_every=25,
         checkpoint_every=1000,
-        run_dir="runs/ord_muon_gpu",
       ),
     )
   if arg == "seed":
-    base = get_config("cpu")
+    cpu = get_config("cpu")
     return dataclasses.replace(
-      base,
+      cpu,
       name="ord_muon_seed",
       model=TransformerConfig(
         vocab_size=0, num_layers=12, num_heads=6, d_model=768, max_seq_len=1024, dropout=0.0
@@ -91,7 +70,7 @@ def get_config(arg: str | None = None) -> Config:
         batch_multipliers=(1, 2, 3),
       ),
       optimizer=dataclasses.replace(
-        base.optimizer,
+        cpu.optimizer,
         name="ord_muon",
         schedule="stages",
         stage_lr_multipliers=(1.0, 1.52, 1.73),

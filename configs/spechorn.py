@@ -10,8 +10,9 @@
 
 import dataclasses
 
+from configs import base
 from homeo_jax.models import MoEConfig, MoETransformerConfig
-from homeo_jax.training.config import Config, DataConfig, OptimizerConfig, TrainConfig
+from homeo_jax.training.config import Config
 
 
 def get_config(arg: str | None = None) -> Config:
@@ -20,34 +21,13 @@ def get_config(arg: str | None = None) -> Config:
     model_type="moe_transformer",
     model=MoETransformerConfig(
       vocab_size=0,
-      num_layers=2,
-      num_heads=4,
-      d_model=64,
-      max_seq_len=64,
+      **base.TINY,
       dropout=0.0,
       moe=MoEConfig(num_experts=8, top_k=2, capacity_factor=1.25),
     ),
-    data=DataConfig(
-      corpus="shakespeare", tokenizer="char", seq_len=64, batch_size=16, max_chars=1_000_000
-    ),
-    optimizer=OptimizerConfig(
-      name="adamw",
-      learning_rate=3e-3,
-      min_learning_rate=3e-4,
-      warmup_steps=30,
-      b2=0.99,
-      weight_decay=0.1,
-      grad_clip=1.0,
-      kwargs={},
-    ),
-    train=TrainConfig(
-      steps=300,
-      eval_every=100,
-      eval_batches=16,
-      log_every=5,
-      checkpoint_every=300,
-      run_dir="runs/spechorn",
-    ),
+    data=base.char_data(),
+    optimizer=base.adamw(3e-3, warmup_steps=30),
+    train=base.run(300, "runs/spechorn", eval_every=100, log_every=5),
   )
   if arg in (None, "cpu"):
     return cpu
@@ -65,14 +45,9 @@ def get_config(arg: str | None = None) -> Config:
       cpu,
       name="spechorn_gpu",
       model=dataclasses.replace(
-        cpu.model,
-        num_layers=6,
-        num_heads=6,
-        d_model=384,
-        max_seq_len=256,
-        moe=dataclasses.replace(cpu.model.moe, num_experts=16),
+        cpu.model, **base.NANOGPT_CHAR, moe=dataclasses.replace(cpu.model.moe, num_experts=16)
       ),
-      data=DataConfig(corpus="shakespeare", tokenizer="char", seq_len=256, batch_size=32),
+      data=base.char_data(256, 32, max_chars=0),
       train=dataclasses.replace(
         cpu.train, steps=3000, eval_every=250, eval_batches=50, log_every=10, checkpoint_every=1000
       ),

@@ -13,8 +13,9 @@ type (float).
 
 import dataclasses
 
+from configs import base
 from homeo_jax.models import QuantTransformerConfig
-from homeo_jax.training.config import Config, DataConfig, OptimizerConfig, TrainConfig
+from homeo_jax.training.config import Config
 
 
 def get_config(arg: str | None = None) -> Config:
@@ -23,34 +24,15 @@ def get_config(arg: str | None = None) -> Config:
     model_type="quant_transformer",
     model=QuantTransformerConfig(
       vocab_size=0,
-      num_layers=2,
-      num_heads=4,
-      d_model=64,
-      max_seq_len=64,
+      **base.TINY,
       dropout=0.0,
       temperature_from="thyroid",  # τ multiplier from the thyroid_adamw optimizer
     ),
-    data=DataConfig(
-      corpus="shakespeare", tokenizer="char", seq_len=64, batch_size=16, max_chars=1_000_000
+    data=base.char_data(),
+    optimizer=base.adamw(
+      3e-3, warmup_steps=20, name="thyroid_adamw", kwargs={"version": "alpha_lambda_tau"}
     ),
-    optimizer=OptimizerConfig(
-      name="thyroid_adamw",
-      learning_rate=3e-3,
-      min_learning_rate=3e-4,
-      warmup_steps=20,
-      b2=0.99,
-      weight_decay=0.1,
-      grad_clip=1.0,
-      kwargs={"version": "alpha_lambda_tau"},
-    ),
-    train=TrainConfig(
-      steps=300,
-      eval_every=50,
-      eval_batches=16,
-      log_every=1,
-      checkpoint_every=300,
-      run_dir="runs/thyroid_2bit",
-    ),
+    train=base.run(300, "runs/thyroid_2bit", eval_every=50, log_every=1),
   )
   if arg in (None, "cpu"):
     return cpu
@@ -73,8 +55,8 @@ def get_config(arg: str | None = None) -> Config:
     return dataclasses.replace(
       cpu,
       name="thyroid_2bit_gpu",
-      model=dataclasses.replace(cpu.model, num_layers=6, num_heads=6, d_model=384, max_seq_len=256),
-      data=DataConfig(corpus="shakespeare", tokenizer="char", seq_len=256, batch_size=64),
+      model=dataclasses.replace(cpu.model, **base.NANOGPT_CHAR),
+      data=base.char_data(256, 64, max_chars=0),
       train=dataclasses.replace(cpu.train, steps=3000, eval_every=250, eval_batches=50),
     )
   raise ValueError(f"unknown preset {arg!r} for thyroid_2bit (cpu, stress, gpu)")

@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import importlib.util
 import json
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -115,11 +116,32 @@ class Config:
   mesh: MeshConfig = MeshConfig()  # data/fsdp/expert axis sizes (training/sharding.py)
 
 
+def _import_config_package(directory: Path) -> None:
+  """Make a config folder that is a package (``configs/__init__.py``) importable by its
+  name, so its presets can share modules (``from configs import base``) from any working
+  directory, without touching ``sys.path``."""
+  name = directory.name
+  if not (directory / "__init__.py").is_file() or not name.isidentifier():
+    return
+  loaded = sys.modules.get(name)
+  if loaded is not None and str(directory) in list(getattr(loaded, "__path__", [])):
+    return
+  if loaded is not None:  # another package of that name: leave it alone
+    return
+  spec = importlib.util.spec_from_file_location(
+    name, directory / "__init__.py", submodule_search_locations=[str(directory)]
+  )
+  package = importlib.util.module_from_spec(spec)
+  sys.modules[name] = package
+  spec.loader.exec_module(package)
+
+
 def load_config(spec: str) -> Config:
   """Load ``path/to/config.py`` or ``path/to/config.py:preset``."""
   path, _, arg = spec.partition(":")
   if not Path(path).is_file():
     raise ConfigError(f"--config file {path!r} does not exist")
+  _import_config_package(Path(path).resolve().parent)
   module_spec = importlib.util.spec_from_file_location(f"homeo_config_{Path(path).stem}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

@@ -1,7 +1,9 @@
+from pathlib import Path
+
 import pytest
 
 from homeo_jax.training import config as config_lib
-from homeo_jax.training.config import ConfigError, apply_overrides, validate_config
+from homeo_jax.training.config import ConfigError, apply_overrides, load_config, validate_config
 from homeo_jax.training.loop import train
 from tests.conftest import run_cli, tiny_config
 
@@ -114,3 +116,23 @@ def test_cli_shorthands_are_overrides():
   assert cfg.train.seed == cfg.data.seed == 42 and cfg.model.hard_kill
   assert cfg.train.pinned_controls == {"compute_price": {"compute_price": 0.02}}
   validate_config(cfg)
+
+
+def test_configs_in_a_package_share_modules_from_any_directory(tmp_path, monkeypatch):
+  package = tmp_path / "lab_presets"
+  package.mkdir()
+  (package / "__init__.py").write_text("")
+  (package / "shared.py").write_text("STEPS = 17\n")
+  (package / "run.py").write_text(
+    "import dataclasses\n"
+    "from homeo_jax.training.config import Config\n"
+    "from lab_presets import shared\n\n"
+    "def get_config(arg=None):\n"
+    "  c = Config()\n"
+    "  return dataclasses.replace(c, train=dataclasses.replace(c.train, steps=shared.STEPS))\n"
+  )
+  monkeypatch.chdir("/")  # the package's parent is not on sys.path
+  assert load_config(str(package / "run.py")).train.steps == 17
+  # the library's own configs import their base the same way
+  root = Path(__file__).resolve().parents[2]
+  assert load_config(f"{root}/configs/spechorn.py:cpu").model.d_model == 64

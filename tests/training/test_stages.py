@@ -116,7 +116,7 @@ def test_seed_preset_is_the_seeds_schedule():
   assert o.stage_lr_multipliers == (1.0, 1.52, 1.73) and o.cooldown_fraction == 0.55
   assert (config.train.steps - o.extension_steps, o.extension_steps) == (1560, 40)
   assert [m * d.batch_size * d.seq_len for m in d.batch_multipliers] == [131072, 262144, 393216]
-  assert config.train.eval_every == 50 and o.kwargs["ns_coeffs"] == "polar_express"
+  assert config.train.eval_every == 50 and o.kwargs["newton_schulz"]["coeffs"] == "polar_express"
   assert o.min_learning_rate / o.learning_rate == pytest.approx(0.15)
 
 
