@@ -452,7 +452,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   data = load_data(base)
   ceiling = math.log(data.vocab_size)
   if not args.report:
-    results.start(["python -m experiments.lr_sensitivity", *argv], preset=args.preset)
+    # A worker records the command that started the sweep (--workers N), not its shard.
+    command = [a for i, a in enumerate(argv) if "--shard" not in (a, argv[i - 1] if i else "")]
+    if shards > 1:
+      command += ["--workers", str(shards)]
+    results.start(["python -m experiments.lr_sensitivity", *command], preset=args.preset)
     names = args.arms or [n for t in TIERS for n, a in ARMS.items() if a.tier == t]
     if args.tier != "all":
       names = [n for n in names if ARMS[n].tier == args.tier]
