@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> Config:
   )
   if arg in (None, "cpu"):
     return cpu
-  if arg == "cpu_long":  # long enough to judge balance (issue 13): 2,000 steps
+  if arg == "cpu_long":  # long enough to judge balance: 2,000 steps
     return dataclasses.replace(
       cpu,
       name="spechorn_cpu_long",

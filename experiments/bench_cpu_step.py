@@ -22,8 +22,8 @@ metrics blocked on) and prints one JSON line; this script prints the table and t
 
 Recipes: ``nanogpt`` — nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64,
 batch 12, AdamW 1e-3 β2 0.99, dropout 0); ``cpu`` — ``configs/shakespeare_char.py:cpu``
-(the same shape since it was retuned); ``block128`` — the ``cpu`` preset as issue 17
-measured it (block 128, batch 32).
+(the same shape since it was retuned); ``block128`` — block 128, batch 32
+(the older ``cpu`` shape).
 With ``--systems``: each system's CPU config (SpecHorn MoE, Ouro-Spec adaptive, 2-bit
 Thyroid) against a dense twin of the same shape and batch under plain AdamW.
 """

@@ -9,7 +9,7 @@ ascent (``seed``: λ_p in [1e-4, 0.05]) or by the log-domain PI variant (``log_p
 logit (``gate_bias``, λ_p at its floor; ``regulators/compute_price.py``), or by a constant
 bias (``constant_bias``: the best-constant baseline of ``gate_bias_fast``, b fixed from the
 first step at the value that controller settled to for the target).
-The criterion (issue 20): |avg_k − target| ≤ 0.1 over the last quarter of training
+The criterion: |avg_k − target| ≤ 0.1 over the last quarter of training
 (non-audit steps), in every seed.
 """
 

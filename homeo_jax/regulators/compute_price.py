@@ -41,11 +41,12 @@ relative error e = (avg_k − target_k)/target_k:
     log λ_p ← clip(log λ_p + r·(κ_i·e_t + κ_p·(e_t − e_{t−1})), log price_min, log price_max)
 
 (κ_i = ``integral_gain``, κ_p = ``proportional_gain``; r the deadband rate). Why: with the
-seed's constants the price cannot reach its target (issue 20, measured): λ_p sits at its
-0.05 cap while the coupon (≈ 0.16) exceeds the largest raw cost (≈ 0.017), so nothing
-pushes depth down to 1.3. A multiplicative step crosses decades in tens of steps, so a
-wide range (``price_max`` 10 in the experiments) costs no settling time, and the
-proportional term damps the overshoot an integral-only loop has on a lagging depth.
+seed's constants the price cannot reach its target (measured,
+``experiments/ouro_price_target.py``): λ_p sits at its 0.05 cap while the coupon (≈ 0.16)
+exceeds the largest raw cost (≈ 0.017), so nothing pushes depth down to 1.3. A
+multiplicative step crosses decades in tens of steps, so a wide range (``price_max`` 10 in
+the experiments) costs no settling time, and the proportional term damps the overshoot an
+integral-only loop has on a lagging depth.
 
 ``controller="gate_bias"`` (a documented variant) steers the gate instead of pricing the
 loss: λ_p stays at its initial value (``fixed_price``, else ``price_min``) and the dual
@@ -53,20 +54,20 @@ variable is the halting bias b,
 
     b ← clip(b − r·κ_b·(e_t + κ_p·(e_t − e_{t−1})), −bias_max, bias_max),   e = avg_k − target_k
 
-(κ_b = ``bias_gain``, κ_p = ``proportional_gain``, r the deadband rate). Why (issue 20,
-measured): a price in the loss acts only through the gate's gradient, so it is one-sided
-(relu(ponder) ≥ 0 can lower depth, never raise it: targets above the model's own depth
-are out of reach) and k = 1 is absorbing (once p → 0 the sigmoid's gradient vanishes
-with it). Depth is monotone in b, which needs no gradient: the same actuator as the
-loss-free balancing bias of an MoE router (DeepSeek-V3; ``load_balance.py``). The learned
-gate still decides *which* tokens go deeper; b sets *how many*.
+(κ_b = ``bias_gain``, κ_p = ``proportional_gain``, r the deadband rate). Why (measured): a
+price in the loss acts only through the gate's gradient, so it is one-sided (relu(ponder) ≥
+0 can lower depth, never raise it: targets above the model's own depth are out of reach) and
+k = 1 is absorbing (once p → 0 the sigmoid's gradient vanishes with it). Depth is monotone
+in b, which needs no gradient: the same actuator as the loss-free balancing bias of an MoE
+router (DeepSeek-V3; ``load_balance.py``). The learned gate still decides *which* tokens go
+deeper; b sets *how many*.
 
 ``price_gain`` κ_m > 0 adds the price back as a slow second actuator that re-centres the
 bias (mid-ranging, or valve-position control, in process control):
 
     log λ_p ← clip(log λ_p − κ_m·(b_t + τ_m·(b_t − b_{t−1})), log price_min, log price_max)
 
-Why (issue 20, measured on the looped task): with b alone nothing in the loss opposes
+Why (measured on the looped task): with b alone nothing in the loss opposes
 depth, so where depth lowers the loss the gate's own logit climbs step after step, and b
 follows it down until its clamp binds (the logit reached 30–40 against b = −30, and depth
 overshot the target by 0.4–0.5). A sustained b < 0 says the gate wants more depth than the

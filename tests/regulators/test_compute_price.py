@@ -304,7 +304,7 @@ def test_gate_bias_controller_holds_a_drifting_plant_at_its_target(target):
   """Closed loop on a plant with the adaptive layer's shape of response, avg_k =
   1 + 3·sigmoid(b + c_t), whose own preference c_t drifts by 4 logits over the run (the
   gate learning to go deeper). The loop holds avg_k within 0.1 of the target over the last
-  quarter, where the one-sided price of issue 20 could not. Should the deadband engage, the
+  quarter, where the one-sided price could not. Should the deadband engage, the
   seed's band [0.98, 1.05]·target would reach 0.15 above 3, so the band here is ±2%."""
   tx = compute_price(
     target_k=target,
