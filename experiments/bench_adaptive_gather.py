@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.common import markdown_table
+from experiments.common import markdown_table, write_results
 from homeo_jax.models.adaptive_layer import AdaptiveConfig, AdaptiveDecoderLayer
 from homeo_jax.training.build import hardware_description
 
@@ -116,25 +116,27 @@ def main() -> None:
         f"{tokens / fwd_g:,.0f}",
       ]
     )
-  print(
-    markdown_table(
-      [
-        "alive after pass 1",
-        "passes/token",
-        "max |dense − gathered|",
-        "forward ms dense / gathered",
-        "forward speed-up",
-        "fwd+bwd ms dense / gathered",
-        "fwd+bwd speed-up",
-        "gathered tokens/s (fwd)",
-      ],
-      rows,
-    )
+  table = markdown_table(
+    [
+      "alive after pass 1",
+      "passes/token",
+      "max |dense − gathered|",
+      "forward ms dense / gathered",
+      "forward speed-up",
+      "fwd+bwd ms dense / gathered",
+      "fwd+bwd speed-up",
+      "gathered tokens/s (fwd)",
+    ],
+    rows,
   )
-  print(
+  print(table)
+  setting = (
     f"{args.layers} layers, d={args.width}, T={args.seq}, batch {args.batch}, Kmax 4, "
     f"kv_per_pass {args.kv_per_pass}, median of {args.repeats}"
   )
+  print(setting)
+  name = "bench_adaptive_gather" + ("_kv_per_pass" if args.kv_per_pass else "")
+  write_results(name, "Gathering alive tokens: dense against gathered passes", table, [setting])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ same-shape matrices stacked and orthogonalised in one batched call; float32 and
 bfloat16 Newton–Schulz), over the 4·L hidden matrices of a GPT-2-shaped model, and the
 orthogonality error of each against ``jnp.linalg.svd``. Sinkhorn: ours vs ott-jax on a
 routing-sized problem at equal iterations, and ott-jax run to its 1e-3 threshold.
-Prints ratios; writes runs/bench_cores/report.md. Timings: median of ``--repeats``
+Prints ratios; writes experiments/results/bench_cores.md. Timings: median of ``--repeats``
 calls after a warm-up (compilation excluded), ``block_until_ready`` on every output.
 """
 
@@ -17,18 +17,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.common import markdown_table
+from experiments.common import markdown_table, write_results
 from homeo_jax.cores.sinkhorn import sinkhorn, sinkhorn_potentials
 from homeo_jax.regulators.ord_muon import ord_muon
 from homeo_jax.training.build import hardware_description
-from homeo_jax.training.metrics import atomic_write_text
 
 # (layers, width): GPT-2 small/medium, and a quarter-width small for a 2-core CPU.
 SHAPES = {"cpu": (12, 192), "gpt2-small": (12, 768), "gpt2-medium": (24, 1024)}
@@ -200,9 +198,7 @@ def main() -> None:
     ]
   )
   print(text)
-  out = Path("runs/bench_cores")
-  out.mkdir(parents=True, exist_ok=True)
-  atomic_write_text(out / "report.md", text)
+  write_results("bench_cores", "The jitted cores against their references", text)
 
 
 if __name__ == "__main__":

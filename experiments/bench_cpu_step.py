@@ -307,7 +307,7 @@ def main() -> None:
 
   import importlib.util
 
-  from experiments.common import markdown_table
+  from experiments.common import markdown_table, write_results
 
   has_torch = importlib.util.find_spec("torch") is not None and not args.no_torch
   if importlib.util.find_spec("torch") is None:
@@ -360,7 +360,9 @@ def main() -> None:
           )  # fmt: skip
   header = ["recipe", "devices", "ours ms/step", "PyTorch ms/step", "PyTorch ms / ours ms",
             "ours tokens/s", "compile s"]  # fmt: skip
-  print(markdown_table(header, rows))
+  table = markdown_table(header, rows)
+  print(table)
+  write_results("bench_cpu_step", "Step time against PyTorch on the CPU", table)
   Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   Path(args.out).write_text(json.dumps(results, indent=1))
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 SIZES = {
   "tiny": dict(num_layers=2, d_model=64, num_heads=4, seq_len=64, batch=8),
@@ -52,7 +50,7 @@ def throughput(args) -> None:
   import optax
   from flax import nnx
 
-  from experiments.common import markdown_table
+  from experiments.common import markdown_table, write_results
   from homeo_jax.models import Transformer, TransformerConfig
   from homeo_jax.training.build import hardware_description
   from homeo_jax.training.config import OptimizerConfig
@@ -112,8 +110,15 @@ def throughput(args) -> None:
       ]
     )
     del state
-  print(
-    markdown_table(["optimizer", "ms/step", "tokens/s", "vs AdamW", "model TFLOP/s", "MFU"], rows)
+  table = markdown_table(
+    ["optimizer", "ms/step", "tokens/s", "vs AdamW", "model TFLOP/s", "MFU"], rows
+  )
+  print(table)
+  write_results(
+    f"bench_scale_throughput_{args.size}",
+    f"Optimizer throughput at size {args.size}",
+    table,
+    [f"{n_total / 1e6:.1f}M params, {b}×{t} tokens per step, median of {args.repeats}"],
   )
 
 
@@ -123,7 +128,7 @@ def muon_sharding(args) -> None:
   import numpy as np
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-  from experiments.common import markdown_table
+  from experiments.common import markdown_table, write_results
   from homeo_jax.cores.polar import orthogonalize, orthogonalize_many
   from homeo_jax.training.build import hardware_description
 
@@ -166,8 +171,16 @@ def muon_sharding(args) -> None:
   base = float(rows[0][1])
   for row in rows:
     row.append(f"{base / float(row[1]):.2f}×")
-  print(markdown_table(["Newton–Schulz (5 steps)", "ms", "collectives in HLO", "speed-up"], rows))
-  print(f"max |difference| between the two: {err:.1e}; {len(devices)} devices")
+  table = markdown_table(["Newton–Schulz (5 steps)", "ms", "collectives in HLO", "speed-up"], rows)
+  note = f"max |difference| between the two: {err:.1e}; {len(devices)} devices"
+  print(table)
+  print(note)
+  write_results(
+    "bench_scale_muon_sharding",
+    "Muon's Newton–Schulz on sharded stacks",
+    table,
+    [f"{len(mats)} matrices of a {layers}-layer, {d}-wide model", note],
+  )
 
 
 def main() -> None:
@@ -186,7 +199,6 @@ def main() -> None:
   if args.mode == "muon-sharding" and args.devices:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     os.environ["JAX_PLATFORMS"] = "cpu"
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
   throughput(args) if args.mode == "throughput" else muon_sharding(args)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments.common import markdown_table, mean_std
+from experiments.common import markdown_table, mean_std, write_results
 from homeo_jax import controls as read_controls
 from homeo_jax.models import MoEConfig, MoETransformerConfig
 from homeo_jax.models.moe import MoEFeedForward
@@ -157,12 +157,16 @@ def main() -> None:
     results = np.array([simulate(arm, args.steps, s) for s in args.seeds])
     rows.append([label, *(mean_std(list(results[:, i]), 3) for i in range(3))])
     print(rows[-1], flush=True)
-  print(
-    f"\n{hardware_description()}; {args.steps} steps, seeds {args.seeds}, "
-    f"{TOKENS} tokens x top-{TOP_K} of {EXPERTS} experts, preference std {SKEW}\n"
+  setting = (
+    f"{args.steps} steps, seeds {args.seeds}, {TOKENS} tokens x top-{TOP_K} of {EXPERTS} "
+    f"experts, preference std {SKEW}; mean ± std over seeds"
   )
+  print(f"\n{hardware_description()}; {setting}\n")
   header = ["arm", "hard-load CV (last third)", "MaxVio per batch", "MaxVio global (last third)"]
-  print(markdown_table(header, rows))
+  table = markdown_table(header, rows)
+  print(table)
+  title = "Do the balancers act? A closed-loop simulation"
+  write_results("bench_spechorn_balance", title, table, [setting])
 
 
 if __name__ == "__main__":

@@ -374,6 +374,24 @@ def write_experiment_report(
   return path
 
 
+def write_results(
+  name: str,
+  title: str,
+  table: str,
+  notes: Sequence[str] = (),
+  *,
+  results_dir: Path = RESULTS_DIR,
+) -> Path:
+  """The committed ``experiments/results/<name>.md`` and ``.json`` of a script whose result is
+  one table (a benchmark, a search): the table with its command, revision, date, hardware and
+  notes; ``runs/<name>/report.md`` beside it."""
+  out_dir = Path("runs") / name
+  out_dir.mkdir(parents=True, exist_ok=True)
+  return write_experiment_report(
+    out_dir, title, notes, table, "", name=name, results_dir=results_dir
+  )
+
+
 def _module_name() -> str:
   """``experiments.<name>`` of the running experiment (``python -m`` sets ``__spec__``)."""
   main = sys.modules.get("__main__")

@@ -8,7 +8,7 @@ Each setting is ``configs/thyroid_2bit.py:cpu`` with AdamW and the overrides bel
 per-tensor scales, ternary levels, wider and deeper models, 1,000–2,000 steps). A regime
 is a cliff regime when a setting has ≥ 3 incidents per run. Prints, per setting: loss
 spikes, cliff incidents, the largest loss / EMA ratio after the burn-in, and the final
-validation loss; writes ``runs/thyroid_cliff_probe/report.md``.
+validation loss; writes ``experiments/results/thyroid_cliff_search.md``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import markdown_table, read_run, run_arms
+from experiments.common import markdown_table, read_run, run_arms, write_results
 from experiments.thyroid_2bit import ADAMW, cliff_trace, running_stats, train_with_flip_monitor
-from homeo_jax.training.build import hardware_description, load_data
+from homeo_jax.training.build import load_data
 from homeo_jax.training.config import load_config
 from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
 
@@ -127,9 +127,8 @@ def main() -> None:
     rows,
   )  # fmt: skip
   print(table)
-  (out / "report.md").write_text(
-    f"# Cliff-regime search (seed 0)\n\n{hardware_description()}\n\n{table}\n"
-  )
+  notes = ["manual 2-bit AdamW, seed 0"]
+  write_results("thyroid_cliff_search", "Cliff-regime search", table, notes)
 
 
 if __name__ == "__main__":

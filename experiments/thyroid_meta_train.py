@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import thyroid_meta as meta
-from experiments.common import markdown_table
+from experiments.common import markdown_table, write_results
 from homeo_jax.regulators.thyroid import (
   VERSIONS,
   WEIGHTS_DIR,
@@ -186,8 +186,11 @@ def main() -> None:
   print(table)
   print("J: lower is better (variance of late losses − 0.1·progress + 0.01·smoothness)")
   (report / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-  (report / "report.md").write_text(
-    f"# Thyroid meta-training\n\n{hardware_description()}\n\n{table}\n"
+  write_results(
+    "thyroid_meta_train",
+    "Thyroid meta-training",
+    table,
+    ["J: lower is better (variance of late losses − 0.1·progress + 0.01·smoothness)"],
   )
 
 

@@ -31,3 +31,16 @@ def test_a_report_ships_with_command_revision_and_hardware(tmp_path):
   assert "- command: `" in text and "| 1 |" in text and "![demo](demo.png)" in text
   assert (results / "demo.png").read_bytes() == b"\x89PNG"
   assert (out / "report.md").is_file()
+
+
+def test_a_table_script_writes_its_committed_results_file(tmp_path, monkeypatch):
+  from experiments.common import write_results
+
+  monkeypatch.chdir(tmp_path)
+  write_results("bench_x", "A bench", "| a |\n|---|\n| 1 |", ["2 seeds"], results_dir=tmp_path)
+  record = json.loads((tmp_path / "bench_x.json").read_text())
+  assert record["title"] == "A bench" and record["notes"] == ["2 seeds"]
+  assert record["revision"] and record["hardware"] and record["date"]
+  text = (tmp_path / "bench_x.md").read_text()
+  assert "| a |" in text and "- command: `python -m" in text and "- 2 seeds" in text
+  assert (tmp_path / "runs" / "bench_x" / "report.md").is_file()
