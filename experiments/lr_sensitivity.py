@@ -246,14 +246,25 @@ def _fmt_lr(lr: float | None) -> str:
   return "none" if lr is None else f"{lr:g}"
 
 
+def _seeds_label(arms) -> str:
+  """ "" when every arm has all its seeds, else how many whole lr curves the answer rests on."""
+  if all(a["complete"] for a in arms):
+    return ""
+  counts = sorted({len(a["sensitivity"]) for a in arms})
+  return f" (provisional: {'/'.join(map(str, counts))} seed(s) per arm)"
+
+
 def verdict_lines(summary: dict) -> list[str]:
-  """The moonshot's two questions per inner optimizer, where their arms are complete."""
+  """The moonshot's two questions per inner optimizer, once each arm has a whole lr curve;
+  provisional (and said so) until every arm has its three seeds."""
   lines = []
   for inner, prefix in (("AdamW", ""), ("Muon", "muon_")):
     plain, qk, stack, stack_qk = (
       summary.get(f"{prefix}{n}") for n in ("plain", "qk_norm", "stack", "stack_qk_norm")
     )
-    if plain and qk and stack and plain["complete"] and qk["complete"] and stack["complete"]:
+    arms_a = (plain, qk, stack)
+    if all(a and a["sensitivity"] for a in arms_a):
+      seeds = _seeds_label(arms_a)
       s, q = np.mean(stack["sensitivity"]), np.mean(qk["sensitivity"])
       s_se, q_se = standard_error(stack["sensitivity"]), standard_error(qk["sensitivity"])
       loss_s, loss_p = np.mean(stack["best"]), np.mean(plain["best"])
@@ -263,16 +274,17 @@ def verdict_lines(summary: dict) -> list[str]:
       )
       yes = s <= q and loss_s <= loss_p + 2 * se
       lines.append(
-        f"**(a) {inner}: {'yes' if yes else 'no'}** — the stack's LR sensitivity is "
+        f"**(a) {inner}: {'yes' if yes else 'no'}**{seeds} — the stack's LR sensitivity is "
         f"{s:.3f} ± {s_se:.3f} against qk-norm's {q:.3f} ± {q_se:.3f}; its best-lr loss "
         f"{loss_s:.3f} against plain {inner}'s {loss_p:.3f} (2 s.e. = {2 * se:.3f})."
       )
-    if qk and stack_qk and qk["complete"] and stack_qk["complete"]:
+    if qk and stack_qk and qk["sensitivity"] and stack_qk["sensitivity"]:
+      seeds = _seeds_label((qk, stack_qk))
       a, b = stack_qk["stable_global"], qk["stable_global"]
       yes = a is not None and b is not None and a >= 3 * b * 0.99
       lines.append(
-        f"**(b) {inner}: {'yes' if yes else 'no'}** — the largest lr within {NATS} nats of the "
-        f"best arm's best is {_fmt_lr(a)} with the stack + qk-norm and {_fmt_lr(b)} with "
+        f"**(b) {inner}: {'yes' if yes else 'no'}**{seeds} — the largest lr within {NATS} nats "
+        f"of the best arm's best is {_fmt_lr(a)} with the stack + qk-norm and {_fmt_lr(b)} with "
         f"qk-norm alone (≥ 3× needed)."
       )
     elif prefix == "":

@@ -62,3 +62,22 @@ def test_shard_argument_is_checked():
     parse_shard("x")
   assert sweep._is_workers_arg(["--arms", "plain", "--workers", "2"], 3)
   assert not sweep._is_workers_arg(["--arms", "plain", "--workers", "2"], 1)
+
+
+def test_verdict_lines_answer_both_questions_and_say_when_provisional():
+  def arm(sens, best, stable, complete=True):
+    return {"sensitivity": sens, "best": best, "stable_global": stable, "complete": complete}
+
+  summary = {
+    "plain": arm([0.6, 0.7, 0.65], [1.94, 1.95, 1.93], 0.003),
+    "qk_norm": arm([0.35, 0.34, 0.36], [1.92, 1.93, 1.92], 0.003),
+    "stack": arm([0.2, 0.25, 0.22], [1.89, 1.90, 1.89], 0.03),
+    "stack_qk_norm": arm([0.26], [1.90], 0.003, complete=False),
+  }
+  a, b = sweep.verdict_lines(summary)
+  assert a.startswith("**(a) AdamW: yes** — ") and "0.223 ± 0.015 against qk-norm's 0.350" in a
+  assert b.startswith("**(b) AdamW: no** (provisional: 1/3 seed(s) per arm)")
+  assert "0.003 with the stack + qk-norm and 0.003 with qk-norm alone" in b
+  summary["stack_qk_norm"] = arm([0.26, 0.25, 0.27], [1.90, 1.91, 1.90], 0.01)
+  _, b = sweep.verdict_lines(summary)  # one half-decade step of the grid is ≥ 3×
+  assert b.startswith("**(b) AdamW: yes** — ")
