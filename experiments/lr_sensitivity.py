@@ -246,6 +246,10 @@ def _fmt_lr(lr: float | None) -> str:
   return "none" if lr is None else f"{lr:g}"
 
 
+def _pm(mean: float, se: float) -> str:
+  return f"{mean:.3f}" + (f" ± {se:.3f}" if math.isfinite(se) else "")
+
+
 def _seeds_label(arms) -> str:
   """ "" when every arm has all its seeds, else how many whole lr curves the answer rests on."""
   if all(a["complete"] for a in arms):
@@ -273,10 +277,11 @@ def verdict_lines(summary: dict) -> list[str]:
         + np.nan_to_num(standard_error(plain["best"])) ** 2
       )
       yes = s <= q and loss_s <= loss_p + 2 * se
+      margin = f"2 s.e. = {2 * se:.3f}" if se > 0 else "one seed: no s.e., so no margin"
       lines.append(
         f"**(a) {inner}: {'yes' if yes else 'no'}**{seeds} — the stack's LR sensitivity is "
-        f"{s:.3f} ± {s_se:.3f} against qk-norm's {q:.3f} ± {q_se:.3f}; its best-lr loss "
-        f"{loss_s:.3f} against plain {inner}'s {loss_p:.3f} (2 s.e. = {2 * se:.3f})."
+        f"{_pm(s, s_se)} against qk-norm's {_pm(q, q_se)}; its best-lr loss "
+        f"{loss_s:.3f} against plain {inner}'s {loss_p:.3f} ({margin})."
       )
     if qk and stack_qk and qk["sensitivity"] and stack_qk["sensitivity"]:
       seeds = _seeds_label((qk, stack_qk))
@@ -287,8 +292,10 @@ def verdict_lines(summary: dict) -> list[str]:
         f"of the best arm's best is {_fmt_lr(a)} with the stack + qk-norm and {_fmt_lr(b)} with "
         f"qk-norm alone (≥ 3× needed)."
       )
-    elif prefix == "":
-      lines.append(f"(b) {inner}: not yet measured (needs stack_qk_norm and qk_norm complete).")
+    elif f"{prefix}stack_qk_norm" not in ARMS:
+      lines.append(f"(b) {inner}: not in the sweep (no {prefix}stack_qk_norm arm).")
+    else:
+      lines.append(f"(b) {inner}: not yet measured (needs stack_qk_norm and qk_norm curves).")
   return lines
 
 

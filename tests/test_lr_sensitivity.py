@@ -74,10 +74,11 @@ def test_verdict_lines_answer_both_questions_and_say_when_provisional():
     "stack": arm([0.2, 0.25, 0.22], [1.89, 1.90, 1.89], 0.03),
     "stack_qk_norm": arm([0.26], [1.90], 0.003, complete=False),
   }
-  a, b = sweep.verdict_lines(summary)
+  a, b, muon = sweep.verdict_lines(summary)
+  assert muon == "(b) Muon: not in the sweep (no muon_stack_qk_norm arm)."
   assert a.startswith("**(a) AdamW: yes** — ") and "0.223 ± 0.015 against qk-norm's 0.350" in a
   assert b.startswith("**(b) AdamW: no** (provisional: 1/3 seed(s) per arm)")
   assert "0.003 with the stack + qk-norm and 0.003 with qk-norm alone" in b
   summary["stack_qk_norm"] = arm([0.26, 0.25, 0.27], [1.90, 1.91, 1.90], 0.01)
-  _, b = sweep.verdict_lines(summary)  # one half-decade step of the grid is ≥ 3×
+  _, b, _ = sweep.verdict_lines(summary)  # one half-decade step of the grid is ≥ 3×
   assert b.startswith("**(b) AdamW: yes** — ")
