@@ -123,10 +123,7 @@ def _import_config_package(directory: Path) -> None:
   name = directory.name
   if not (directory / "__init__.py").is_file() or not name.isidentifier():
     return
-  loaded = sys.modules.get(name)
-  if loaded is not None and str(directory) in list(getattr(loaded, "__path__", [])):
-    return
-  if loaded is not None:  # another package of that name: leave it alone
+  if name in sys.modules:  # imported already (this folder, or another package of that name)
     return
   spec = importlib.util.spec_from_file_location(
     name, directory / "__init__.py", submodule_search_locations=[str(directory)]
