@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.common import (
+  ROOT,
   markdown_table,
   mean_std,
   read_run,
@@ -50,7 +51,6 @@ from homeo_jax.training.loop import train
 from homeo_jax.training.report import series
 from homeo_jax.training.trained import restore_state
 
-ROOT = Path(__file__).resolve().parents[1]
 ARS = ["optimizer.name=ars_adamw", "optimizer.kwargs.gate.surprise=relative"]
 ARMS = {
   "adamw": ["optimizer.name=adamw", "optimizer.kwargs={}"],

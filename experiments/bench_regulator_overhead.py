@@ -21,14 +21,13 @@ import datetime
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.common import ResultsFile, git_revision, markdown_table
+from experiments.common import ROOT, ResultsFile, git_revision, markdown_table
 from homeo_jax.models import roles
 from homeo_jax.regulators.ars import ars_adamw
 from homeo_jax.regulators.qk_clip import qk_clip
@@ -134,7 +133,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=30)
   args = parser.parse_args()
   spec = "configs/shakespeare_char.py" + ("" if args.preset == "full" else ":cpu")
-  config = config_lib.load_config(str(Path(__file__).parents[1] / spec))
+  config = config_lib.load_config(str(ROOT / spec))
   config = dataclasses.replace(
     config, model=dataclasses.replace(config.model, attention_telemetry=True)
   )

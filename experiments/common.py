@@ -260,8 +260,7 @@ def experiment_setup(
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--arms", nargs="+", default=None, help="run only these arms")
   args = parser.parse_args()
-  root = Path(__file__).resolve().parents[2]
-  base = load_config(f"{root}/configs/{config_file}:{args.scale}")
+  base = load_config(f"{ROOT}/configs/{config_file}:{args.scale}")
   split_cpu_cores(base.mesh, base.data.batch_size)  # CPU: one data-parallel device per core
   return args, base, Path(f"runs/{out_prefix}_{args.scale}")
 

@@ -64,6 +64,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.common import (
+  ROOT,
   markdown_table,
   mean_std,
   read_run,
@@ -77,7 +78,6 @@ from homeo_jax.training.config import apply_overrides, load_config
 from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
 from homeo_jax.training.flops import forward_flops_per_token
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (1.3, 2.0, 3.0)
 TOLERANCE = 0.1
 HELD_OUT_SEED = 10_001

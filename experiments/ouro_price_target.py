@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from experiments.common import (
+  ROOT,
   markdown_table,
   mean_std,
   read_run,
@@ -37,7 +38,6 @@ from homeo_jax.training.config import load_config
 from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
 from homeo_jax.training.report import series
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (1.3, 2.0, 3.0)
 TOLERANCE = 0.1
 CONTROLLERS = {

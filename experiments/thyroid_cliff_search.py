@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import markdown_table, read_run, run_arms, write_results
+from experiments.common import ROOT, markdown_table, read_run, run_arms, write_results
 from experiments.thyroid_2bit import ADAMW, cliff_trace, running_stats, train_with_flip_monitor
 from homeo_jax.training.build import load_data
 from homeo_jax.training.config import load_config
@@ -95,8 +95,7 @@ def describe(overrides: list[str]) -> str:
 
 def main() -> None:
   reexec_with_page_keeping_allocator(["-m", "experiments.thyroid_cliff_search", *sys.argv[1:]])
-  root = Path(__file__).resolve().parents[1]
-  base = load_config(f"{root}/configs/thyroid_2bit.py:cpu")
+  base = load_config(f"{ROOT}/configs/thyroid_2bit.py:cpu")
   data = load_data(base)
   out = Path("runs/thyroid_cliff_probe")
   arms = {

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import thyroid_meta as meta
-from experiments.common import markdown_table, write_results
+from experiments.common import git_revision, markdown_table, write_results
 from homeo_jax.regulators.thyroid import (
   VERSIONS,
   WEIGHTS_DIR,
@@ -46,19 +45,6 @@ GRID = list(itertools.product((0.5, 0.7, 1.0, 1.4, 2.0), (0.1, 1.0, 2.0), (0.5, 
 TASKS_PER_STEP = {"mlp": 32, "lm": 4, "lm_2bit": 4}
 VALIDATION = {"mlp": 64, "lm": 8, "lm_2bit": 8}
 HELD_OUT = {"mlp": 64, "lm": 16, "lm_2bit": 16}
-
-
-def git_revision() -> str:
-  """The checkout's commit (``+dirty`` with uncommitted changes), or "unknown"."""
-  root = Path(__file__).resolve().parents[1]
-  try:
-    rev = subprocess.run(
-      ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True)
-    return rev + ("+dirty" if dirty.stdout.strip() else "")
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

@@ -1,21 +1,46 @@
 """The experiments package: every module imports (as ``python -m experiments.<name>`` does),
 and a report ships as a committed results file with its provenance."""
 
+import ast
 import importlib
 import json
 import pkgutil
+import sys
 
 import pytest
 
 import experiments
+from experiments import common
 from experiments.common import write_experiment_report
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__))
 
 
+def _setup_calls() -> list[tuple[str, str, str]]:
+  """(experiment, config file, scale) for every ``experiment_setup(...)`` call, read from source."""
+  calls = []
+  for name in MODULES:
+    tree = ast.parse((common.ROOT / "experiments" / f"{name}.py").read_text())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "experiment_setup":
+        config_file, scales = ast.literal_eval(node.args[1]), ast.literal_eval(node.args[2])
+        calls += [(name, config_file, scale) for scale in scales]
+  return calls
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_every_experiment_imports_as_a_package_module(name):
   importlib.import_module(f"experiments.{name}")
+
+
+@pytest.mark.parametrize("name,config_file,scale", _setup_calls())
+def test_every_experiment_command_line_loads_its_preset(name, config_file, scale, monkeypatch):
+  monkeypatch.setenv("HOMEO_JAX_REEXECUTED", "1")  # no allocator re-exec inside pytest
+  monkeypatch.setattr(common, "split_cpu_cores", lambda *a: None)
+  monkeypatch.setattr(sys, "argv", [name, "--scale", scale, "--seeds", "4"])
+  args, base, out = common.experiment_setup(name, config_file, [scale], name)
+  assert args.seeds == [4] and out.name == f"{name}_{scale}"
+  assert base.train.steps > 0
 
 
 def test_a_report_ships_with_command_revision_and_hardware(tmp_path):
