@@ -341,7 +341,7 @@ def write_experiment_report(
   """``<out_dir>/report.md`` — title, hardware, the notes as bullets, the table, the figure —
   and the committed copy ``experiments/results/<name>.md`` (``name``: the run folder's) with
   the command, revision and date, beside ``<name>.json`` holding the same fields and the
-  figure copied next to them."""
+  figure copied next to them as ``<name>.png`` (run folders name their figures alike)."""
   from homeo_jax.training.build import hardware_description
   from homeo_jax.training.metrics import atomic_write_text
 
@@ -352,23 +352,20 @@ def write_experiment_report(
   hardware = hardware_description()
   head = [f"# {title}", "", f"- hardware: {hardware}"]
   provenance = [f"- command: `{command}`", f"- revision {revision}, {date}"]
-  body = [
-    *(f"- {note}" for note in notes),
-    "",
-    table,
-    "",
-    *([f"![{Path(figure).stem}]({Path(figure).name})", ""] if figure else []),
-  ]
+  body = [*(f"- {note}" for note in notes), "", table, ""]
+  shipped_figure = f"{name}{Path(figure).suffix}" if figure else ""
   path = Path(out_dir) / "report.md"
-  atomic_write_text(path, "\n".join([*head, *body]))
+  local = [f"![{Path(figure).stem}]({Path(figure).name})", ""] if figure else []
+  atomic_write_text(path, "\n".join([*head, *body, *local]))
   results_dir = Path(results_dir)
   results_dir.mkdir(parents=True, exist_ok=True)
-  atomic_write_text(results_dir / f"{name}.md", "\n".join([*head, *provenance, *body]))
+  shipped = [f"![{name}]({shipped_figure})", ""] if figure else []
+  atomic_write_text(results_dir / f"{name}.md", "\n".join([*head, *provenance, *body, *shipped]))
   record = dict(title=title, command=command, revision=revision, date=date, hardware=hardware,
                 notes=list(notes), table=table)  # fmt: skip
   atomic_write_text(results_dir / f"{name}.json", json.dumps(record, indent=1) + "\n")
   if figure and (Path(out_dir) / figure).is_file():
-    shutil.copyfile(Path(out_dir) / figure, results_dir / Path(figure).name)
+    shutil.copyfile(Path(out_dir) / figure, results_dir / shipped_figure)
   print(f"wrote {path} and {results_dir / name}.md")
   return path
 

@@ -53,8 +53,8 @@ def test_a_report_ships_with_command_revision_and_hardware(tmp_path):
   assert shipped["title"] == "Demo" and shipped["notes"] == ["seeds [0, 1, 2]"]
   assert shipped["revision"] and shipped["date"] and shipped["hardware"] and shipped["command"]
   text = (results / "demo_cpu.md").read_text()
-  assert "- command: `" in text and "| 1 |" in text and "![demo](demo.png)" in text
-  assert (results / "demo.png").read_bytes() == b"\x89PNG"
+  assert "- command: `" in text and "| 1 |" in text and "![demo_cpu](demo_cpu.png)" in text
+  assert (results / "demo_cpu.png").read_bytes() == b"\x89PNG"  # named by the run, not "demo"
   assert (out / "report.md").is_file()
 
 
