@@ -210,24 +210,47 @@ def run_arms(
   data: Any = None,
   train_fn: Callable[..., Any] = train,
 ) -> dict[str, list[Path]]:
-  """Train every arm for every seed; returns ``{arm: [run_dir per seed]}``."""
+  """Train every arm for every seed; returns ``{arm: [run_dir per seed]}``.
+
+  Finished runs are kept, so a sweep resumes run by run. Several processes may run one sweep
+  at once (e.g. one per core): each run is claimed with a lock on ``<run_dir>/.claim``, a
+  process skips the runs another holds and, before returning, waits until they finish.
+  """
   out_dir = Path(out_dir)
   data = data if data is not None else load_data(base)
   runs: dict[str, list[Path]] = {}
+  held_elsewhere: list[Path] = []
   for arm, overrides in arms.items():
     runs[arm] = []
     for seed in seeds:
       run_dir = out_dir / arm / f"seed{seed}"
       runs[arm].append(run_dir)
-      stats_path = run_dir / "stats.json"
-      # A run stopped on a non-finite step (train.on_nonfinite="stop") is a result too.
-      status = json.loads(stats_path.read_text()).get("status", "") if stats_path.exists() else ""
-      if status == "finished" or status.startswith("stopped"):
+      if _finished(run_dir):
         continue
-      config = seeded_config(base, overrides, seed, run_dir)
-      print(f"== {arm} seed {seed} -> {run_dir}", flush=True)
-      train_fn(config, data=data)
+      run_dir.mkdir(parents=True, exist_ok=True)
+      with open(run_dir / ".claim", "w") as claim:
+        try:
+          fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process trains this run
+          held_elsewhere.append(run_dir)
+          continue
+        if _finished(run_dir):  # finished between the check and the claim
+          continue
+        print(f"== {arm} seed {seed} -> {run_dir}", flush=True)
+        train_fn(seeded_config(base, overrides, seed, run_dir), data=data)
+  for run_dir in held_elsewhere:
+    with open(run_dir / ".claim", "w") as claim:
+      fcntl.flock(claim, fcntl.LOCK_EX)  # returns when the other process lets go
+    if not _finished(run_dir):
+      raise RuntimeError(f"{run_dir}: the process that claimed it stopped before it finished")
   return runs
+
+
+def _finished(run_dir: Path) -> bool:
+  """The run has its final stats (a run stopped on a non-finite step is a result too)."""
+  stats_path = run_dir / "stats.json"
+  status = json.loads(stats_path.read_text()).get("status", "") if stats_path.exists() else ""
+  return status == "finished" or status.startswith("stopped")
 
 
 def seeded_config(

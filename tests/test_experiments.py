@@ -6,6 +6,7 @@ import importlib
 import json
 import pkgutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,37 @@ def test_a_table_script_writes_its_committed_results_file(tmp_path, monkeypatch)
   text = (tmp_path / "bench_x.md").read_text()
   assert "| a |" in text and "- command: `python -m" in text and "- 2 seeds" in text
   assert (tmp_path / "runs" / "bench_x" / "report.md").is_file()
+
+
+def test_run_arms_resumes_and_shares_a_sweep_with_another_process(tmp_path):
+  """Finished runs are not retrained; a run another process holds is skipped, then awaited."""
+  import fcntl
+  import threading
+
+  from homeo_jax.training.config import Config
+
+  trained = []
+
+  def fake_train(config, data):
+    trained.append(config.train.run_dir)
+    (Path(config.train.run_dir) / "stats.json").write_text('{"status": "finished"}')
+
+  done = tmp_path / "a" / "seed0"
+  done.mkdir(parents=True)
+  (done / "stats.json").write_text('{"status": "stopped: non-finite loss"}')
+  held = tmp_path / "a" / "seed1"
+  held.mkdir(parents=True)
+  claim = open(held / ".claim", "w")  # noqa: SIM115 - released by the thread below
+  fcntl.flock(claim, fcntl.LOCK_EX)
+
+  def other_process_finishes():
+    (held / "stats.json").write_text('{"status": "finished"}')
+    claim.close()
+
+  timer = threading.Timer(0.5, other_process_finishes)
+  timer.start()
+  runs = common.run_arms(Config(), {"a": [], "b": []}, [0, 1], tmp_path, data=object(),
+                         train_fn=fake_train)  # fmt: skip
+  timer.join()
+  assert runs == {"a": [done, held], "b": [tmp_path / "b" / "seed0", tmp_path / "b" / "seed1"]}
+  assert trained == [str(tmp_path / "b" / "seed0"), str(tmp_path / "b" / "seed1")]
