@@ -238,6 +238,8 @@ def run_arms(
           continue
         print(f"== {arm} seed {seed} -> {run_dir}", flush=True)
         train_fn(seeded_config(base, overrides, seed, run_dir), data=data)
+      if not _finished(run_dir):  # paused by a signal: the sweep stops with it
+        raise SystemExit(f"{run_dir}: paused; launch the sweep again to resume")
   for run_dir in held_elsewhere:
     with open(run_dir / ".claim", "w") as claim:
       fcntl.flock(claim, fcntl.LOCK_EX)  # returns when the other process lets go

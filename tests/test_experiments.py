@@ -104,3 +104,17 @@ def test_run_arms_resumes_and_shares_a_sweep_with_another_process(tmp_path):
   timer.join()
   assert runs == {"a": [done, held], "b": [tmp_path / "b" / "seed0", tmp_path / "b" / "seed1"]}
   assert trained == [str(tmp_path / "b" / "seed0"), str(tmp_path / "b" / "seed1")]
+
+
+def test_run_arms_stops_when_a_run_pauses(tmp_path):
+  from homeo_jax.training.config import Config
+
+  trained = []
+
+  def paused_train(config, data):
+    trained.append(config.train.run_dir)
+    (Path(config.train.run_dir) / "stats.json").write_text('{"status": "paused"}')
+
+  with pytest.raises(SystemExit, match="seed0: paused"):
+    common.run_arms(Config(), {"a": []}, [0, 1], tmp_path, data=object(), train_fn=paused_train)
+  assert trained == [str(tmp_path / "a" / "seed0")]  # seed 1 never started
