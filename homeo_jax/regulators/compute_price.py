@@ -447,7 +447,12 @@ def _build(
   speedup = max(1.0, reference_steps / max(total_steps, 1))
   if isinstance(controller, DualAscent):
     controller = dataclasses.replace(controller, dual_lr=controller.dual_lr * speedup)
-  kwargs.pop("max_passes", None)  # the model's, always
+  given = kwargs.pop("max_passes", ctx.model.max_passes)  # the model's, always
+  if given != ctx.model.max_passes:
+    raise ValueError(
+      f"{kind}: max_passes={given!r} disagrees with the model's max_passes="
+      f"{ctx.model.max_passes}; leave it out (the model's is used)"
+    )
   price = compute_price(
     **kwargs,
     max_passes=ctx.model.max_passes,

@@ -351,3 +351,16 @@ def test_deployment_controls_keep_the_halting_bias():
 def test_unknown_controller_is_named():
   with pytest.raises(ValueError, match="compute_price: controller must be one of .*got 'pid'"):
     compute_price(controller="pid")
+
+
+def test_the_builder_names_a_max_passes_that_disagrees_with_the_model():
+  from homeo_jax.models import AdaptiveConfig
+  from homeo_jax.training.config import ConfigError, OptimizerConfig
+  from homeo_jax.training.optimizers import build_optimizer
+
+  model = AdaptiveConfig(vocab_size=8, num_layers=1, num_heads=1, d_model=8, max_seq_len=8)
+  cfg = OptimizerConfig(name="adamw_compute_price", kwargs={"max_passes": model.max_passes + 1})
+  with pytest.raises(ConfigError, match=f"max_passes={model.max_passes + 1}.*disagrees"):
+    build_optimizer(cfg, total_steps=10, model=model)
+  same = OptimizerConfig(name="adamw_compute_price", kwargs={"max_passes": model.max_passes})
+  build_optimizer(same, total_steps=10, model=model)  # agreeing is fine
