@@ -279,7 +279,8 @@ def experiment_setup(
   (args, base config, output folder)."""
   import argparse
 
-  reexec_with_page_keeping_allocator(sys.argv)  # CPU: before JAX starts (training/cpu.py)
+  # CPU: before JAX starts (training/cpu.py); as ``python -m``, so it stays a package module
+  reexec_with_page_keeping_allocator(["-m", _module_name(), *sys.argv[1:]])
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--scale", default=scales[0], choices=list(scales))
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -417,4 +418,6 @@ def _module_name() -> str:
   """``experiments.<name>`` of the running experiment (``python -m`` sets ``__spec__``)."""
   main = sys.modules.get("__main__")
   spec = getattr(main, "__spec__", None)
-  return spec.name if spec is not None else Path(sys.argv[0]).stem
+  if spec is not None:
+    return spec.name
+  return f"experiments.{Path(sys.argv[0]).stem}"  # run as a file: its module in the package

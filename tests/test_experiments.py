@@ -36,12 +36,22 @@ def test_every_experiment_imports_as_a_package_module(name):
 
 @pytest.mark.parametrize("name,config_file,scale", _setup_calls())
 def test_every_experiment_command_line_loads_its_preset(name, config_file, scale, monkeypatch):
-  monkeypatch.setenv("HOMEO_JAX_REEXECUTED", "1")  # no allocator re-exec inside pytest
+  import types
+
+  reexecuted = []
+  monkeypatch.setattr(common, "reexec_with_page_keeping_allocator", reexecuted.append)
   monkeypatch.setattr(common, "split_cpu_cores", lambda *a: None)
-  monkeypatch.setattr(sys, "argv", [name, "--scale", scale, "--seeds", "4"])
-  args, base, out = common.experiment_setup(name, config_file, [scale], name)
-  assert args.seeds == [4] and out.name == f"{name}_{scale}"
-  assert base.train.steps > 0
+  # as `python -m experiments.<name>` runs it, and as the file
+  as_module = types.SimpleNamespace(__spec__=types.SimpleNamespace(name=f"experiments.{name}"))
+  as_file = types.SimpleNamespace(__spec__=None)
+  for main, argv0 in [(as_module, "-m"), (as_file, f"/x/experiments/{name}.py")]:
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", [argv0, "--scale", scale, "--seeds", "4"])
+    args, base, out = common.experiment_setup(name, config_file, [scale], name)
+    assert args.seeds == [4] and out.name == f"{name}_{scale}"
+    assert base.train.steps > 0
+  # the allocator re-exec keeps it a package module: `python -m experiments.<name> ARGS`
+  assert reexecuted == 2 * [["-m", f"experiments.{name}", "--scale", scale, "--seeds", "4"]]
 
 
 def test_a_report_ships_with_command_revision_and_hardware(tmp_path):

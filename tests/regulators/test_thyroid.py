@@ -211,7 +211,7 @@ def shakespeare_bytes():
 def test_meta_gradient_matches_finite_differences(first_seed):
   # The meta-gradient through the 32-step unroll must be the objective's true slope, on
   # float MLP tasks and on 2-bit ones (which is why they train through the soft
-  # staircase). On the tiny LMs it is not (README: J is rough there, measured).
+  # staircase). On the tiny LMs it is not (docs/systems/thyroid.md: J is rough there).
   start = init_thyroid_params("alpha", 1, 0)
   seeds = jnp.arange(first_seed, first_seed + 32, 2)
 
