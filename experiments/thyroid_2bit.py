@@ -143,6 +143,25 @@ def plot_traces(run_dirs, path: Path) -> None:
   fig.savefig(path, dpi=100)
 
 
+def multiplier_ranges(runs: dict[str, list]) -> list[str]:
+  """``"<arm> α a…b, λ …, τ …"`` per thyroid arm, over the steps from its first update on
+  (until then every multiplier is 1)."""
+  out = []
+  for arm, dirs in runs.items():
+    if not arm.startswith("thyroid"):
+      continue
+    values: dict[str, list[float]] = {"alpha": [], "lam": [], "tau": []}
+    for d in dirs:
+      records = [x for x in read_run(d)[0] if "regulators/thyroid/alpha" in x]
+      first = next(i for i, x in enumerate(records) if x["regulators/thyroid/alpha"] != 1.0)
+      for key, vals in values.items():
+        vals += [x[f"regulators/thyroid/{key}"] for x in records[first:]]
+    symbols = {"alpha": "α", "lam": "λ", "tau": "τ"}
+    ranges = [f"{symbols[k]} {min(v):.3f}…{max(v):.3f}" for k, v in values.items()]
+    out.append(f"{arm} " + ", ".join(ranges))
+  return out
+
+
 def main() -> None:
   args, base, out = experiment_setup(
     __doc__.splitlines()[0], "thyroid_2bit.py", ("cpu", "stress", "gpu"), "thyroid_2bit"
@@ -256,7 +275,9 @@ def main() -> None:
       f"best constant: α = {alpha:.3g} with (λ, τ) from the grid (seed 100) "
       + json.dumps({k: round(v, 4) for k, v in grid_val.items()})
       + f" → λ = {lam:g}, τ = {tau:g}",
-      f"thyroid arms at the untuned config lr {lr0:g} with the shipped weights",
+      f"thyroid arms at the untuned config lr {lr0:g} with the shipped weights; their "
+      "multipliers after the first update (min … max over steps and seeds): "
+      + "; ".join(multiplier_ranges(runs)),
       "cliff incident: loss > EMA + 3σ with a flip-rate burst (> EMA + 3σ) within ±2 steps "
       "(traces.png: the manual arm's runs)",
       f"steps to target: first evaluation (every {base.train.eval_every}) at or below the "
