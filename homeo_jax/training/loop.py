@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,85 @@ class Throughput:
   @property
   def tokens_per_second(self) -> float:
     return self.tokens / self.seconds if self.seconds else 0.0
+
+
+@dataclasses.dataclass
+class StepLog:
+  """Each step's record. A step's metrics are read one step late (``pending``), so the host
+  never waits on the device: ``flush`` writes them to ``metrics.jsonl`` (every ``log_every``
+  steps, the last step and every non-finite one) and the console, updates ``stats`` with the
+  throughput and MFU, and counts the non-finite steps in a row."""
+
+  train: config_lib.TrainConfig
+  files: RunFiles
+  stats: dict[str, Any]
+  timer: Throughput
+  bar: Any  # a tqdm progress bar
+  lr_schedule: Callable[[int], Any] | None = None
+  flops_per_token: float = 0.0
+  peak_flops: float | None = None
+  pending: tuple[int, Any, int] | None = None  # (step, metrics on the device, tokens)
+  consecutive_bad: int = 0
+
+  def submit(self, step: int, metrics: Mapping[str, Any], tokens: int) -> None:
+    self.pending = (step, metrics, tokens)
+
+  def discard(self) -> None:
+    """A rollback undid the pending step."""
+    self.pending = None
+
+  def flush(self) -> int | None:
+    """Log the pending step; return that step if its update was non-finite."""
+    if self.pending is None:
+      return None
+    t, stats = self.train, self.stats
+    step, metrics, step_tokens = self.pending
+    self.pending = None
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    step_seconds = self.timer.finished(step, step_tokens)
+    tok_s = self.timer.tokens_per_second
+    bad = metrics.get("nonfinite", 0.0) > 0
+    self.consecutive_bad = self.consecutive_bad + 1 if bad else 0
+    if bad and t.on_nonfinite == "skip":
+      stats["skipped_steps"] += 1
+    stats.update(step=step, train_loss=metrics["loss"], tokens_per_second=tok_s)
+    if self.timer.steps:
+      stats["seconds_per_step"] = self.timer.seconds / self.timer.steps
+    if self.peak_flops and tok_s:
+      stats["mfu"] = metrics["mfu"] = tok_s * self.flops_per_token / self.peak_flops
+    headline = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("regulators/")}
+    metrics.update(dt=step_seconds, tok_s=tok_s)
+    self.bar.set_postfix(
+      loss=f"{metrics['loss']:.4f}",
+      tok_s=f"{tok_s:,.0f}",
+      **{k: f"{v:.3g}" for k, v in list(headline.items())[:3]},
+    )
+    self.bar.update(step - self.bar.n)
+    if step % t.log_every == 0 or step == t.steps or bad:
+      if self.lr_schedule is not None:  # evaluated on the host only for logged steps
+        metrics["lr"] = float(self.lr_schedule(step - 1))
+      self.files.append_metrics({"step": step, **metrics, "tokens_per_second": tok_s})
+      stats["last_metrics"] = metrics
+      if layers := layer_rows(metrics):
+        stats["layers"] = layers
+      for line in LINE_FORMATS[t.log_format](step, metrics):
+        self.bar.write(line)
+    return step if bad else None
+
+
+def record_validation(step: int, losses: dict[str, float], stats: dict, files: RunFiles) -> str:
+  """Put an evaluation's losses (``""``: the validation split; names: ``eval_sets``) in
+  ``stats`` and ``metrics.jsonl``, track the best; returns the console line."""
+  losses = dict(losses)
+  val_loss = losses.pop("")
+  stats["val_loss"] = val_loss
+  stats.update({f"val_loss/{name}": v for name, v in losses.items()})
+  if stats["best_val_loss"] is None or val_loss < stats["best_val_loss"]:
+    stats.update(best_val_loss=val_loss, best_val_step=step)
+  files.append_metrics(
+    {"step": step, "val/loss": val_loss, **{f"val/{n}/loss": v for n, v in losses.items()}}
+  )
+  return f"step {step:6d} | val loss {val_loss:.4f} (best {stats['best_val_loss']:.4f})"
 
 
 def due(step: int, every: int, last: int) -> bool:
@@ -352,62 +431,23 @@ def train(
   start = int(state.step)
   # Rollback target before the first checkpoint: the initial state, kept on the host.
   initial = jax.device_get(state) if t.on_nonfinite == "rollback" and start == 0 else None
-  pending: tuple[int, dict] | None = None
   timer = Throughput(measured_from=start + 1)
   bar = tqdm(
     total=t.steps, initial=start, disable=not t.progress, dynamic_ncols=True, file=sys.stdout
   )
+  log = StepLog(t, files, stats, timer, bar, lr_schedule, flops_per_token, peak)
   status = "finished"
-  consecutive_skips = 0
   policy = NonFinitePolicy.from_config(t)
-
-  def flush() -> int | None:
-    """Log the pending step's metrics; return that step if its update was non-finite."""
-    nonlocal pending, consecutive_skips
-    if pending is None:
-      return None
-    step, metrics, step_tokens = pending
-    pending = None
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    step_seconds = timer.finished(step, step_tokens)
-    tok_s = timer.tokens_per_second
-    bad = metrics.get("nonfinite", 0.0) > 0
-    consecutive_skips = consecutive_skips + 1 if bad else 0
-    if bad and t.on_nonfinite == "skip":
-      stats["skipped_steps"] += 1
-    stats.update(step=step, train_loss=metrics["loss"], tokens_per_second=tok_s)
-    if timer.steps:
-      stats["seconds_per_step"] = timer.seconds / timer.steps
-    if peak and tok_s:
-      stats["mfu"] = metrics["mfu"] = tok_s * flops_per_token / peak
-    headline = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("regulators/")}
-    metrics.update(dt=step_seconds, tok_s=tok_s)
-    bar.set_postfix(
-      loss=f"{metrics['loss']:.4f}",
-      tok_s=f"{tok_s:,.0f}",
-      **{k: f"{v:.3g}" for k, v in list(headline.items())[:3]},
-    )
-    bar.update(step - bar.n)
-    if step % t.log_every == 0 or step == t.steps or bad:
-      if lr_schedule is not None:  # evaluated on the host only for logged steps
-        metrics["lr"] = float(lr_schedule(step - 1))
-      files.append_metrics({"step": step, **metrics, "tokens_per_second": tok_s})
-      stats["last_metrics"] = metrics
-      if layers := layer_rows(metrics):
-        stats["layers"] = layers
-      for line in LINE_FORMATS[t.log_format](step, metrics):
-        bar.write(line)
-    return step if bad else None
 
   def on_fault(bad_step: int | None) -> bool:
     """Apply ``train.on_nonfinite`` to a non-finite step; True if the run rolled back
     (``state`` and ``step`` then stand at the restored step)."""
-    nonlocal state, pending, step
+    nonlocal state, step
     if bad_step is None:
       return False
     saved = checkpointer.steps()
     newest = saved[-1] if saved else None
-    if policy.decide(bad_step, consecutive_skips, stats["rollbacks"], newest) == "skip":
+    if policy.decide(bad_step, log.consecutive_bad, stats["rollbacks"], newest) == "skip":
       print(f"step {bad_step}: non-finite loss or gradient; update skipped", file=sys.stderr)
       return False
     restored = checkpointer.restore_latest(state)
@@ -431,7 +471,7 @@ def train(
       f"update scale {scale:g}, skipping the data seen since",
       file=sys.stderr,
     )
-    pending = None
+    log.discard()
     bar.n = back_to
     bar.refresh()
     timer.restart_clock()
@@ -446,29 +486,16 @@ def train(
         timer.dispatched(step, batch.shape)
         state, metrics = train_step(state, put(batch))
         position += 1  # a rollback keeps the position: the data that diverged is skipped
-        if on_fault(flush()):
+        if on_fault(log.flush()):
           continue
-        pending = (step, metrics, batch.shape[0] * hosts * (batch.shape[1] - 1))
+        log.submit(step, metrics, batch.shape[0] * hosts * (batch.shape[1] - 1))
         if due(step, t.eval_every, t.steps):
-          if on_fault(flush()):
+          if on_fault(log.flush()):
             continue
-          val = evaluate(state)
-          val_loss = val.pop("")
-          stats["val_loss"] = val_loss
-          stats.update({f"val_loss/{name}": v for name, v in val.items()})
-          if stats["best_val_loss"] is None or val_loss < stats["best_val_loss"]:
-            stats.update(best_val_loss=val_loss, best_val_step=step)
-          files.append_metrics(
-            {
-              "step": step,
-              "val/loss": val_loss,
-              **{f"val/{name}/loss": v for name, v in val.items()},
-            }
-          )
-          bar.write(f"step {step:6d} | val loss {val_loss:.4f} (best {stats['best_val_loss']:.4f})")
+          bar.write(record_validation(step, evaluate(state), stats, files))
           timer.restart_clock()
         if t.sample_every and step % t.sample_every == 0:
-          if on_fault(flush()):
+          if on_fault(log.flush()):
             continue
           text = sample(state, step)
           stats["last_sample"] = {"step": step, "text": text}
@@ -477,7 +504,7 @@ def train(
           timer.restart_clock()
         paused = pause.requested()
         if due(step, t.checkpoint_every, t.steps) or paused:
-          if on_fault(flush()):
+          if on_fault(log.flush()):
             continue
           stats["status"] = "paused" if paused and step < t.steps else "running"
           save(state)
@@ -487,7 +514,7 @@ def train(
           pause.consume()
           status = "paused"
           break
-      flush()
+      log.flush()
   except NonFiniteError:
     stats["status"] = "stopped: non-finite"
     files.write_stats(stats)

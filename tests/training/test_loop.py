@@ -321,3 +321,53 @@ def test_non_finite_policy_decides_skip_rollback_or_stop():
   assert rollback.decide(9, consecutive_skips=1, rollbacks=0, newest=4) == "rollback"
   with pytest.raises(NonFiniteError, match="step 9: non-finite again after 1 rollbacks"):
     rollback.decide(9, consecutive_skips=1, rollbacks=1, newest=4)
+
+
+class _Files:
+  """The run files' metrics stream, in memory."""
+
+  def __init__(self):
+    self.records = []
+
+  def append_metrics(self, record):
+    self.records.append(record)
+
+
+def test_step_log_writes_due_and_bad_steps_counts_skips_and_prices_mfu():
+  from tqdm import tqdm
+
+  from homeo_jax.training.config import TrainConfig
+  from homeo_jax.training.loop import StepLog, Throughput
+
+  t = TrainConfig(steps=5, log_every=2, on_nonfinite="skip", progress=False)
+  files, stats = _Files(), {"skipped_steps": 0}
+  timer = Throughput(measured_from=1, last=0.0)
+  log = StepLog(t, files, stats, timer, tqdm(disable=True), lambda i: 1e-3 * (i + 1),
+                flops_per_token=10.0, peak_flops=1e6)  # fmt: skip
+  bad_steps = []
+  for step, nonfinite in [(1, 0.0), (2, 0.0), (3, 1.0), (4, 1.0), (5, 0.0)]:
+    metrics = {"loss": float(step), "grads/norm": 1.0, "nonfinite": nonfinite, "regulators/r/x": 2}
+    log.submit(step, metrics, 100)
+    bad_steps.append(log.flush())
+    if step == 4:
+      assert log.consecutive_bad == 2
+  assert bad_steps == [None, None, 3, 4, None] and log.consecutive_bad == 0
+  assert stats["skipped_steps"] == 2 and stats["step"] == 5 and stats["train_loss"] == 5.0
+  # logged: every 2nd step, each non-finite one and the last; lr from the schedule at step − 1
+  assert [r["step"] for r in files.records] == [2, 3, 4, 5]
+  assert [r["lr"] for r in files.records] == pytest.approx([2e-3, 3e-3, 4e-3, 5e-3])
+  tok_s = timer.tokens_per_second
+  assert tok_s > 0 and stats["mfu"] == pytest.approx(tok_s * 10.0 / 1e6)
+  assert log.flush() is None  # nothing pending
+
+
+def test_validation_is_recorded_with_the_best_step():
+  from homeo_jax.training.loop import record_validation
+
+  files, stats = _Files(), {"best_val_loss": None}
+  record_validation(10, {"": 2.0, "python": 3.0}, stats, files)
+  line = record_validation(20, {"": 2.5, "python": 2.9}, stats, files)
+  assert stats["val_loss"] == 2.5 and stats["val_loss/python"] == 2.9
+  assert (stats["best_val_loss"], stats["best_val_step"]) == (2.0, 10)
+  assert files.records[-1] == {"step": 20, "val/loss": 2.5, "val/python/loss": 2.9}
+  assert line == "step     20 | val loss 2.5000 (best 2.0000)"
