@@ -225,6 +225,59 @@ class NonFinitePolicy:
     return "rollback"
 
 
+@dataclasses.dataclass
+class Recovery:
+  """What a non-finite step does to the run, carried out: nothing on ``"skip"`` (the guarded
+  step already dropped the update), ``NonFiniteError`` on ``"stop"`` or past a limit, and on
+  ``"rollback"`` the newest checkpoint (or the initial state, before the first) restored with
+  its update scale multiplied by ``rollback_lr_scale``, the metrics after it truncated and the
+  data seen since skipped."""
+
+  policy: NonFinitePolicy
+  checkpointer: Checkpointer
+  initial: Any  # the host copy of the step-0 state (rollback before any checkpoint), or None
+  files: RunFiles
+  log: StepLog
+
+  def __call__(self, bad_step: int | None, state: Any) -> Any | None:
+    """The state to continue from after a rollback, or None (no fault, or skipped)."""
+    if bad_step is None:
+      return None
+    stats = self.log.stats
+    saved = self.checkpointer.steps()
+    newest = saved[-1] if saved else None
+    decision = self.policy.decide(bad_step, self.log.consecutive_bad, stats["rollbacks"], newest)
+    if decision == "skip":
+      print(f"step {bad_step}: non-finite loss or gradient; update skipped", file=sys.stderr)
+      return None
+    restored = self.checkpointer.restore_latest(state)
+    if restored is not None:
+      target = restored[0]
+    else:
+      target = jax.tree.map(lambda h, d: jax.device_put(h, d.sharding), self.initial, state)
+    scale = float(target.update_scale) * self.policy.lr_scale
+    state = target._replace(
+      update_scale=jax.device_put(np.float32(scale), target.update_scale.sharding)
+    )
+    back_to = int(state.step)
+    stats["rollbacks"] += 1
+    stats["rolled_back_steps"] += bad_step - back_to
+    self.files.truncate_after(back_to)
+    self.files.append_metrics(
+      {"step": back_to, "event": "rollback", "from_step": bad_step, "update_scale": scale}
+    )
+    print(
+      f"step {bad_step}: non-finite loss or gradient; rolled back to step {back_to} with "
+      f"update scale {scale:g}, skipping the data seen since",
+      file=sys.stderr,
+    )
+    self.log.discard()
+    self.log.bar.n = back_to
+    self.log.bar.refresh()
+    self.log.timer.restart_clock()
+    return state
+
+
 def prepare_run_dir(run_dir: Path, *, tensorboard: bool = True) -> RunFiles:
   """Create the run folder and prove it writable, before any data is loaded or compiled."""
   try:
@@ -437,44 +490,16 @@ def train(
   )
   log = StepLog(t, files, stats, timer, bar, lr_schedule, flops_per_token, peak)
   status = "finished"
-  policy = NonFinitePolicy.from_config(t)
+
+  recovery = Recovery(NonFinitePolicy.from_config(t), checkpointer, initial, files, log)
 
   def on_fault(bad_step: int | None) -> bool:
-    """Apply ``train.on_nonfinite`` to a non-finite step; True if the run rolled back
-    (``state`` and ``step`` then stand at the restored step)."""
+    """True if a non-finite step rolled the run back (``state``, ``step`` restored)."""
     nonlocal state, step
-    if bad_step is None:
+    restored = recovery(bad_step, state)
+    if restored is None:
       return False
-    saved = checkpointer.steps()
-    newest = saved[-1] if saved else None
-    if policy.decide(bad_step, log.consecutive_bad, stats["rollbacks"], newest) == "skip":
-      print(f"step {bad_step}: non-finite loss or gradient; update skipped", file=sys.stderr)
-      return False
-    restored = checkpointer.restore_latest(state)
-    if restored is not None:
-      target = restored[0]
-    else:
-      target = jax.tree.map(lambda h, d: jax.device_put(h, d.sharding), initial, state)
-    scale = float(target.update_scale) * policy.lr_scale
-    state = target._replace(
-      update_scale=jax.device_put(np.float32(scale), target.update_scale.sharding)
-    )
-    back_to = step = int(state.step)
-    stats["rollbacks"] += 1
-    stats["rolled_back_steps"] += bad_step - back_to
-    files.truncate_after(back_to)
-    files.append_metrics(
-      {"step": back_to, "event": "rollback", "from_step": bad_step, "update_scale": scale}
-    )
-    print(
-      f"step {bad_step}: non-finite loss or gradient; rolled back to step {back_to} with "
-      f"update scale {scale:g}, skipping the data seen since",
-      file=sys.stderr,
-    )
-    log.discard()
-    bar.n = back_to
-    bar.refresh()
-    timer.restart_clock()
+    state, step = restored, int(restored.step)
     return True
 
   step = start
