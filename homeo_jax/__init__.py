@@ -29,4 +29,4 @@ from homeo_jax.regulators.thyroid import thyroid as thyroid
 from homeo_jax.regulators.thyroid import thyroid_controller as thyroid_controller
 from homeo_jax.regulators.update_ratio import update_ratio_homeostat as update_ratio_homeostat
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"
