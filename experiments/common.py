@@ -225,7 +225,7 @@ def run_arms(
     for seed in seeds:
       run_dir = out_dir / arm / f"seed{seed}"
       runs[arm].append(run_dir)
-      if _finished(run_dir):
+      if run_finished(run_dir):
         continue
       run_dir.mkdir(parents=True, exist_ok=True)
       with open(run_dir / ".claim", "w") as claim:
@@ -234,21 +234,21 @@ def run_arms(
         except BlockingIOError:  # another process trains this run
           held_elsewhere.append(run_dir)
           continue
-        if _finished(run_dir):  # finished between the check and the claim
+        if run_finished(run_dir):  # finished between the check and the claim
           continue
         print(f"== {arm} seed {seed} -> {run_dir}", flush=True)
         train_fn(seeded_config(base, overrides, seed, run_dir), data=data)
-      if not _finished(run_dir):  # paused by a signal: the sweep stops with it
+      if not run_finished(run_dir):  # paused by a signal: the sweep stops with it
         raise SystemExit(f"{run_dir}: paused; launch the sweep again to resume")
   for run_dir in held_elsewhere:
     with open(run_dir / ".claim", "w") as claim:
       fcntl.flock(claim, fcntl.LOCK_EX)  # returns when the other process lets go
-    if not _finished(run_dir):
+    if not run_finished(run_dir):
       raise RuntimeError(f"{run_dir}: the process that claimed it stopped before it finished")
   return runs
 
 
-def _finished(run_dir: Path) -> bool:
+def run_finished(run_dir: Path) -> bool:
   """The run has its final stats (a run stopped on a non-finite step is a result too)."""
   stats_path = run_dir / "stats.json"
   status = json.loads(stats_path.read_text()).get("status", "") if stats_path.exists() else ""
