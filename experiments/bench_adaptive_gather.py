@@ -120,7 +120,7 @@ def main() -> None:
     [
       "alive after pass 1",
       "passes/token",
-      "max |dense − gathered|",
+      "max abs(dense − gathered)",
       "forward ms dense / gathered",
       "forward speed-up",
       "fwd+bwd ms dense / gathered",
