@@ -132,7 +132,7 @@ def test_spectral_resonance_against_numpy(name, held):
 
 @pytest.mark.parametrize("name", list(SYNTHETIC))
 def test_spectral_detector_separates_resonance_from_trend(name):
-  """The table in the README: lag-1 brakes on every trend; the spectral detector does not."""
+  """The table in docs/systems/ars.md: lag-1 brakes on every trend; the spectral one does not."""
   values, resonant = SYNTHETIC[name]
   r = reference_spectral_resonance(values)
   assert (1 - r**2 < 0.05) if resonant else (1 - r**2 > 0.95), r
