@@ -284,7 +284,7 @@ def gate_learning_plant(tx, steps, rate=0.05, gain=1.0):
 @pytest.mark.parametrize("target", [1.3, 2.0, 3.0])
 def test_price_gain_holds_a_gate_that_learns_against_the_bias(target):
   """Without a price the gate's logit climbs for as long as depth pays, the bias follows
-  it to its clamp and depth overshoots (the looped task's failure, README); with
+  it to its clamp and depth overshoots (the looped task's failure, docs/systems/ouro_spec.md); with
   price_gain the price settles at the return of depth at the target, (4 − t)/3, and the
   bias returns near 0."""
   kw = dict(target_k=target, schedule=FROM_STEP_0, deadband=Deadband(band=(0.98, 1.02)))
