@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -38,6 +37,7 @@ from experiments.common import (
   markdown_table,
   mean_std,
   read_run,
+  reexec,
   run_arms,
   select_arms,
   write_experiment_report,
@@ -46,7 +46,6 @@ from homeo_jax.data import window_batches
 from homeo_jax.training.build import load_data
 from homeo_jax.training.closed_loop import SelfGeneratedBatches
 from homeo_jax.training.config import apply_overrides, load_config
-from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
 from homeo_jax.training.loop import train
 from homeo_jax.training.report import series
 from homeo_jax.training.trained import restore_state
@@ -126,7 +125,7 @@ def failure(run_dir: Path, every: int) -> dict[str, float | None]:
 
 
 def main() -> None:
-  reexec_with_page_keeping_allocator(["-m", "experiments.ars_closed_loop", *sys.argv[1:]])
+  reexec("experiments.ars_closed_loop")
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--arms", nargs="+", default=None)

@@ -61,8 +61,6 @@ def git_revision() -> str:
 
 def reexec(module: str) -> None:
   """Re-run ``python -m <module> <args>`` with the CPU's page-keeping allocator (once)."""
-  from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
-
   reexec_with_page_keeping_allocator(["-m", module, *sys.argv[1:]])
 
 
@@ -280,7 +278,7 @@ def experiment_setup(
   import argparse
 
   # CPU: before JAX starts (training/cpu.py); as ``python -m``, so it stays a package module
-  reexec_with_page_keeping_allocator(["-m", _module_name(), *sys.argv[1:]])
+  reexec(_module_name())
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--scale", default=scales[0], choices=list(scales))
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

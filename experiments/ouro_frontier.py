@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -68,6 +67,7 @@ from experiments.common import (
   markdown_table,
   mean_std,
   read_run,
+  reexec,
   run_arms,
   write_experiment_report,
 )
@@ -75,7 +75,6 @@ from experiments.ouro_spec_ablation import FIXED, not_audit, tail_mean
 from homeo_jax.data import algorithmic, corpora
 from homeo_jax.training.build import load_data, model_config
 from homeo_jax.training.config import apply_overrides, load_config
-from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
 from homeo_jax.training.flops import forward_flops_per_token
 
 TARGETS = (1.3, 2.0, 3.0)
@@ -212,7 +211,7 @@ def frontier_at(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
 
 
 def main() -> None:
-  reexec_with_page_keeping_allocator(["-m", "experiments.ouro_frontier", *sys.argv[1:]])
+  reexec("experiments.ouro_frontier")
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))

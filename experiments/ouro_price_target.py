@@ -16,7 +16,6 @@ The criterion: |avg_k − target| ≤ 0.1 over the last quarter of training
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -29,13 +28,13 @@ from experiments.common import (
   markdown_table,
   mean_std,
   read_run,
+  reexec,
   run_arms,
   write_experiment_report,
 )
 from experiments.ouro_spec_ablation import not_audit, tail_mean
 from homeo_jax.training.build import load_data
 from homeo_jax.training.config import load_config
-from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
 from homeo_jax.training.report import series
 
 TARGETS = (1.3, 2.0, 3.0)
@@ -93,7 +92,7 @@ def arm_overrides(controller: str, target: float) -> list[str]:
 
 
 def main() -> None:
-  reexec_with_page_keeping_allocator(["-m", "experiments.ouro_price_target", *sys.argv[1:]])
+  reexec("experiments.ouro_price_target")
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--controllers", nargs="+", default=["log_pi"], choices=list(CONTROLLERS))

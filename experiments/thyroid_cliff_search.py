@@ -16,16 +16,22 @@ validation loss; writes ``experiments/results/thyroid_cliff_search.md``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from experiments.common import ROOT, markdown_table, read_run, run_arms, run_finished, write_results
+from experiments.common import (
+  ROOT,
+  markdown_table,
+  read_run,
+  reexec,
+  run_arms,
+  run_finished,
+  write_results,
+)
 from experiments.thyroid_2bit import ADAMW, cliff_trace, running_stats, train_with_flip_monitor
 from homeo_jax.training.build import load_data
 from homeo_jax.training.config import load_config
-from homeo_jax.training.cpu import reexec_with_page_keeping_allocator
 
 LR = "optimizer.learning_rate="
 HARSH = ["optimizer.b2=0.999", "optimizer.grad_clip=0"]
@@ -97,7 +103,7 @@ def describe(overrides: list[str]) -> str:
 
 
 def main() -> None:
-  reexec_with_page_keeping_allocator(["-m", "experiments.thyroid_cliff_search", *sys.argv[1:]])
+  reexec("experiments.thyroid_cliff_search")
   base = load_config(f"{ROOT}/configs/thyroid_2bit.py:cpu")
   data = load_data(base)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
