@@ -236,8 +236,7 @@ class Recovery:
   policy: NonFinitePolicy
   checkpointer: Checkpointer
   initial: Any  # the host copy of the step-0 state (rollback before any checkpoint), or None
-  files: RunFiles
-  log: StepLog
+  log: StepLog  # its run files, stats, progress bar and clock are the run's
 
   def __call__(self, bad_step: int | None, state: Any) -> Any | None:
     """The state to continue from after a rollback, or None (no fault, or skipped)."""
@@ -262,8 +261,8 @@ class Recovery:
     back_to = int(state.step)
     stats["rollbacks"] += 1
     stats["rolled_back_steps"] += bad_step - back_to
-    self.files.truncate_after(back_to)
-    self.files.append_metrics(
+    self.log.files.truncate_after(back_to)
+    self.log.files.append_metrics(
       {"step": back_to, "event": "rollback", "from_step": bad_step, "update_scale": scale}
     )
     print(
@@ -491,7 +490,7 @@ def train(
   log = StepLog(t, files, stats, timer, bar, lr_schedule, flops_per_token, peak)
   status = "finished"
 
-  recovery = Recovery(NonFinitePolicy.from_config(t), checkpointer, initial, files, log)
+  recovery = Recovery(NonFinitePolicy.from_config(t), checkpointer, initial, log)
 
   def on_fault(bad_step: int | None) -> bool:
     """True if a non-finite step rolled the run back (``state``, ``step`` restored)."""
